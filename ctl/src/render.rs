@@ -1,0 +1,132 @@
+//! Human-readable output of `vllamactl`.
+
+use std::fmt::Write;
+
+use vllama_proto::{ReloadOutcome, Status};
+
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+pub fn status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "vllamad {} (pid {}), up {}",
+        s.version,
+        s.pid,
+        duration(s.uptime_seconds)
+    );
+    let _ = writeln!(out, "state:     {}", s.state);
+    let path = s
+        .config
+        .path
+        .as_deref()
+        .unwrap_or("(none: built-in defaults)");
+    let _ = writeln!(
+        out,
+        "config:    {path} (generation {}, loaded {})",
+        s.config.generation, s.config.loaded_at
+    );
+    if let Some(err) = &s.config.last_reload_error {
+        let _ = writeln!(out, "           last reload refused: {err}");
+    }
+    let width = s
+        .listeners
+        .iter()
+        .map(|l| l.address.len())
+        .max()
+        .unwrap_or(0);
+    for (i, l) in s.listeners.iter().enumerate() {
+        let label = if i == 0 { "listeners:" } else { "" };
+        let _ = writeln!(
+            out,
+            "{label:<10} {:<6} {:<width$}  ({})",
+            l.name, l.address, l.source
+        );
+    }
+    out
+}
+
+pub fn reload(r: &ReloadOutcome) -> String {
+    let mut out = match (&r.error, r.applied) {
+        (_, true) => format!("configuration reloaded (generation {})\n", r.generation),
+        (Some(e), false) => format!(
+            "reload refused, generation {} stays in force:\n  {e}\n",
+            r.generation
+        ),
+        (None, false) => format!(
+            "reload refused, generation {} stays in force\n",
+            r.generation
+        ),
+    };
+    for key in &r.needs_restart {
+        let _ = writeln!(
+            out,
+            "note: {key} changed; it takes effect after `systemctl restart vllamad`"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vllama_proto::{ConfigInfo, ListenerInfo, ListenerSource};
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(5.2), "5s");
+        assert_eq!(duration(192.0), "3m 12s");
+        assert_eq!(duration(7_380.0), "2h 3m");
+        assert_eq!(duration(200_000.0), "2d 7h");
+    }
+
+    #[test]
+    fn status_shows_everything_it_was_given() {
+        let s = Status {
+            version: "0.1.0".into(),
+            pid: 42,
+            uptime_seconds: 61.0,
+            started_at: "2026-11-27T16:00:00.000Z".into(),
+            state: "serving on 127.0.0.1:11434; no engines loaded".into(),
+            config: ConfigInfo {
+                path: Some("/etc/vllama/vllama.toml".into()),
+                generation: 3,
+                loaded_at: "2026-11-27T16:01:00.000Z".into(),
+                last_reload_error: Some("bad key".into()),
+            },
+            listeners: vec![
+                ListenerInfo {
+                    name: "api".into(),
+                    address: "127.0.0.1:11434".into(),
+                    source: ListenerSource::SocketActivation,
+                },
+                ListenerInfo {
+                    name: "admin".into(),
+                    address: "/run/vllama-admin/admin.sock".into(),
+                    source: ListenerSource::Bound,
+                },
+            ],
+        };
+        let text = status(&s);
+        for needle in [
+            "pid 42",
+            "up 1m 1s",
+            "generation 3",
+            "last reload refused: bad key",
+            "api    127.0.0.1:11434",
+            "(socket activation)",
+            "(bound by vllamad)",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! Configuration: one TOML file (`/etc/vllama/vllama.toml` unless `--config` names another),
+//! then `VLLAMA_<SECTION>_<KEY>` environment overrides, validated into one typed [`Config`].
+//!
+//! Every error names the key, and the file line where the key came from the file, or the
+//! environment variable where it came from the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// Where the packaged daemon reads its configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vllama/vllama.toml";
+/// Environment variables with this prefix override configuration keys.
+pub const ENV_PREFIX: &str = "VLLAMA_";
+/// `VLLAMA_*` variables that are not configuration keys.
+const ENV_NOT_KEYS: &[&str] = &["VLLAMA_CONFIG"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub admin: AdminConfig,
+    pub daemon: DaemonConfig,
+    pub log: LogConfig,
+}
+
+/// `[api]`: the public HTTP listener (Ollama + OpenAI APIs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to bind when not socket-activated.
+    pub listen: SocketAddr,
+    /// Larger request bodies are answered 413.
+    pub max_request_body: ByteSize,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout: HumanDuration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 11434)),
+            max_request_body: ByteSize(32 * ByteSize::MIB),
+            header_read_timeout: HumanDuration::from_secs(30),
+        }
+    }
+}
+
+/// `[admin]`: the admin API on a Unix socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Socket path to bind when not socket-activated (relative: to the config file's folder).
+    pub socket: PathBuf,
+    /// File mode of a socket vllamad binds itself.
+    pub socket_mode: SocketMode,
+    /// Members may use every admin route.
+    pub admin_group: String,
+    /// Members may use the read-only routes (status).
+    pub status_group: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: PathBuf::from(vllama_proto::DEFAULT_ADMIN_SOCKET),
+            socket_mode: SocketMode(0o660),
+            admin_group: "vllama-admin".into(),
+            status_group: "vllama".into(),
+        }
+    }
+}
+
+/// `[daemon]`: process-wide behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// On SIGTERM, requests in flight get this long to finish.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_grace: HumanDuration::from_secs(30),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `RUST_LOG`-style filter, e.g. `"info"` or `"info,vllamad::admin=debug"`.
+    pub filter: String,
+    /// Where and how to log.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when stderr is the journal (`JOURNAL_STREAM`), else text.
+    Auto,
+    Journald,
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(LogFormat::Auto),
+            "journald" => Ok(LogFormat::Journald),
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format `{other}`: use auto, journald, text or json"
+            )),
+        }
+    }
+}
+
+/// A file mode, written in TOML as `"0660"` or as the integer `0o660`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl Serialize for SocketMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u32),
+            Text(String),
+        }
+        let bad = |shown: &dyn std::fmt::Display| {
+            serde::de::Error::custom(format!(
+                "`{shown}` is not a file mode: write octal digits such as \"0660\""
+            ))
+        };
+        let mode = match Raw::deserialize(d)? {
+            Raw::Int(v) => v,
+            Raw::Text(t) => {
+                u32::from_str_radix(t.trim_start_matches("0o"), 8).map_err(|_| bad(&t))?
+            }
+        };
+        if mode > 0o777 {
+            return Err(bad(&format_args!("{mode:o}")));
+        }
+        Ok(SocketMode(mode))
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Named on the command line (or `VLLAMA_CONFIG`): then a missing file is an error.
+    /// The default path may be absent: the built-in defaults apply.
+    pub explicit: bool,
+}
+
+/// A loaded configuration and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file read; `None` when it was absent and the defaults apply.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: TOML syntax error: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}key `{key}`: {message}", location(path, *line))]
+    Key {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var} (key `{key}`): {message}")]
+    Env {
+        var: String,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var} is not a configuration key; the keys are: {known}")]
+    UnknownEnv { var: String, known: String },
+}
+
+fn location(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}: ", path.display()),
+        None => format!("{}: ", path.display()),
+    }
+}
+
+impl ConfigError {
+    /// The configuration key the error is about, where there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Key { key, .. } | ConfigError::Env { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Reads, overrides and validates the configuration. Blocking (file I/O): call it at start
+/// or from `spawn_blocking`.
+pub fn load(
+    source: &ConfigSource,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let (config, file) = match std::fs::read_to_string(&source.path) {
+        Ok(text) => (parse(&text, &source.path)?, Some(source.path.clone())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => {
+            (Config::default(), None)
+        }
+        Err(e) => {
+            return Err(ConfigError::Read {
+                path: source.path.clone(),
+                source: e,
+            })
+        }
+    };
+    let mut config = apply_env(config, env)?;
+    let base = source.path.parent().unwrap_or(Path::new("."));
+    validate(&mut config, base, file.as_deref().unwrap_or(&source.path))?;
+    Ok(Loaded { config, file })
+}
+
+/// Parses a configuration file's text. `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::Key {
+            path: path.to_path_buf(),
+            line: inner.span().map(|s| line_col(text, s.start).0),
+            key,
+            message: inner.message().trim().to_string(),
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, column)
+}
+
+/// The environment variable for each configuration key, derived from the schema itself:
+/// `VLLAMA_<SECTION>_<KEY>`, upper case.
+pub fn env_keys() -> BTreeMap<String, (String, String)> {
+    let mut keys = BTreeMap::new();
+    if let Ok(table) = toml::Table::try_from(Config::default()) {
+        for (section, value) in table {
+            if let toml::Value::Table(fields) = value {
+                for key in fields.keys() {
+                    let var = format!("{ENV_PREFIX}{section}_{key}").to_uppercase();
+                    keys.insert(var, (section.clone(), key.clone()));
+                }
+            }
+        }
+    }
+    keys
+}
+
+fn apply_env(
+    config: Config,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let keys = env_keys();
+    let mut overrides: Vec<(String, String, String, String)> = Vec::new();
+    for (var, value) in env {
+        if !var.starts_with(ENV_PREFIX) || ENV_NOT_KEYS.contains(&var.as_str()) {
+            continue;
+        }
+        let Some((section, key)) = keys.get(&var) else {
+            return Err(ConfigError::UnknownEnv {
+                known: keys.keys().cloned().collect::<Vec<_>>().join(", "),
+                var,
+            });
+        };
+        overrides.push((var, section.clone(), key.clone(), value));
+    }
+    if overrides.is_empty() {
+        return Ok(config);
+    }
+    let env_err = |var: &str, key: String, message: String| ConfigError::Env {
+        var: var.to_string(),
+        key,
+        message,
+    };
+    let mut table = toml::Table::try_from(&config)
+        .map_err(|e| env_err("VLLAMA_*", String::new(), e.to_string()))?;
+    for (_, section, key, raw) in &overrides {
+        let Some(toml::Value::Table(fields)) = table.get_mut(section) else {
+            continue;
+        };
+        let value = match fields.get(key) {
+            Some(toml::Value::String(_)) | None => toml::Value::String(raw.clone()),
+            Some(_) => {
+                // A number, boolean or array: read the variable as a TOML value.
+                let doc = format!("v = {raw}");
+                match doc.parse::<toml::Table>() {
+                    Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.clone())),
+                    Err(_) => toml::Value::String(raw.clone()),
+                }
+            }
+        };
+        fields.insert(key.clone(), value);
+    }
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let var = overrides
+            .iter()
+            .find(|(_, s, k, _)| key == format!("{s}.{k}"))
+            .map_or("VLLAMA_*", |(v, ..)| v.as_str())
+            .to_string();
+        env_err(&var, key, e.into_inner().message().trim().to_string())
+    })
+}
+
+fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigError> {
+    let key_err = |key: &str, message: String| ConfigError::Key {
+        path: file.to_path_buf(),
+        line: None,
+        key: key.to_string(),
+        message,
+    };
+    if config.admin.socket.as_os_str().is_empty() {
+        return Err(key_err("admin.socket", "must not be empty".into()));
+    }
+    if config.admin.socket.is_relative() {
+        config.admin.socket = normalize(&base.join(&config.admin.socket));
+    }
+    // sun_path holds 108 bytes including the terminating NUL.
+    if config.admin.socket.as_os_str().len() > 107 {
+        return Err(key_err(
+            "admin.socket",
+            format!(
+                "{} is longer than a Unix socket path may be (107 bytes)",
+                config.admin.socket.display()
+            ),
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.log.filter) {
+        return Err(key_err("log.filter", format!("not a valid filter: {e}")));
+    }
+    for (key, group) in [
+        ("admin.admin_group", &config.admin.admin_group),
+        ("admin.status_group", &config.admin.status_group),
+    ] {
+        let ok = !group.is_empty()
+            && group.len() <= 32
+            && group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            return Err(key_err(key, format!("`{group}` is not a valid group name")));
+        }
+    }
+    if config.api.max_request_body.0 == 0 {
+        return Err(key_err(
+            "api.max_request_body",
+            "must be more than 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Folds `.` and `..` out of a path without touching the file system (the socket may not
+/// exist yet, and its folder's symlinks are not ours to resolve).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Keys whose change a reload cannot apply: the listeners are bound once.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    if old.api.listen != new.api.listen {
+        keys.push("api.listen".to_string());
+    }
+    if old.admin.socket != new.admin.socket {
+        keys.push("admin.socket".to_string());
+    }
+    if old.admin.socket_mode != new.admin.socket_mode {
+        keys.push("admin.socket_mode".to_string());
+    }
+    if old.log.format != new.log.format {
+        keys.push("log.format".to_string());
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/etc/vllama/vllama.toml"))
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(p("").unwrap(), Config::default());
+    }
+
+    /// The packaged file shows every key, commented out, at its default value.
+    #[test]
+    fn the_shipped_config_documents_every_default() {
+        let shipped = include_str!("../../packaging/vllama.toml");
+        assert_eq!(
+            p(shipped).unwrap(),
+            Config::default(),
+            "active lines change defaults"
+        );
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(p(&uncommented).unwrap(), Config::default());
+        for var in env_keys().values() {
+            let line = format!("#{} = ", var.1);
+            assert!(
+                shipped.contains(&line),
+                "key {}.{} not documented",
+                var.0,
+                var.1
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = p(
+            "[api]\nlisten = \"0.0.0.0:8080\"\nmax_request_body = \"1KiB\"\n\
+             [admin]\nsocket_mode = 0o600\n[daemon]\nshutdown_grace = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.api.listen.port(), 8080);
+        assert_eq!(c.api.max_request_body, ByteSize(1024));
+        assert_eq!(c.admin.socket_mode, SocketMode(0o600));
+        assert_eq!(c.daemon.shutdown_grace, HumanDuration::from_secs(120));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = p("[api]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n").unwrap_err();
+        match &err {
+            ConfigError::Key { key, line, .. } => {
+                assert_eq!(key, "api.lisen");
+                assert_eq!(*line, Some(3));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/etc/vllama/vllama.toml:3: key `api.lisen`"),
+            "{text}"
+        );
+        assert!(text.contains("unknown field"), "{text}");
+    }
+
+    #[test]
+    fn unknown_section_names_it() {
+        let err = p("\n[apii]\nlisten = 1\n").unwrap_err();
+        assert_eq!(err.key(), Some("apii"));
+        assert!(err.to_string().contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_key_and_line() {
+        let cases = [
+            ("[api]\nlisten = 5\n", "api.listen", 2),
+            ("[api]\n\nlisten = \"localhost\"\n", "api.listen", 3),
+            (
+                "[api]\nmax_request_body = \"lots\"\n",
+                "api.max_request_body",
+                2,
+            ),
+            (
+                "[daemon]\nshutdown_grace = \"-3s\"\n",
+                "daemon.shutdown_grace",
+                2,
+            ),
+            (
+                "[daemon]\nshutdown_grace = true\n",
+                "daemon.shutdown_grace",
+                2,
+            ),
+            ("[admin]\nsocket_mode = \"0999\"\n", "admin.socket_mode", 2),
+            ("[log]\nformat = \"xml\"\n", "log.format", 2),
+            ("[admin]\nadmin_group = 7\n", "admin.admin_group", 2),
+        ];
+        for (text, key, line) in cases {
+            match p(text) {
+                Err(ConfigError::Key {
+                    key: k, line: l, ..
+                }) => {
+                    assert_eq!(k, key, "{text}");
+                    assert_eq!(l, Some(line), "{text}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = p("[api]\nlisten = \"127.0.0.1:1\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Syntax { line: 2, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_and_their_errors() {
+        let c = apply_env(
+            Config::default(),
+            env(&[
+                ("VLLAMA_API_LISTEN", "127.0.0.1:9999"),
+                ("VLLAMA_LOG_FILTER", "debug"),
+                ("VLLAMA_CONFIG", "/elsewhere.toml"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api.listen.port(), 9999);
+        assert_eq!(c.log.filter, "debug");
+
+        let err = apply_env(Config::default(), env(&[("VLLAMA_API_LISTN", "x")])).unwrap_err();
+        assert!(matches!(&err, ConfigError::UnknownEnv { var, .. } if var == "VLLAMA_API_LISTN"));
+        assert!(err.to_string().contains("VLLAMA_API_LISTEN"), "{err}");
+
+        let err =
+            apply_env(Config::default(), env(&[("VLLAMA_API_LISTEN", "nowhere")])).unwrap_err();
+        match err {
+            ConfigError::Env { var, key, .. } => {
+                assert_eq!(var, "VLLAMA_API_LISTEN");
+                assert_eq!(key, "api.listen");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_key_has_an_env_variable() {
+        let keys = env_keys();
+        for var in [
+            "VLLAMA_API_LISTEN",
+            "VLLAMA_API_MAX_REQUEST_BODY",
+            "VLLAMA_ADMIN_SOCKET",
+            "VLLAMA_ADMIN_SOCKET_MODE",
+            "VLLAMA_DAEMON_SHUTDOWN_GRACE",
+            "VLLAMA_LOG_FILTER",
+            "VLLAMA_LOG_FORMAT",
+        ] {
+            assert!(
+                keys.contains_key(var) || ENV_NOT_KEYS.contains(&var),
+                "{var} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let source = |dir: &Path| ConfigSource {
+            path: dir.join("v.toml"),
+            explicit: true,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("v.toml"), "[log]\nfilter = \"info,[bad\"\n").unwrap();
+        let err = load(&source(dir.path()), env(&[])).unwrap_err();
+        assert_eq!(err.key(), Some("log.filter"));
+
+        std::fs::write(
+            dir.path().join("v.toml"),
+            "[admin]\nsocket = \"./x/../run/a.sock\"\n",
+        )
+        .unwrap();
+        let loaded = load(&source(dir.path()), env(&[])).unwrap();
+        assert_eq!(loaded.config.admin.socket, dir.path().join("run/a.sock"));
+
+        std::fs::remove_file(dir.path().join("v.toml")).unwrap();
+        assert!(matches!(
+            load(&source(dir.path()), env(&[])),
+            Err(ConfigError::Read { .. })
+        ));
+        let implicit = ConfigSource {
+            explicit: false,
+            ..source(dir.path())
+        };
+        let loaded = load(&implicit, env(&[])).unwrap();
+        assert_eq!(loaded.file, None);
+    }
+}

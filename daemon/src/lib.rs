@@ -1,0 +1,21 @@
+//! vllamad: a systemd-native daemon that serves the Ollama API (and the OpenAI API) and runs
+//! the models on vLLM engines it supervises. `main.rs` only parses arguments and calls
+//! [`server::run`]; everything else lives here, one module per concern (see
+//! docs/ARCHITECTURE.md).
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod listeners;
+pub mod logging;
+pub mod notify;
+pub mod reload;
+pub mod server;
+pub mod state;
+pub mod units;
+
+/// The daemon's version, reported by `/api/version` and the admin API.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

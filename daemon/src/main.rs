@@ -1,0 +1,67 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use vllamad::cli::Args;
+use vllamad::listeners::ActivatedFds;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let source = args.config_source();
+
+    if args.check_config {
+        return match vllamad::config::load(&source, std::env::vars()) {
+            Ok(loaded) => match toml::to_string(&loaded.config) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vllamad: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("vllamad: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    // SAFETY: no other thread exists yet; the runtime is built below.
+    let activated = match unsafe { ActivatedFds::take_from_env() } {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("vllamad: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vllamad")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vllamad: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = vllamad::server::Options {
+        config: source,
+        log_format: args.log_format,
+        activated,
+    };
+    let result = runtime.block_on(vllamad::server::run(options));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Before logging is up (bad configuration) stderr is the only channel; after, the
+            // error was logged as well. systemd puts stderr in the journal either way.
+            tracing::error!(error = %e, "vllamad failed");
+            eprintln!("vllamad: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

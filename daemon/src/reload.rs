@@ -1,0 +1,91 @@
+//! Configuration reload (SIGHUP, `systemctl reload`, `vllamactl reload`): tell systemd
+//! (`RELOADING=1`), read and validate the file off the runtime's workers, then swap the new
+//! configuration in whole or keep the old one, and say `READY=1` again either way.
+
+use std::time::SystemTime;
+
+use vllama_proto::ReloadOutcome;
+
+use crate::auth::AccessPolicy;
+use crate::config::{self, ConfigError};
+use crate::state::{ActiveConfig, Daemon};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the configuration loader stopped unexpectedly: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Log(#[from] crate::logging::LogError),
+}
+
+/// Loads the configuration and resolves its groups; blocking.
+pub fn load_active(
+    source: &config::ConfigSource,
+    generation: u64,
+) -> Result<ActiveConfig, ConfigError> {
+    let loaded = config::load(source, std::env::vars())?;
+    let access = AccessPolicy::resolve(&loaded.config.admin);
+    Ok(ActiveConfig {
+        config: loaded.config,
+        file: loaded.file,
+        generation,
+        loaded_at: SystemTime::now(),
+        access,
+    })
+}
+
+pub async fn reload(daemon: &Daemon) -> ReloadOutcome {
+    let _one_at_a_time = daemon.reload_lock.lock().await;
+    daemon.notifier.reloading();
+    let old = daemon.config();
+    let result = try_reload(daemon, old.generation + 1).await;
+    let outcome = match result {
+        Ok(needs_restart) => {
+            let generation = daemon.config().generation;
+            tracing::info!(generation, ?needs_restart, "configuration reloaded");
+            for key in &needs_restart {
+                tracing::warn!(
+                    key,
+                    "changed in the file, but takes effect only after a restart"
+                );
+            }
+            ReloadOutcome {
+                generation,
+                applied: true,
+                error: None,
+                needs_restart,
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(
+                error = %message,
+                generation = old.generation,
+                "configuration reload refused; the previous configuration stays in force"
+            );
+            daemon.set_reload_error(Some(message.clone()));
+            ReloadOutcome {
+                generation: old.generation,
+                applied: false,
+                error: Some(message),
+                needs_restart: Vec::new(),
+            }
+        }
+    };
+    daemon.notifier.ready(&daemon.status_line());
+    outcome
+}
+
+async fn try_reload(daemon: &Daemon, generation: u64) -> Result<Vec<String>, ReloadError> {
+    let source = daemon.source.clone();
+    let new = tokio::task::spawn_blocking(move || load_active(&source, generation)).await??;
+    let old = daemon.config();
+    let needs_restart = config::restart_only_changes(&old.config, &new.config);
+    if let Some(log) = &daemon.log {
+        log.set_filter(&new.config.log.filter)?;
+    }
+    daemon.publish(new);
+    Ok(needs_restart)
+}

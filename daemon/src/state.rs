@@ -1,0 +1,123 @@
+//! The daemon's shared state: the configuration in force (swapped atomically on reload),
+//! the listeners, and the facts `vllamactl status` reports.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+use vllama_proto::{ConfigInfo, ListenerInfo, Status};
+
+use crate::auth::AccessPolicy;
+use crate::config::{Config, ConfigSource};
+use crate::logging::LogHandle;
+use crate::notify::Notifier;
+
+/// One loaded configuration, immutable once published.
+#[derive(Debug)]
+pub struct ActiveConfig {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+    /// 1 at start, +1 for every applied reload.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub access: AccessPolicy,
+}
+
+/// State shared by every task of the daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub source: ConfigSource,
+    pub listeners: Vec<ListenerInfo>,
+    pub notifier: Notifier,
+    pub log: Option<LogHandle>,
+    config: watch::Sender<Arc<ActiveConfig>>,
+    last_reload_error: Mutex<Option<String>>,
+    /// One reload at a time (SIGHUP and the admin route may race).
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Daemon {
+    pub fn new(
+        source: ConfigSource,
+        active: ActiveConfig,
+        listeners: Vec<ListenerInfo>,
+        notifier: Notifier,
+        log: Option<LogHandle>,
+    ) -> Self {
+        Daemon {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            source,
+            listeners,
+            notifier,
+            log,
+            config: watch::Sender::new(Arc::new(active)),
+            last_reload_error: Mutex::new(None),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The configuration in force. Cheap: an `Arc` clone.
+    pub fn config(&self) -> Arc<ActiveConfig> {
+        self.config.borrow().clone()
+    }
+
+    pub(crate) fn publish(&self, active: ActiveConfig) {
+        self.config.send_replace(Arc::new(active));
+        self.set_reload_error(None);
+    }
+
+    pub(crate) fn set_reload_error(&self, error: Option<String>) {
+        *self
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = error;
+    }
+
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The short human state, also sent to systemd as `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let api = self
+            .listeners
+            .iter()
+            .find(|l| l.name == crate::listeners::API)
+            .map_or("?", |l| l.address.as_str());
+        let mut line = format!("serving on {api}; no engines loaded");
+        if self.last_reload_error().is_some() {
+            line.push_str("; last reload failed (see vllamactl status)");
+        }
+        line
+    }
+
+    pub fn status(&self) -> Status {
+        let active = self.config();
+        Status {
+            version: crate::VERSION.to_string(),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            started_at: rfc3339(self.started_at),
+            state: self.status_line(),
+            config: ConfigInfo {
+                path: active.file.as_ref().map(|p| p.display().to_string()),
+                generation: active.generation,
+                loaded_at: rfc3339(active.loaded_at),
+                last_reload_error: self.last_reload_error(),
+            },
+            listeners: self.listeners.clone(),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with millisecond precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,125 @@
+//! The public listener, against the real binary: Ollama's probe routes, errors as JSON,
+//! keep-alive, pipelining, and the body limit.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use vllama_testkit::{exchange, parse_responses, Daemon, DaemonOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
+
+fn daemon() -> Daemon {
+    Daemon::start(
+        BIN,
+        DaemonOptions::default().set("api", "max_request_body = \"1KiB\""),
+    )
+}
+
+#[test]
+fn probe_routes_answer_like_ollama() {
+    let d = daemon();
+    let root = d.get("/");
+    assert_eq!(root.status, 200);
+    assert_eq!(root.body, "Ollama is running");
+    assert!(root
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+
+    let version = d.get("/api/version");
+    assert_eq!(version.status, 200);
+    assert_eq!(version.json()["version"], env!("CARGO_PKG_VERSION"));
+    assert!(version
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+
+    // HEAD: same status and headers, no body.
+    let raw = exchange(
+        d.api,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "HEAD carried a body: {raw:?}");
+}
+
+#[test]
+fn unknown_routes_and_methods_are_json_errors() {
+    let d = daemon();
+    let missing = d.get("/api/nothing-here");
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("/api/nothing-here"));
+
+    let wrong = d.request("DELETE", "/api/version", "");
+    assert_eq!(wrong.status, 405);
+    assert!(wrong.json()["error"].is_string());
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let d = daemon();
+    // Two requests on one connection, one after the other.
+    let mut s = TcpStream::connect(d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    // Three requests in one write: three responses, in order.
+    let raw = "GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+               GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n\
+               GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let responses = parse_responses(&exchange(d.api, raw.as_bytes()));
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 404]);
+    assert_eq!(responses[0].body, "Ollama is running");
+    assert!(responses[1].body.contains("version"));
+}
+
+#[test]
+fn oversized_bodies_get_413_and_the_server_lives_on() {
+    let d = daemon();
+    let ok = d.request("POST", "/nope", &"x".repeat(1024));
+    assert_eq!(ok.status, 404, "a body at the limit is read");
+
+    let big = d.request("POST", "/api/version", &"x".repeat(1025));
+    assert_eq!(big.status, 413);
+    assert!(big.json()["error"].as_str().unwrap().contains("1KiB"));
+
+    // Declared huge, never sent: refused from the header alone.
+    let raw = "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n";
+    let resp = parse_responses(&exchange(d.api, raw.as_bytes()));
+    assert_eq!(resp[0].status, 413);
+
+    // Chunked with no length: the limit still holds.
+    let mut raw = String::from("POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..3 {
+        raw.push_str("200\r\n");
+        raw.push_str(&"y".repeat(0x200));
+        raw.push_str("\r\n");
+    }
+    raw.push_str("0\r\n\r\n");
+    let resp = parse_responses(&exchange(d.api, raw.as_bytes()));
+    assert_eq!(resp[0].status, 413);
+
+    assert_eq!(d.get("/").status, 200, "still serving");
+}
+
+#[test]
+fn garbage_does_not_hurt() {
+    let d = daemon();
+    let text = exchange(d.api, b"\x00\x01NOT HTTP AT ALL\r\n\r\n");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{text:?}"
+    );
+    assert_eq!(d.get("/").status, 200);
+}

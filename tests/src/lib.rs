@@ -1,0 +1,432 @@
+//! Helpers for vllama's integration tests: start the real `vllamad` (by hand or under
+//! `systemd-socket-activate`), record what it tells systemd over `NOTIFY_SOCKET`, speak raw
+//! HTTP/1.1 so that keep-alive, pipelining and half-sent bodies can be tested exactly.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 10 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// A binary built next to `sibling` (another `CARGO_BIN_EXE_*` of this workspace).
+pub fn workspace_bin(sibling: &str, name: &str) -> PathBuf {
+    let path = Path::new(sibling).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the workspace's tests (`cargo test --workspace`) or `cargo build -p {name}`",
+        path.display()
+    );
+    path
+}
+
+/// A fake systemd `NOTIFY_SOCKET`: records every datagram the daemon sends.
+pub struct NotifyRecorder {
+    pub path: PathBuf,
+    messages: Arc<Mutex<Vec<(Instant, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NotifyRecorder {
+    pub fn bind(path: PathBuf) -> Self {
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (messages.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    m.lock().unwrap().push((Instant::now(), text));
+                }
+            }
+        });
+        NotifyRecorder {
+            path,
+            messages,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every datagram so far, in order.
+    pub fn messages(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Every `KEY=VALUE` line so far, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    }
+
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+
+    /// Waits until `line` has been sent `n` times.
+    pub fn wait_count(&self, line: &str, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.count(line) >= n)
+    }
+
+    /// When the first datagram holding `line` arrived.
+    pub fn first_time_of(&self, line: &str) -> Option<Instant> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, m)| m.lines().any(|l| l == line))
+            .map(|(t, _)| *t)
+    }
+}
+
+impl Drop for NotifyRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How to start a daemon for a test.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Extra `key = value` lines per section (`api.listen` and `admin.socket` are set).
+    pub sections: BTreeMap<String, Vec<String>>,
+    /// Start under `systemd-socket-activate` with fds named `api` and `admin`.
+    pub socket_activated: bool,
+    /// Set `WATCHDOG_USEC`.
+    pub watchdog_usec: Option<u64>,
+    pub env: Vec<(String, String)>,
+    /// Admin socket path (default: in the daemon's own temporary folder).
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl DaemonOptions {
+    pub fn set(mut self, section: &str, line: &str) -> Self {
+        self.sections
+            .entry(section.to_string())
+            .or_default()
+            .push(line.to_string());
+        self
+    }
+
+    pub fn activated(mut self) -> Self {
+        self.socket_activated = true;
+        self
+    }
+
+    fn render(&self, port: u16, admin: &Path) -> String {
+        let mut sections = self.sections.clone();
+        sections
+            .entry("api".into())
+            .or_default()
+            .insert(0, format!("listen = \"127.0.0.1:{port}\""));
+        sections
+            .entry("admin".into())
+            .or_default()
+            .insert(0, format!("socket = \"{}\"", admin.display()));
+        let mut text = String::new();
+        for (name, lines) in sections {
+            text.push_str(&format!("[{name}]\n"));
+            for line in lines {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+/// A running `vllamad`; killed (SIGKILL) when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    exit: Option<ExitStatus>,
+    pub api: SocketAddr,
+    pub admin: PathBuf,
+    pub config_path: PathBuf,
+    pub notify: NotifyRecorder,
+    log_path: PathBuf,
+    port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `bin` and waits until it said `READY=1` (or fails the test with its log).
+    pub fn start(bin: &str, options: DaemonOptions) -> Daemon {
+        let daemon = Daemon::spawn(bin, options);
+        if !daemon
+            .notify
+            .wait_count("READY=1", 1, Duration::from_secs(20))
+        {
+            panic!("vllamad did not become ready; its log:\n{}", daemon.log());
+        }
+        daemon
+    }
+
+    /// Starts `bin` without waiting for readiness.
+    pub fn spawn(bin: &str, options: DaemonOptions) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Other users (setpriv tests) must reach the admin socket inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let port = free_port();
+        let api = SocketAddr::from(([127, 0, 0, 1], port));
+        let admin = options
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| dir.path().join("admin.sock"));
+        let config_path = dir.path().join("vllama.toml");
+        std::fs::write(&config_path, options.render(port, &admin)).expect("write config");
+        let notify = NotifyRecorder::bind(dir.path().join("notify.sock"));
+        let log_path = dir.path().join("vllamad.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+
+        let mut env: Vec<(String, String)> = vec![
+            ("NOTIFY_SOCKET".into(), notify.path.display().to_string()),
+            ("RUST_LOG".into(), "debug".into()),
+        ];
+        if let Some(usec) = options.watchdog_usec {
+            env.push(("WATCHDOG_USEC".into(), usec.to_string()));
+        }
+        env.extend(options.env.iter().cloned());
+
+        let mut cmd = if options.socket_activated {
+            let mut cmd = Command::new("systemd-socket-activate");
+            cmd.arg(format!("--listen=127.0.0.1:{port}"))
+                .arg(format!("--listen={}", admin.display()))
+                .arg("--fdname=api:admin");
+            for (k, v) in &env {
+                cmd.arg(format!("--setenv={k}={v}"));
+            }
+            cmd.arg("--").arg(bin);
+            cmd
+        } else {
+            let mut cmd = Command::new(bin);
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+            cmd
+        };
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--log-format")
+            .arg("text")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .expect("start vllamad (is systemd-socket-activate installed?)");
+        let daemon = Daemon {
+            child: Some(child),
+            exit: None,
+            api,
+            admin,
+            config_path,
+            notify,
+            log_path,
+            port,
+            dir,
+        };
+        if options.socket_activated {
+            // Like systemd, systemd-socket-activate starts the daemon on the first connection.
+            let listening = wait_until(Duration::from_secs(10), || daemon.admin.exists());
+            assert!(
+                listening,
+                "systemd-socket-activate did not listen: {}",
+                daemon.log()
+            );
+            let _ = TcpStream::connect(daemon.api);
+        }
+        daemon
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
+        assert!(pid > 1, "no daemon to signal");
+        // SAFETY: kill has no memory-safety preconditions; pid is our child's.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits for the daemon to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.exit = Some(status);
+                return self.exit;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Rewrites the configuration file (for reload tests).
+    pub fn write_config(&self, options: &DaemonOptions) {
+        std::fs::write(&self.config_path, options.render(self.port, &self.admin))
+            .expect("write config");
+    }
+
+    /// One request on a fresh connection (`Connection: close`).
+    pub fn request(&self, method: &str, path: &str, body: &str) -> Response {
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let text = exchange(self.api, raw.as_bytes());
+        parse_responses(&text)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no response in {text:?}"))
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, "")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.exit.is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `raw` and reads until the server closes the connection.
+pub fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(raw).expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Parses consecutive HTTP/1.1 responses with `Content-Length` bodies (what vllamad sends
+/// for whole bodies). `HEAD` responses must be parsed with [`parse_head_response`].
+pub fn parse_responses(mut text: &str) -> Vec<Response> {
+    let mut out = Vec::new();
+    while let Some(end) = text.find("\r\n\r\n") {
+        let (head, rest) = (&text[..end], &text[end + 4..]);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(rest.len());
+        out.push(Response {
+            status,
+            headers,
+            body: rest[..len].to_string(),
+        });
+        text = &rest[len..];
+    }
+    out
+}
+
+/// Runs `program` as another user via `setpriv` (needs root). `gid` is the primary group;
+/// supplementary groups are cleared.
+pub fn run_as(uid: u32, gid: u32, program: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("run setpriv")
+}
