@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod listeners;
 pub mod logging;
+pub mod models;
 pub mod notify;
 pub mod reload;
 pub mod server;

@@ -228,6 +228,79 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// How long an idle model stays loaded: Ollama's `keep_alive`. In TOML and JSON a number of
+/// seconds or a Go duration string; negative means forever, 0 means unload once idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    Forever,
+    For(Duration),
+}
+
+impl KeepAlive {
+    pub fn parse(text: &str) -> Result<Self, UnitError> {
+        let text = text.trim();
+        // Ollama also accepts a bare number of seconds as a string.
+        if let Ok(secs) = text.parse::<f64>() {
+            return Ok(Self::from_secs_f64(secs));
+        }
+        let nanos = parse_go_duration_nanos(text)?;
+        Ok(match u64::try_from(nanos) {
+            Ok(n) => KeepAlive::For(Duration::from_nanos(n)),
+            Err(_) => KeepAlive::Forever,
+        })
+    }
+
+    pub fn from_secs_f64(secs: f64) -> Self {
+        if secs < 0.0 || !secs.is_finite() {
+            KeepAlive::Forever
+        } else {
+            KeepAlive::For(Duration::from_secs_f64(secs.min(1e12)))
+        }
+    }
+}
+
+impl fmt::Display for KeepAlive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeepAlive::Forever => f.write_str("-1"),
+            KeepAlive::For(d) => HumanDuration(*d).fmt(f),
+        }
+    }
+}
+
+impl Serialize for KeepAlive {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepAlive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = KeepAlive;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a keep_alive: seconds, or a duration such as \"5m\" (negative = forever)",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeepAlive, E> {
+                KeepAlive::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeepAlive, E> {
+                Ok(KeepAlive::from_secs_f64(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeepAlive, E> {
+                Ok(KeepAlive::from_secs_f64(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeepAlive, E> {
+                Ok(KeepAlive::from_secs_f64(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +331,24 @@ mod tests {
         }
         assert_eq!(HumanDuration::parse("90s").unwrap().to_string(), "90s");
         assert_eq!(HumanDuration::parse("120s").unwrap().to_string(), "2m");
+    }
+
+    #[test]
+    fn keep_alive_like_ollama() {
+        let five = KeepAlive::For(Duration::from_secs(300));
+        assert_eq!(KeepAlive::parse("5m"), Ok(five));
+        assert_eq!(KeepAlive::parse("300"), Ok(five));
+        assert_eq!(KeepAlive::parse("0"), Ok(KeepAlive::For(Duration::ZERO)));
+        assert_eq!(KeepAlive::parse("-1"), Ok(KeepAlive::Forever));
+        assert_eq!(KeepAlive::parse("-5m"), Ok(KeepAlive::Forever));
+        assert_eq!(KeepAlive::from_secs_f64(-1.0), KeepAlive::Forever);
+        assert!(KeepAlive::parse("soon").is_err());
+        let json: KeepAlive = serde_json::from_str("\"1h30m\"").unwrap();
+        assert_eq!(json, KeepAlive::For(Duration::from_secs(5400)));
+        let json: KeepAlive = serde_json::from_str("-1").unwrap();
+        assert_eq!(json, KeepAlive::Forever);
+        assert_eq!(KeepAlive::Forever.to_string(), "-1");
+        assert_eq!(five.to_string(), "5m");
     }
 
     #[test]

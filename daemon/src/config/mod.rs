@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, HumanDuration};
 
+mod engine;
+pub use engine::{EngineConfig, GpuMemory, ModelConfig, PathsConfig, Transport};
+
 /// Where the packaged daemon reads its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vllama/vllama.toml";
 /// Environment variables with this prefix override configuration keys.
@@ -26,6 +29,10 @@ pub struct Config {
     pub admin: AdminConfig,
     pub daemon: DaemonConfig,
     pub log: LogConfig,
+    pub paths: PathsConfig,
+    pub engine: EngineConfig,
+    /// The models this daemon serves, by name (`qwen2.5:0.5b`).
+    pub models: BTreeMap<String, ModelConfig>,
 }
 
 /// `[api]`: the public HTTP listener (Ollama + OpenAI APIs).
@@ -404,6 +411,42 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
             return Err(key_err(key, format!("`{group}` is not a valid group name")));
         }
     }
+    for (key, path) in [
+        ("paths.state_dir", &mut config.paths.state_dir),
+        ("paths.runtime_dir", &mut config.paths.runtime_dir),
+        ("paths.cache_dir", &mut config.paths.cache_dir),
+        ("engine.vllm", &mut config.engine.vllm),
+    ] {
+        if path.as_os_str().is_empty() {
+            return Err(key_err(key, "must not be empty".into()));
+        }
+        if path.is_relative() && (key != "engine.vllm" || path.components().count() > 1) {
+            *path = normalize(&base.join(&*path));
+        }
+    }
+    // <runtime_dir>/engines/<id>.sock must fit in sun_path; ids are at most 48 bytes.
+    if config.paths.runtime_dir.as_os_str().len() > 107 - "/engines/.sock".len() - 48 {
+        return Err(key_err(
+            "paths.runtime_dir",
+            "too long for engine socket paths (at most 45 bytes)".into(),
+        ));
+    }
+    for (name, model) in &config.models {
+        let key = format!("models.\"{name}\"");
+        crate::models::ModelName::parse(name).map_err(|e| key_err(&key, e.to_string()))?;
+        if model.source.trim().is_empty() {
+            return Err(key_err(
+                &format!("{key}.source"),
+                "must not be empty".into(),
+            ));
+        }
+        if model.tensor_parallel == 0 {
+            return Err(key_err(
+                &format!("{key}.tensor_parallel"),
+                "must be 1 or more".into(),
+            ));
+        }
+    }
     if config.api.max_request_body.0 == 0 {
         return Err(key_err(
             "api.max_request_body",
@@ -447,6 +490,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.log.format != new.log.format {
         keys.push("log.format".to_string());
     }
+    if old.paths != new.paths {
+        keys.push("paths".to_string());
+    }
     keys
 }
 
@@ -473,7 +519,7 @@ mod tests {
     /// The packaged file shows every key, commented out, at its default value.
     #[test]
     fn the_shipped_config_documents_every_default() {
-        let shipped = include_str!("../../packaging/vllama.toml");
+        let shipped = include_str!("../../../packaging/vllama.toml");
         assert_eq!(
             p(shipped).unwrap(),
             Config::default(),

@@ -1,0 +1,202 @@
+//! `[paths]`, `[engine]` and `[models."name"]`: where state lives, how engines are started,
+//! and the models vllamad may serve.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, HumanDuration, KeepAlive};
+
+/// `[paths]`: the daemon's directories (systemd creates them: StateDirectory= etc.).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Model store (`<state_dir>/hub`, Hugging Face cache layout; engines get HF_HOME here).
+    pub state_dir: PathBuf,
+    /// Engine sockets (`engines/<id>.sock`) and each engine's TMPDIR (`tmp/<id>`).
+    pub runtime_dir: PathBuf,
+    /// vLLM's compile cache (`VLLM_CACHE_ROOT=<cache_dir>/vllm`), kept across restarts.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            state_dir: "/var/lib/vllama".into(),
+            runtime_dir: "/run/vllama".into(),
+            cache_dir: "/var/cache/vllama".into(),
+        }
+    }
+}
+
+/// How the daemon reaches an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `--uds <runtime_dir>/engines/<id>.sock` (private: the directory is 0700).
+    Uds,
+    /// `--host 127.0.0.1 --port <free port>`, for vLLM builds without `--uds`.
+    Tcp,
+}
+
+/// `[engine]`: defaults for every engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The `vllm` executable.
+    pub vllm: PathBuf,
+    /// Extra arguments for every `vllm serve`.
+    pub args: Vec<String>,
+    /// Extra environment for every engine.
+    pub env: BTreeMap<String, String>,
+    /// How long an engine may take to answer `/health` 200.
+    pub load_timeout: HumanDuration,
+    /// After SIGTERM, how long before the engine's process group is killed.
+    pub stop_grace: HumanDuration,
+    /// How often `/health` is polled while an engine starts.
+    pub health_interval: HumanDuration,
+    pub transport: Transport,
+    /// How long an idle model stays loaded (Ollama's keep_alive: "5m", 0 = unload when
+    /// idle, negative = forever). A request's keep_alive replaces it for that model.
+    pub keep_alive: KeepAlive,
+    /// Requests per model, waiting or running; more are answered 503 (server busy).
+    pub max_queue: u32,
+    /// Engines loaded at once; 0 = 3 per GPU, or 1 without a GPU.
+    pub max_loaded: u32,
+    /// Crash restarts back off from 1 s, doubling up to this.
+    pub restart_backoff_max: HumanDuration,
+    /// An engine Ready this long resets the backoff.
+    pub stable_after: HumanDuration,
+    /// GPU memory left free on each GPU, never given to engines.
+    pub gpu_memory_reserve: ByteSize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            vllm: "/var/lib/vllama/venv/bin/vllm".into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            load_timeout: HumanDuration::from_secs(600),
+            stop_grace: HumanDuration::from_secs(30),
+            health_interval: HumanDuration(std::time::Duration::from_millis(250)),
+            transport: Transport::Uds,
+            keep_alive: KeepAlive::For(std::time::Duration::from_secs(300)),
+            max_queue: 512,
+            max_loaded: 0,
+            restart_backoff_max: HumanDuration::from_secs(60),
+            stable_after: HumanDuration::from_secs(60),
+            gpu_memory_reserve: ByteSize(512 * ByteSize::MIB),
+        }
+    }
+}
+
+/// How much GPU memory a model's engine may take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GpuMemory {
+    /// Weights on disk × 1.2 plus 1 GiB of KV cache, at most 90% of a GPU.
+    Auto,
+    /// A fraction of each GPU's total memory (vLLM's `--gpu-memory-utilization`).
+    Fraction(f64),
+    /// An absolute amount per GPU.
+    Bytes(ByteSize),
+}
+
+impl Serialize for GpuMemory {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GpuMemory::Auto => s.serialize_str("auto"),
+            GpuMemory::Fraction(f) => s.serialize_f64(*f),
+            GpuMemory::Bytes(b) => s.collect_str(b),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuMemory {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Float(f64),
+            Text(String),
+        }
+        let bad = |what: String| {
+            serde::de::Error::custom(format!(
+                "`{what}` is not a GPU memory amount: write \"auto\", a fraction such as 0.45, or a size such as \"8GiB\""
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Float(f) if f > 0.0 && f <= 1.0 => Ok(GpuMemory::Fraction(f)),
+            Raw::Float(f) => Err(bad(f.to_string())),
+            Raw::Text(t) if t == "auto" => Ok(GpuMemory::Auto),
+            Raw::Text(t) => ByteSize::parse(&t)
+                .map(GpuMemory::Bytes)
+                .map_err(|_| bad(t)),
+        }
+    }
+}
+
+/// `[models."name"]`: one servable model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A local model directory, or a Hugging Face repository (`org/name`, `org/name@rev`)
+    /// found in the model store.
+    pub source: String,
+    /// The name the engine serves it under (default: the model's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    #[serde(default = "one")]
+    pub tensor_parallel: u32,
+    #[serde(default = "auto")]
+    pub gpu_memory: GpuMemory,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Never unloaded, restarted after a crash without waiting for a request.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Started when the daemon starts.
+    #[serde(default)]
+    pub preload: bool,
+    /// Put to sleep (weights to CPU RAM) instead of stopping when GPU memory is needed.
+    #[serde(default)]
+    pub sleep: bool,
+    /// This model's own default keep_alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<KeepAlive>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn auto() -> GpuMemory {
+    GpuMemory::Auto
+}
+
+impl ModelConfig {
+    /// A model with every default, served from `source`.
+    pub fn from_source(source: impl Into<String>) -> Self {
+        ModelConfig {
+            source: source.into(),
+            served_name: None,
+            max_model_len: None,
+            dtype: None,
+            tensor_parallel: 1,
+            gpu_memory: GpuMemory::Auto,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            pinned: false,
+            preload: false,
+            sleep: false,
+            keep_alive: None,
+        }
+    }
+}

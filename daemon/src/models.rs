@@ -1,0 +1,316 @@
+//! Model names and where a model's files are. Ollama-style names (`qwen2.5:0.5b`, tag
+//! `latest` by default) resolve through the configuration's `[models]`, then a small curated
+//! catalog, to a source: a local directory, or a Hugging Face repository looked up in the
+//! model store (`<state_dir>/hub`, Hugging Face's cache layout).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ModelConfig};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("invalid model name `{name}`: {why}")]
+    InvalidName { name: String, why: &'static str },
+    /// Ollama's wording, which clients show to users.
+    #[error("model \"{0}\" not found, try pulling it first")]
+    NotFound(String),
+    #[error("model \"{name}\": {repo} is not in the model store ({dir}); pull it first: vllamactl pull {name}")]
+    NotPulled {
+        name: String,
+        repo: String,
+        dir: String,
+    },
+    #[error("model \"{name}\": {path} is not a model directory (no config.json)")]
+    NotAModelDir { name: String, path: String },
+}
+
+/// A validated model name: `name:tag` (tag defaulting to `latest`) or a repository
+/// `org/name[@revision]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelName(String);
+
+impl ModelName {
+    pub fn parse(raw: &str) -> Result<ModelName, ModelError> {
+        let bad = |why| ModelError::InvalidName {
+            name: raw.to_string(),
+            why,
+        };
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(bad("empty"));
+        }
+        if name.len() > 200 {
+            return Err(bad("longer than 200 characters"));
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@'))
+        {
+            return Err(bad("use letters, digits and . _ - : / @"));
+        }
+        if name
+            .split(['/', ':', '@'])
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(bad("empty, `.` or `..` parts are not allowed"));
+        }
+        if name.matches('/').count() > 1 {
+            return Err(bad("at most one `/` (organisation/name)"));
+        }
+        if name.contains('/') {
+            if name.contains(':') {
+                return Err(bad("a repository name takes `@revision`, not `:tag`"));
+            }
+            return Ok(ModelName(name.to_string()));
+        }
+        if name.contains('@') {
+            return Err(bad(
+                "`@revision` is for repositories (organisation/name@revision)",
+            ));
+        }
+        match name.split_once(':') {
+            Some((_, tag)) if tag.contains(':') => Err(bad("more than one `:`")),
+            Some(_) => Ok(ModelName(name.to_ascii_lowercase())),
+            None => Ok(ModelName(format!("{}:latest", name.to_ascii_lowercase()))),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `org/name` and revision, when the name is a repository.
+    pub fn as_repo(&self) -> Option<(&str, &str)> {
+        if !self.0.contains('/') {
+            return None;
+        }
+        Some(match self.0.split_once('@') {
+            Some((repo, rev)) => (repo, rev),
+            None => (self.0.as_str(), "main"),
+        })
+    }
+
+    /// A short, file-name-safe form for engine ids and socket names (≤ 40 bytes).
+    pub fn slug(&self) -> String {
+        let mut s: String = self
+            .0
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        s.truncate(40);
+        s
+    }
+}
+
+impl std::fmt::Display for ModelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Ollama names of popular models and the Hugging Face repositories vLLM serves them from.
+pub const CATALOG: &[(&str, &str)] = &[
+    ("llama3.1:8b", "meta-llama/Llama-3.1-8B-Instruct"),
+    ("llama3.1:latest", "meta-llama/Llama-3.1-8B-Instruct"),
+    ("llama3.2:1b", "meta-llama/Llama-3.2-1B-Instruct"),
+    ("llama3.2:3b", "meta-llama/Llama-3.2-3B-Instruct"),
+    ("llama3.2:latest", "meta-llama/Llama-3.2-3B-Instruct"),
+    ("qwen2.5:0.5b", "Qwen/Qwen2.5-0.5B-Instruct"),
+    ("qwen2.5:1.5b", "Qwen/Qwen2.5-1.5B-Instruct"),
+    ("qwen2.5:7b", "Qwen/Qwen2.5-7B-Instruct"),
+    ("qwen2.5:latest", "Qwen/Qwen2.5-7B-Instruct"),
+    ("mistral:7b", "mistralai/Mistral-7B-Instruct-v0.3"),
+    ("mistral:latest", "mistralai/Mistral-7B-Instruct-v0.3"),
+    ("nomic-embed-text:latest", "nomic-ai/nomic-embed-text-v1.5"),
+    (
+        "all-minilm:latest",
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ),
+    ("qwen2.5vl:3b", "Qwen/Qwen2.5-VL-3B-Instruct"),
+];
+
+/// What the configuration says about a requested name: its settings, and its canonical name.
+pub fn lookup(config: &Config, name: &ModelName) -> Result<(ModelName, ModelConfig), ModelError> {
+    for (key, model) in &config.models {
+        if ModelName::parse(key).is_ok_and(|k| &k == name) {
+            return Ok((name.clone(), model.clone()));
+        }
+    }
+    if name.as_repo().is_some() {
+        return Ok((name.clone(), ModelConfig::from_source(name.as_str())));
+    }
+    if let Some((_, repo)) = CATALOG.iter().find(|(n, _)| *n == name.as_str()) {
+        return Ok((name.clone(), ModelConfig::from_source(*repo)));
+    }
+    Err(ModelError::NotFound(name.to_string()))
+}
+
+/// The directory an engine is started on. Blocking (reads the store): call it off the
+/// request path.
+pub fn resolve_dir(
+    state_dir: &Path,
+    name: &ModelName,
+    source: &str,
+) -> Result<PathBuf, ModelError> {
+    let local = Path::new(source);
+    let dir = if local.is_absolute() {
+        local.to_path_buf()
+    } else {
+        let (repo, rev) = source.split_once('@').unwrap_or((source, "main"));
+        snapshot_dir(&state_dir.join("hub"), repo, rev).ok_or_else(|| ModelError::NotPulled {
+            name: name.to_string(),
+            repo: source.to_string(),
+            dir: state_dir.join("hub").display().to_string(),
+        })?
+    };
+    if !dir.join("config.json").is_file() {
+        return Err(ModelError::NotAModelDir {
+            name: name.to_string(),
+            path: dir.display().to_string(),
+        });
+    }
+    Ok(dir)
+}
+
+/// `hub/models--org--name/snapshots/<commit>` for a revision (a ref such as `main`, or a
+/// commit hash), if the store has it.
+pub fn snapshot_dir(hub: &Path, repo: &str, rev: &str) -> Option<PathBuf> {
+    let (org, name) = repo.split_once('/')?;
+    let root = hub.join(format!("models--{org}--{name}"));
+    let commit = if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
+        rev.to_string()
+    } else {
+        std::fs::read_to_string(root.join("refs").join(rev))
+            .ok()?
+            .trim()
+            .to_string()
+    };
+    let dir = root.join("snapshots").join(commit);
+    dir.is_dir().then_some(dir)
+}
+
+/// Sum of the weight files' sizes in a model directory (safetensors, or .bin without them).
+pub fn weights_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let files: Vec<(String, u64)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // metadata() follows the store's symlinks to the blobs.
+            let size = std::fs::metadata(e.path()).ok()?.len();
+            Some((name, size))
+        })
+        .collect();
+    let sum = |ext: &str| -> u64 {
+        files
+            .iter()
+            .filter(|(n, _)| n.ends_with(ext))
+            .map(|(_, s)| s)
+            .sum()
+    };
+    match sum(".safetensors") {
+        0 => sum(".bin"),
+        n => n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_normalize_like_ollama() {
+        assert_eq!(
+            ModelName::parse("llama3").unwrap().as_str(),
+            "llama3:latest"
+        );
+        assert_eq!(
+            ModelName::parse("Qwen2.5:0.5B").unwrap().as_str(),
+            "qwen2.5:0.5b"
+        );
+        let repo = ModelName::parse("Qwen/Qwen2.5-0.5B-Instruct@abc").unwrap();
+        assert_eq!(repo.as_repo(), Some(("Qwen/Qwen2.5-0.5B-Instruct", "abc")));
+        assert_eq!(
+            ModelName::parse("org/m").unwrap().as_repo(),
+            Some(("org/m", "main"))
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_touching_disk() {
+        for bad in [
+            "", "../etc", "a/../b", "a/b/c", "/abs", "a b", "x:y:z", "a/b:tag", "m@rev", "org/",
+            "x;rm", "a/.", "::",
+        ] {
+            assert!(ModelName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(ModelName::parse(&"a".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn slugs_are_safe_and_short() {
+        let n = ModelName::parse("Org/Some_Model-Name.v2@refs").unwrap();
+        let slug = n.slug();
+        assert!(slug.len() <= 40);
+        assert!(!slug.contains('/') && !slug.contains('@'));
+    }
+
+    #[test]
+    fn lookup_order_config_then_repo_then_catalog() {
+        let mut config = Config::default();
+        config
+            .models
+            .insert("tiny".into(), ModelConfig::from_source("/models/tiny"));
+        let tiny = ModelName::parse("tiny:latest").unwrap();
+        assert_eq!(lookup(&config, &tiny).unwrap().1.source, "/models/tiny");
+        let qwen = ModelName::parse("qwen2.5:0.5b").unwrap();
+        assert_eq!(
+            lookup(&config, &qwen).unwrap().1.source,
+            "Qwen/Qwen2.5-0.5B-Instruct"
+        );
+        let repo = ModelName::parse("org/model").unwrap();
+        assert_eq!(lookup(&config, &repo).unwrap().1.source, "org/model");
+        let unknown = ModelName::parse("nothing:here").unwrap();
+        assert_eq!(
+            lookup(&config, &unknown).unwrap_err().to_string(),
+            "model \"nothing:here\" not found, try pulling it first"
+        );
+    }
+
+    #[test]
+    fn store_resolution() {
+        let state = tempfile::tempdir().unwrap();
+        let root = state.path().join("hub/models--org--m");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(root.join("refs")).unwrap();
+        std::fs::create_dir_all(root.join("snapshots").join(commit)).unwrap();
+        std::fs::write(root.join("refs/main"), format!("{commit}\n")).unwrap();
+        let name = ModelName::parse("org/m").unwrap();
+        // No config.json yet: not a model.
+        assert!(matches!(
+            resolve_dir(state.path(), &name, "org/m"),
+            Err(ModelError::NotAModelDir { .. })
+        ));
+        let snap = root.join("snapshots").join(commit);
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        std::fs::write(snap.join("model.safetensors"), vec![0u8; 1000]).unwrap();
+        assert_eq!(resolve_dir(state.path(), &name, "org/m").unwrap(), snap);
+        assert_eq!(
+            resolve_dir(state.path(), &name, &format!("org/m@{commit}")).unwrap(),
+            snap
+        );
+        assert!(matches!(
+            resolve_dir(state.path(), &name, "org/other"),
+            Err(ModelError::NotPulled { .. })
+        ));
+        assert_eq!(weights_size(&snap), 1000);
+    }
+}

@@ -1,0 +1,532 @@
+//! A stand-in for `vllm serve`, for fast tests and fault injection. It accepts vLLM's
+//! command line, listens on `--uds PATH` or `--host/--port`, answers `/health` 503 until its
+//! start-up delay has passed, and serves the OpenAI routes, `/metrics` and the sleep
+//! endpoints in the shapes the real engine uses (checked against recorded real responses
+//! in `tests/tests/fake_matches_real.rs`).
+//!
+//! Faults, from the environment:
+//! - `FAKE_VLLM_STARTUP_MS` (300): time until `/health` answers 200;
+//! - `FAKE_VLLM_FAIL_STARTUP=msg`: log `msg` as an ERROR and exit 1 during start-up;
+//! - `FAKE_VLLM_HANG=1`: never become healthy;
+//! - `FAKE_VLLM_EXIT_AFTER=N`: exit 0 after N completions (vLLM's exit-0-after-engine-death);
+//! - `FAKE_VLLM_CRASH_MID_STREAM=1`: exit 1 after the second streamed token;
+//! - `FAKE_VLLM_IGNORE_SIGTERM=1`: ignore SIGTERM (as vLLM does while starting);
+//! - `FAKE_VLLM_GRANDCHILD=1`: spawn a child `sleep` that, like EngineCore, outlives a
+//!   leader-only kill; its pid goes to `$FAKE_VLLM_STATE_DIR/grandchild.pid`;
+//! - `FAKE_VLLM_TOKEN_MS` (2): delay per generated token;
+//! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
+//!   body) and `argv.json`.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+struct Fake {
+    model: String,
+    served_name: String,
+    started: Instant,
+    startup: Duration,
+    hang: bool,
+    exit_after: Option<u64>,
+    crash_mid_stream: bool,
+    token_delay: Duration,
+    completions: AtomicU64,
+    sleeping: AtomicBool,
+    woken: Notify,
+    state_dir: Option<std::path::PathBuf>,
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn log(level: &str, msg: &str) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (h, m, s) = (now / 3600 % 24, now / 60 % 60, now % 60);
+    // vLLM's format: (APIServer pid=N) LEVEL MM-DD hh:mm:ss [file.py:L] message
+    let line = format!(
+        "(APIServer pid={}) {level} 11-27 {h:02}:{m:02}:{s:02} [api_server.py:1] {msg}",
+        std::process::id()
+    );
+    if level == "ERROR" || level == "WARNING" {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    let _ = std::io::stdout().flush();
+}
+
+fn arg_value(args: &[String], flag: &str) -> Option<String> {
+    let eq = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == flag {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix(&eq).map(str::to_string)
+        }
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("0.32.0+fake");
+        return;
+    }
+    if args.get(1).map(String::as_str) != Some("serve") || args.len() < 3 {
+        eprintln!("usage: vllm serve MODEL [--served-model-name N] [--uds PATH | --port P]");
+        std::process::exit(2);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(serve(args));
+}
+
+async fn serve(args: Vec<String>) {
+    let model = args[2].clone();
+    let state_dir = std::env::var_os("FAKE_VLLM_STATE_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = &state_dir {
+        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::write(dir.join("argv.json"), json!(args).to_string());
+        let env: serde_json::Map<String, Value> = std::env::vars()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        let _ = std::fs::write(dir.join("env.json"), Value::Object(env).to_string());
+    }
+    let fake = Arc::new(Fake {
+        model: model.clone(),
+        served_name: arg_value(&args, "--served-model-name").unwrap_or_else(|| model.clone()),
+        started: Instant::now(),
+        startup: Duration::from_millis(env_u64("FAKE_VLLM_STARTUP_MS").unwrap_or(300)),
+        hang: std::env::var_os("FAKE_VLLM_HANG").is_some(),
+        exit_after: env_u64("FAKE_VLLM_EXIT_AFTER"),
+        crash_mid_stream: std::env::var_os("FAKE_VLLM_CRASH_MID_STREAM").is_some(),
+        token_delay: Duration::from_millis(env_u64("FAKE_VLLM_TOKEN_MS").unwrap_or(2)),
+        completions: AtomicU64::new(0),
+        sleeping: AtomicBool::new(false),
+        woken: Notify::new(),
+        state_dir,
+    });
+    log(
+        "INFO",
+        &format!("vLLM API server version 0.32.0+fake, model {model}"),
+    );
+
+    if std::env::var_os("FAKE_VLLM_GRANDCHILD").is_some() {
+        match std::process::Command::new("sleep").arg("600").spawn() {
+            Ok(child) => {
+                if let Some(dir) = &fake.state_dir {
+                    let _ = std::fs::write(dir.join("grandchild.pid"), child.id().to_string());
+                }
+                log("INFO", &format!("EngineCore started (pid={})", child.id()));
+            }
+            Err(e) => log("ERROR", &format!("cannot spawn engine core: {e}")),
+        }
+    }
+
+    let ignore_term = std::env::var_os("FAKE_VLLM_IGNORE_SIGTERM").is_some();
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        while term.recv().await.is_some() {
+            if ignore_term {
+                log("INFO", "SIGTERM received during engine start-up; ignoring");
+                continue;
+            }
+            log("INFO", "Shutting down FastAPI HTTP server.");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            std::process::exit(0);
+        }
+    });
+
+    if let Ok(message) = std::env::var("FAKE_VLLM_FAIL_STARTUP") {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log("ERROR", "EngineCore failed to start.");
+        log("ERROR", &message);
+        std::process::exit(1);
+    }
+
+    if let Some(path) = arg_value(&args, "--uds") {
+        let _ = std::fs::remove_file(&path);
+        let listener = match tokio::net::UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                log("ERROR", &format!("cannot bind {path}: {e}"));
+                std::process::exit(1);
+            }
+        };
+        log("INFO", &format!("Starting vLLM API server on {path}"));
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                spawn_conn(TokioIo::new(stream), fake.clone());
+            }
+        }
+    } else {
+        let host = arg_value(&args, "--host").unwrap_or_else(|| "127.0.0.1".into());
+        let port = arg_value(&args, "--port").unwrap_or_else(|| "8000".into());
+        // Like the real engine over TCP: refused until the model is loaded.
+        tokio::time::sleep(fake.startup).await;
+        let listener = match tokio::net::TcpListener::bind(format!("{host}:{port}")).await {
+            Ok(l) => l,
+            Err(e) => {
+                log("ERROR", &format!("cannot bind {host}:{port}: {e}"));
+                std::process::exit(1);
+            }
+        };
+        log(
+            "INFO",
+            &format!("Starting vLLM API server on http://{host}:{port}"),
+        );
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                spawn_conn(TokioIo::new(stream), fake.clone());
+            }
+        }
+    }
+}
+
+fn spawn_conn<I>(io: I, fake: Arc<Fake>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| {
+            let fake = fake.clone();
+            async move { Ok::<_, Infallible>(handle(req, fake).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .await;
+    });
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn json_resp(status: StatusCode, value: Value) -> Response<Body> {
+    full(status, "application/json", value.to_string())
+}
+
+fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response<Body> {
+    let param = if kind == "NotFoundError" {
+        json!("model")
+    } else {
+        Value::Null
+    };
+    json_resp(
+        status,
+        json!({"error": {"message": message, "type": kind, "param": param, "code": status.as_u16()}}),
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(dir) = &fake.state_dir {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("requests.jsonl"))
+        {
+            let _ = writeln!(
+                f,
+                "{}",
+                json!({"path": path, "query": query, "headers": headers, "body": parsed})
+            );
+        }
+    }
+    let ready = !fake.hang && fake.started.elapsed() >= fake.startup;
+    match path.as_str() {
+        "/health" if ready => full(StatusCode::OK, "application/json", ""),
+        "/health" => full(StatusCode::SERVICE_UNAVAILABLE, "application/json", ""),
+        _ if !ready => openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine is starting",
+            "ServiceUnavailable",
+        ),
+        "/version" => json_resp(StatusCode::OK, json!({"version": "0.32.0"})),
+        "/v1/models" => json_resp(
+            StatusCode::OK,
+            json!({"object": "list", "data": [{"id": fake.served_name, "object": "model",
+                "created": unix_now(), "owned_by": "vllm", "root": fake.model, "parent": null,
+                "max_model_len": 2048, "permission": [{"id": "modelperm-fake", "object": "model_permission",
+                    "created": unix_now(), "allow_create_engine": false, "allow_sampling": true,
+                    "allow_logprobs": true, "allow_search_indices": false, "allow_view": true,
+                    "allow_fine_tuning": false, "organization": "*", "group": null, "is_blocking": false}]}]}),
+        ),
+        "/is_sleeping" => json_resp(
+            StatusCode::OK,
+            json!({"is_sleeping": fake.sleeping.load(Ordering::SeqCst)}),
+        ),
+        "/sleep" => {
+            fake.sleeping.store(true, Ordering::SeqCst);
+            log("INFO", &format!("sleep mode entered ({query})"));
+            full(StatusCode::OK, "application/json", "")
+        }
+        "/wake_up" => {
+            fake.sleeping.store(false, Ordering::SeqCst);
+            fake.woken.notify_waiters();
+            log("INFO", "woke up");
+            full(StatusCode::OK, "application/json", "")
+        }
+        "/metrics" => full(StatusCode::OK, "text/plain; version=0.0.4", metrics(&fake)),
+        "/v1/chat/completions" | "/v1/completions" => complete(&path, parsed, fake).await,
+        "/v1/embeddings" => {
+            let inputs = match &parsed["input"] {
+                Value::Array(items) => items.len(),
+                _ => 1,
+            };
+            let data: Vec<Value> = (0..inputs)
+                .map(|i| json!({"index": i, "object": "embedding", "embedding": [0.1, -0.2, 0.3, 0.4]}))
+                .collect();
+            json_resp(
+                StatusCode::OK,
+                json!({"id": "embd-fake", "object": "list", "created": unix_now(),
+                "model": fake.served_name, "data": data,
+                "usage": {"prompt_tokens": 3 * inputs, "total_tokens": 3 * inputs, "completion_tokens": 0, "prompt_tokens_details": null}}),
+            )
+        }
+        _ => json_resp(StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),
+    }
+}
+
+fn metrics(fake: &Fake) -> String {
+    let labels = format!("engine=\"0\",model_name=\"{}\"", fake.served_name);
+    format!(
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+         # TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{{labels}}} 0.0\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{{labels}}} 0.0\n\
+         # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{{labels}}} 0.0\n\
+         # HELP vllm:generation_tokens_total Number of generation tokens processed.\n\
+         # TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{{{labels}}} {}.0\n",
+        fake.completions.load(Ordering::SeqCst) * 8
+    )
+}
+
+const FINGERPRINT: &str = "vllm-0.32.0-fake";
+
+const WORDS: [&str; 8] = [
+    " the", " llama", " serves", " tokens", " fast", " and", " well", ".",
+];
+
+async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
+    let chat = path == "/v1/chat/completions";
+    let model = req["model"].as_str().unwrap_or("").to_string();
+    if model != fake.served_name {
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "The model `{model}` does not exist. Valid aliases: {}.",
+                fake.served_name
+            ),
+            "NotFoundError",
+        );
+    }
+    while fake.sleeping.load(Ordering::SeqCst) {
+        // Held until woken, as the real engine does.
+        let woken = fake.woken.notified();
+        if !fake.sleeping.load(Ordering::SeqCst) {
+            break;
+        }
+        woken.await;
+    }
+    let max = req["max_tokens"]
+        .as_u64()
+        .or_else(|| req["max_completion_tokens"].as_u64())
+        .unwrap_or(16)
+        .min(4096);
+    let prompt_tokens = match chat {
+        true => req["messages"].as_array().map_or(1, |m| m.len() as u64 * 5),
+        false => req["prompt"]
+            .as_str()
+            .map_or(1, |p| p.split_whitespace().count() as u64 + 1),
+    };
+    let n = fake.completions.fetch_add(1, Ordering::SeqCst) + 1;
+    let id = format!("{}-fake{n}", if chat { "chatcmpl" } else { "cmpl" });
+    let created = unix_now();
+    let name = fake.served_name.clone();
+    let done_then_maybe_exit = {
+        let fake = fake.clone();
+        move || {
+            if fake
+                .exit_after
+                .is_some_and(|limit| fake.completions.load(Ordering::SeqCst) >= limit)
+            {
+                log(
+                    "ERROR",
+                    "Engine core proc EngineCore_DP0 died unexpectedly, shutting down API server.",
+                );
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    std::process::exit(0);
+                });
+            }
+        }
+    };
+
+    if !req["stream"].as_bool().unwrap_or(false) {
+        tokio::time::sleep(fake.token_delay * max as u32).await;
+        let text: String = (0..max).map(|i| WORDS[i as usize % WORDS.len()]).collect();
+        let usage = json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max,
+            "completion_tokens": max, "prompt_tokens_details": null, "completion_tokens_details": null});
+        let body = if chat {
+            json!({"id": id, "object": "chat.completion", "created": created, "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null,
+                    "annotations": null, "audio": null, "function_call": null, "reasoning": null},
+                    "logprobs": null, "finish_reason": "length", "stop_reason": null,
+                    "token_ids": null, "routed_experts": null}],
+                "service_tier": null, "system_fingerprint": FINGERPRINT, "usage": usage,
+                "prompt_logprobs": null, "prompt_token_ids": null, "prompt_text": null,
+                "kv_transfer_params": null, "ec_transfer_params": null, "metrics": null})
+        } else {
+            json!({"id": id, "object": "text_completion", "created": created, "model": name,
+                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "length",
+                    "stop_reason": null, "token_ids": null, "prompt_logprobs": null,
+                    "prompt_token_ids": null, "routed_experts": null}],
+                "service_tier": null, "system_fingerprint": FINGERPRINT, "usage": usage,
+                "kv_transfer_params": null, "ec_transfer_params": null, "metrics": null})
+        };
+        done_then_maybe_exit();
+        return json_resp(StatusCode::OK, body);
+    }
+
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    let delay = fake.token_delay;
+    let crash = fake.crash_mid_stream;
+    tokio::spawn(async move {
+        let send = |v: Value| Ok(Frame::data(Bytes::from(format!("data: {v}\n\n"))));
+        let object = if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        if chat {
+            let first = json!({"id": id, "object": object, "created": created, "model": name,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}],
+                "prompt_token_ids": null, "prompt_text": null});
+            if tx.send(send(first)).await.is_err() {
+                return;
+            }
+        }
+        for i in 0..max {
+            tokio::time::sleep(delay).await;
+            if crash && i == 2 {
+                log("ERROR", "Engine core died mid-request");
+                std::process::exit(1);
+            }
+            let last = i + 1 == max;
+            let finish = if last { json!("length") } else { Value::Null };
+            let word = WORDS[i as usize % WORDS.len()];
+            let mut choice = if chat {
+                json!({"index": 0, "delta": {"content": word}, "logprobs": null, "finish_reason": finish, "token_ids": null})
+            } else {
+                json!({"index": 0, "text": word, "logprobs": null, "finish_reason": finish, "stop_reason": null,
+                    "prompt_token_ids": null, "token_ids": null})
+            };
+            if last {
+                choice["stop_reason"] = Value::Null;
+            }
+            let mut chunk = json!({"id": id, "object": object, "created": created, "model": name, "choices": [choice]});
+            if last && !chat {
+                chunk["system_fingerprint"] = json!(FINGERPRINT);
+            }
+            if tx.send(send(chunk)).await.is_err() {
+                log("INFO", "client disconnected: request aborted");
+                return;
+            }
+        }
+        if include_usage {
+            let usage = json!({"id": id, "object": object, "created": created, "model": name, "choices": [],
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max, "completion_tokens": max},
+                "system_fingerprint": FINGERPRINT});
+            let _ = tx.send(send(usage)).await;
+        }
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+            .await;
+        done_then_maybe_exit();
+    });
+    let stream = tokio_stream_from(rx);
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    resp
+}
+
+/// An mpsc receiver as a `Stream` of frames.
+fn tokio_stream_from(rx: mpsc::Receiver<Result<Frame<Bytes>, Infallible>>) -> ReceiverStream {
+    ReceiverStream(rx)
+}
+
+struct ReceiverStream(mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
