@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -88,12 +88,66 @@ impl AdminClient {
     }
 
     pub async fn request(&self, method: Method, path: &str) -> Result<Answer, ClientError> {
-        tokio::time::timeout(self.timeout, self.exchange(method, path))
+        self.request_with(method, path, Bytes::new()).await
+    }
+
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Answer, ClientError> {
+        tokio::time::timeout(self.timeout, self.exchange(method, path, body))
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?
     }
 
-    async fn exchange(&self, method: Method, path: &str) -> Result<Answer, ClientError> {
+    /// Sends `body` and calls `on_line` for each line of a streamed answer (NDJSON). The
+    /// timeout applies to the answer's start only: a stream may run as long as it needs.
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+        body: Bytes,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<(), ClientError> {
+        let resp = tokio::time::timeout(self.timeout, self.send(Method::POST, path, body))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))??;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .to_bytes();
+            return Answer {
+                status,
+                body: bytes,
+            }
+            .ok()
+            .map(|_| ());
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                pending.extend_from_slice(data);
+                while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=at).collect();
+                    on_line(String::from_utf8_lossy(&line).trim_end());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| connect_error(&self.socket, e))?;
@@ -105,12 +159,22 @@ impl AdminClient {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "vllamad")
-            .body(Empty::<Bytes>::new())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Answer, ClientError> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let body = resp
             .into_body()

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use vllama_proto::{ReloadOutcome, Status};
+use vllama_proto::{EngineInfo, ReloadOutcome, Status};
 
 pub fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
@@ -52,6 +52,96 @@ pub fn status(s: &Status) -> String {
             l.name, l.address, l.source
         );
     }
+    if s.engines.is_empty() {
+        let _ = writeln!(out, "engines:   none loaded");
+    } else {
+        let _ = writeln!(out, "engines:");
+        for line in engines(&s.engines).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// Bytes in binary units, one decimal.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `vllamactl ps`: one row per engine.
+pub fn engines(list: &[EngineInfo]) -> String {
+    let mut rows = vec![[
+        "MODEL".to_string(),
+        "STATE".into(),
+        "PID".into(),
+        "GPU".into(),
+        "GPU MEMORY".into(),
+        "REQUESTS".into(),
+        "UNTIL".into(),
+        "RESTARTS".into(),
+    ]];
+    for e in list {
+        let until = match (&e.expires_at, e.pinned, e.keep_alive.as_str()) {
+            (_, true, _) => "pinned".to_string(),
+            (Some(t), _, _) => t.clone(),
+            (None, _, "-1") => "forever".to_string(),
+            (None, _, _) => "in use".to_string(),
+        };
+        rows.push([
+            e.model.clone(),
+            e.state.clone(),
+            e.pid.map_or("-".into(), |p| p.to_string()),
+            if e.gpus.is_empty() {
+                "cpu".into()
+            } else {
+                e.gpus
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            if e.gpu_memory_bytes == 0 {
+                "-".into()
+            } else {
+                bytes(e.gpu_memory_bytes)
+            },
+            e.pending.to_string(),
+            until,
+            format!("{} ({} crashes)", e.restarts, e.crashes),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    for e in list {
+        if let Some(err) = &e.last_error {
+            let first = err.lines().next().unwrap_or("");
+            let _ = writeln!(out, "{}: last error: {first}", e.model);
+        }
+    }
     out
 }
 
@@ -79,7 +169,7 @@ pub fn reload(r: &ReloadOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vllama_proto::{ConfigInfo, ListenerInfo, ListenerSource};
+    use vllama_proto::{ConfigInfo, EngineInfo, ListenerInfo, ListenerSource};
 
     #[test]
     fn durations() {
@@ -115,6 +205,24 @@ mod tests {
                     source: ListenerSource::Bound,
                 },
             ],
+            engines: vec![EngineInfo {
+                model: "qwen2.5:7b".into(),
+                served_name: "qwen2.5:7b".into(),
+                id: "qwen2.5-7b-1".into(),
+                state: "ready".into(),
+                pid: Some(777),
+                endpoint: "unix:/run/vllama/engines/qwen2.5-7b-1.sock".into(),
+                gpus: vec![0, 1],
+                gpu_memory_bytes: 3 * 1024 * 1024 * 1024 / 2,
+                pending: 2,
+                expires_at: None,
+                keep_alive: "5m".into(),
+                restarts: 1,
+                crashes: 1,
+                last_error: Some("exited unexpectedly\nmore".into()),
+                load_seconds: Some(80.0),
+                pinned: false,
+            }],
         };
         let text = status(&s);
         for needle in [
@@ -125,6 +233,12 @@ mod tests {
             "api    127.0.0.1:11434",
             "(socket activation)",
             "(bound by vllamad)",
+            "qwen2.5:7b",
+            "0,1",
+            "1.5 GiB",
+            "in use",
+            "1 (1 crashes)",
+            "qwen2.5:7b: last error: exited unexpectedly",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
         }

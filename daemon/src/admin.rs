@@ -6,13 +6,24 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use std::time::{Duration, Instant};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vllama_proto::{RELOAD_PATH, STATUS_PATH};
+
+use bytes::Bytes;
+use vllama_proto::{
+    PreloadEvent, PreloadRequest, UnloadRequest, ENGINES_PATH, PRELOAD_PATH, RELOAD_PATH,
+    STATUS_PATH, UNLOAD_PATH,
+};
+
+use crate::models::ModelName;
+use crate::scheduler::SchedError;
+use crate::state::engine_info;
+use crate::units::KeepAlive;
 
 use crate::auth::{Peer, Role};
-use crate::http::{self, Body};
+use crate::http::{self, Body, Reject};
 use crate::state::Daemon;
 
 /// Admin requests are small; anything larger is refused.
@@ -78,41 +89,63 @@ async fn handle(req: Request<Incoming>, daemon: &Daemon, peer: &Peer) -> Respons
 #[derive(Debug, Clone, Copy)]
 enum Route {
     Status,
+    Engines,
     Reload,
+    Preload,
+    Unload,
 }
 
 impl Route {
     fn needs(self) -> Role {
         match self {
-            Route::Status => Role::Read,
-            Route::Reload => Role::Admin,
+            Route::Status | Route::Engines => Role::Read,
+            Route::Reload | Route::Preload | Route::Unload => Role::Admin,
         }
+    }
+
+    fn find(path: &str, method: &Method) -> Result<Route, Reject> {
+        let (route, allowed) = match path {
+            STATUS_PATH => (Route::Status, Method::GET),
+            ENGINES_PATH => (Route::Engines, Method::GET),
+            RELOAD_PATH => (Route::Reload, Method::POST),
+            PRELOAD_PATH => (Route::Preload, Method::POST),
+            UNLOAD_PATH => (Route::Unload, Method::POST),
+            other => {
+                return Err(Reject(
+                    StatusCode::NOT_FOUND,
+                    format!("no admin route {method} {other}"),
+                ))
+            }
+        };
+        if *method != allowed {
+            return Err(Reject(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} not allowed on {path}; use {allowed}"),
+            ));
+        }
+        Ok(route)
     }
 }
 
 async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role) -> Response<Body> {
-    let route = match (req.uri().path(), req.method()) {
-        (STATUS_PATH, &Method::GET) => Route::Status,
-        (RELOAD_PATH, &Method::POST) => Route::Reload,
-        (STATUS_PATH | RELOAD_PATH, m) => {
-            return http::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {m} not allowed"),
-            )
-        }
-        (other, m) => {
-            return http::error(StatusCode::NOT_FOUND, format!("no admin route {m} {other}"))
-        }
+    let route = match Route::find(req.uri().path(), req.method()) {
+        Ok(route) => route,
+        Err(reject) => return reject.into(),
     };
     if role < route.needs() {
         let access = &daemon.config().access;
         return http::error(StatusCode::FORBIDDEN, access.refusal(route.needs(), peer));
     }
-    if let Err(e) = http::read_body(req, MAX_ADMIN_BODY).await {
-        return http::error(StatusCode::BAD_REQUEST, e.to_string());
-    }
+    let body = match http::read_body(req, MAX_ADMIN_BODY).await {
+        Ok((_, body)) => body,
+        Err(e) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     match route {
         Route::Status => http::json(StatusCode::OK, &daemon.status()),
+        Route::Engines => {
+            let engines: Vec<_> = daemon.scheduler.engines().iter().map(engine_info).collect();
+            http::json(StatusCode::OK, &engines)
+        }
         Route::Reload => {
             let outcome = crate::reload::reload(daemon).await;
             let status = if outcome.applied {
@@ -122,5 +155,101 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role)
             };
             http::json(status, &outcome)
         }
+        Route::Preload => match parse::<PreloadRequest>(&body) {
+            Ok(req) => preload(daemon, req),
+            Err(reject) => reject.into(),
+        },
+        Route::Unload => match parse::<UnloadRequest>(&body) {
+            Ok(req) => unload(daemon, req).await,
+            Err(reject) => reject.into(),
+        },
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {
+    serde_json::from_slice(body).map_err(|e| {
+        Reject(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+fn model_name(raw: &str) -> Result<ModelName, Reject> {
+    ModelName::parse(raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn sched_error(e: &SchedError) -> Response<Body> {
+    http::error(crate::openai::classify(e).0, e.to_string())
+}
+
+/// Starts the model and streams its progress as NDJSON until it is ready or has failed.
+fn preload(daemon: &Daemon, req: PreloadRequest) -> Response<Body> {
+    let name = match model_name(&req.model) {
+        Ok(n) => n,
+        Err(reject) => return reject.into(),
+    };
+    let keep_alive = match req.keep_alive.as_deref().map(KeepAlive::parse).transpose() {
+        Ok(k) => k,
+        Err(e) => return http::error(StatusCode::BAD_REQUEST, format!("keep_alive: {e}")),
+    };
+    let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
+    let scheduler = daemon.scheduler.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let event = |state: String, message: Option<String>, error: Option<String>| PreloadEvent {
+            model: name.to_string(),
+            state,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+            message,
+            error,
+        };
+        let send = |e: PreloadEvent| {
+            let tx = tx.clone();
+            async move {
+                let mut line = serde_json::to_vec(&e).unwrap_or_default();
+                line.push(b'\n');
+                tx.send(Bytes::from(line)).await.is_ok()
+            }
+        };
+        let work = scheduler.preload(&name, keep_alive);
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                result = &mut work => {
+                    let last = match result {
+                        Ok(engine) => event("ready".into(), engine.last_output(), None),
+                        Err(e) => event("failed".into(), None, Some(e.to_string())),
+                    };
+                    send(last).await;
+                    return;
+                }
+                _ = tick.tick() => {
+                    let (state, message) = match scheduler.engine_of(&name) {
+                        Some(engine) => (engine.status().phase.to_string(), engine.last_output()),
+                        None => ("placing".to_string(), None),
+                    };
+                    if !send(event(state, message, None)).await {
+                        return; // the client left; the engine goes on starting
+                    }
+                }
+            }
+        }
+    });
+    resp
+}
+
+async fn unload(daemon: &Daemon, req: UnloadRequest) -> Response<Body> {
+    let name = match model_name(&req.model) {
+        Ok(n) => n,
+        Err(reject) => return reject.into(),
+    };
+    match daemon.scheduler.unload(&name).await {
+        Ok(()) => http::json(
+            StatusCode::OK,
+            &serde_json::json!({"model": name.to_string(), "unloaded": true}),
+        ),
+        Err(e) => sched_error(&e),
     }
 }

@@ -60,7 +60,7 @@ async fn handle(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     let limit = daemon.config().config.api.max_request_body.0;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (_parts, _body) = match http::read_body(req, limit).await {
+    let (parts, body) = match http::read_body(req, limit).await {
         Ok(read) => read,
         Err(BodyError::TooLarge { limit }) => {
             let mut resp = http::error(
@@ -85,6 +85,9 @@ async fn handle(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
                 version: crate::VERSION,
             },
         ),
+        ("/v1/chat/completions" | "/v1/completions" | "/v1/embeddings", &Method::POST) => {
+            crate::openai::forward(daemon, parts, body).await
+        }
         ("/" | "/api/version", _) => http::error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {method} not allowed on {path}"),

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use http::request::Parts;
 /// The response body type of every route: whole bodies now, streams later.
 pub type Body = BoxBody<Bytes, BoxError>;
 
@@ -131,4 +132,40 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
             error: message.into(),
         },
     )
+}
+
+/// A response body fed from a channel: each message is sent as it comes (NDJSON, SSE).
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A streamed response and the sender that feeds it.
+pub fn channel(
+    status: StatusCode,
+    content_type: &'static str,
+) -> (tokio::sync::mpsc::Sender<Bytes>, Response<Body>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    (tx, with_type(status, content_type, ChannelBody(rx).boxed()))
+}
+
+/// A refused request: status and message, rendered as `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject(pub StatusCode, pub String);
+
+impl From<Reject> for Response<Body> {
+    fn from(r: Reject) -> Self {
+        error(r.0, r.1)
+    }
 }

@@ -64,25 +64,56 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
 
     let bound = listeners::obtain(options.activated, &active.config)?;
     let admin_bound_path = bound.admin_bound_path.clone();
+
+    // Engines that a killed predecessor left behind hold memory we are about to hand out.
+    let runtime_dir = active.config.paths.runtime_dir.clone();
+    if let Ok(n) =
+        tokio::task::spawn_blocking(move || crate::engine::process::sweep_orphans(&runtime_dir))
+            .await
+    {
+        if n > 0 {
+            tracing::warn!(count = n, "killed engines left by an earlier vllamad");
+        }
+    }
+    let probe: Arc<dyn crate::gpu::GpuProbe> =
+        match tokio::task::spawn_blocking(crate::gpu::detect).await {
+            Ok(probe) => Arc::from(probe),
+            Err(_) => Arc::new(crate::gpu::NoGpu),
+        };
+
+    // HTTP connections drain first; engines (and their timers) stop after them.
+    let shutdown = CancellationToken::new();
+    let http_tasks = TaskTracker::new();
+    let engine_tasks = TaskTracker::new();
+    let status_changed = Arc::new(tokio::sync::Notify::new());
+    let changed = status_changed.clone();
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(active));
+    let scheduler = crate::scheduler::Scheduler::new(
+        config_rx,
+        probe,
+        engine_tasks.clone(),
+        Arc::new(move || changed.notify_one()),
+    );
     let daemon = Arc::new(Daemon::new(
         options.config,
-        active,
+        config_tx,
         bound.info,
         notifier.clone(),
         Some(log),
+        scheduler,
     ));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
 
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    crate::api::spawn(bound.api, daemon.clone(), &tracker, shutdown.clone());
-    crate::admin::spawn(bound.admin, daemon.clone(), &tracker, shutdown.clone());
-    notifier.spawn_watchdog(&tracker, shutdown.clone());
+    crate::api::spawn(bound.api, daemon.clone(), &http_tasks, shutdown.clone());
+    crate::admin::spawn(bound.admin, daemon.clone(), &http_tasks, shutdown.clone());
+    notifier.spawn_watchdog(&engine_tasks, shutdown.clone());
     notifier.ready(&daemon.status_line());
     tracing::info!(status = %daemon.status_line(), "ready");
+    spawn_status_updates(&daemon, status_changed, &engine_tasks, shutdown.clone());
+    daemon.scheduler.preload_configured();
 
     let signal_name = loop {
         tokio::select! {
@@ -90,25 +121,56 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => {
                 let daemon = daemon.clone();
-                tracker.spawn(async move { reload::reload(&daemon).await });
+                engine_tasks.spawn(async move { reload::reload(&daemon).await });
             }
         }
     };
 
     // Drain with the grace in force now (a reload may have changed it).
-    let grace = daemon.config().config.daemon.shutdown_grace.0;
+    let config = daemon.config();
+    let grace = config.config.daemon.shutdown_grace.0;
     tracing::info!(signal = signal_name, grace = ?grace, "stopping: no new connections; draining requests in flight");
     notifier.stopping();
     shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    http_tasks.close();
+    if tokio::time::timeout(grace, http_tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?grace, "requests still in flight after the shutdown grace; closing them");
+    }
+    daemon.scheduler.shutdown().await;
+    engine_tasks.close();
+    let engine_grace = config.config.engine.stop_grace.0 + Duration::from_secs(5);
+    if tokio::time::timeout(engine_grace, engine_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("engine supervisors did not finish in time");
     }
     if let Some(path) = admin_bound_path {
         listeners::remove_bound_socket(&path);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps systemd's STATUS= current as engines change state.
+fn spawn_status_updates(
+    daemon: &Arc<Daemon>,
+    changed: Arc<tokio::sync::Notify>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let daemon = daemon.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = changed.notified() => daemon.notifier.status(&daemon.status_line()),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// Accept errors (out of fds, a connection reset before accept) must not end the loop;

@@ -12,6 +12,7 @@ use crate::auth::AccessPolicy;
 use crate::config::{Config, ConfigSource};
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
+use crate::scheduler::{EngineView, Scheduler};
 
 /// One loaded configuration, immutable once published.
 #[derive(Debug)]
@@ -33,6 +34,7 @@ pub struct Daemon {
     pub listeners: Vec<ListenerInfo>,
     pub notifier: Notifier,
     pub log: Option<LogHandle>,
+    pub scheduler: Scheduler,
     config: watch::Sender<Arc<ActiveConfig>>,
     last_reload_error: Mutex<Option<String>>,
     /// One reload at a time (SIGHUP and the admin route may race).
@@ -42,10 +44,11 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(
         source: ConfigSource,
-        active: ActiveConfig,
+        config: watch::Sender<Arc<ActiveConfig>>,
         listeners: Vec<ListenerInfo>,
         notifier: Notifier,
         log: Option<LogHandle>,
+        scheduler: Scheduler,
     ) -> Self {
         Daemon {
             started: Instant::now(),
@@ -54,7 +57,8 @@ impl Daemon {
             listeners,
             notifier,
             log,
-            config: watch::Sender::new(Arc::new(active)),
+            scheduler,
+            config,
             last_reload_error: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
         }
@@ -91,7 +95,7 @@ impl Daemon {
             .iter()
             .find(|l| l.name == crate::listeners::API)
             .map_or("?", |l| l.address.as_str());
-        let mut line = format!("serving on {api}; no engines loaded");
+        let mut line = format!("serving on {api}; {}", self.scheduler.summary());
         if self.last_reload_error().is_some() {
             line.push_str("; last reload failed (see vllamactl status)");
         }
@@ -113,7 +117,29 @@ impl Daemon {
                 last_reload_error: self.last_reload_error(),
             },
             listeners: self.listeners.clone(),
+            engines: self.scheduler.engines().iter().map(engine_info).collect(),
         }
+    }
+}
+
+pub fn engine_info(v: &EngineView) -> vllama_proto::EngineInfo {
+    vllama_proto::EngineInfo {
+        model: v.model.clone(),
+        served_name: v.served_name.clone(),
+        id: v.id.clone(),
+        state: v.phase.to_string(),
+        pid: v.pid,
+        endpoint: v.endpoint.clone(),
+        gpus: v.gpus.clone(),
+        gpu_memory_bytes: v.gpu_memory_bytes,
+        pending: v.pending,
+        expires_at: v.expires_at.map(rfc3339),
+        keep_alive: v.keep_alive.to_string(),
+        restarts: v.restarts,
+        crashes: v.crashes,
+        last_error: v.last_error.clone(),
+        load_seconds: v.load_duration.map(|d| d.as_secs_f64()),
+        pinned: v.pinned,
     }
 }
 

@@ -11,6 +11,12 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/vllama-admin/admin.sock";
 pub const STATUS_PATH: &str = "/v1/status";
 /// `POST /v1/reload`: re-read the configuration; answers once it is applied or refused.
 pub const RELOAD_PATH: &str = "/v1/reload";
+/// `GET /v1/engines`: `[EngineInfo]`.
+pub const ENGINES_PATH: &str = "/v1/engines";
+/// `POST /v1/preload` with [`PreloadRequest`]: streams [`PreloadEvent`] lines until ready.
+pub const PRELOAD_PATH: &str = "/v1/preload";
+/// `POST /v1/unload` with [`UnloadRequest`].
+pub const UNLOAD_PATH: &str = "/v1/unload";
 
 /// The daemon's answer to `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,6 +31,62 @@ pub struct Status {
     pub state: String,
     pub config: ConfigInfo,
     pub listeners: Vec<ListenerInfo>,
+    #[serde(default)]
+    pub engines: Vec<EngineInfo>,
+}
+
+/// One engine, as `vllamactl ps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineInfo {
+    pub model: String,
+    pub served_name: String,
+    pub id: String,
+    /// starting, ready, sleeping, stopping, stopped, failed
+    pub state: String,
+    pub pid: Option<u32>,
+    pub endpoint: String,
+    pub gpus: Vec<u32>,
+    pub gpu_memory_bytes: u64,
+    /// Requests waiting for or running on this engine.
+    pub pending: u32,
+    /// RFC 3339; `None` while busy, pinned or kept forever.
+    pub expires_at: Option<String>,
+    pub keep_alive: String,
+    pub restarts: u32,
+    pub crashes: u32,
+    pub last_error: Option<String>,
+    pub load_seconds: Option<f64>,
+    pub pinned: bool,
+}
+
+/// Body of `POST /v1/preload`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreloadRequest {
+    pub model: String,
+    /// Ollama syntax: "5m", "-1" (forever), "0".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
+}
+
+/// One line of `POST /v1/preload`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreloadEvent {
+    pub model: String,
+    /// starting, ready, failed, …
+    pub state: String,
+    pub elapsed_seconds: f64,
+    /// The engine's last output line, or the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Set on the last line when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Body of `POST /v1/unload`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UnloadRequest {
+    pub model: String,
 }
 
 /// Which configuration is in force and how the last reload went.

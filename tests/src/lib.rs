@@ -161,8 +161,20 @@ impl DaemonOptions {
         self
     }
 
-    fn render(&self, port: u16, admin: &Path) -> String {
+    fn render(&self, port: u16, admin: &Path, dir: &Path) -> String {
         let mut sections = self.sections.clone();
+        // Each daemon keeps its state in its own folder: engines of one test are never
+        // taken for orphans by another test's daemon.
+        let paths = sections.entry("paths".into()).or_default();
+        for (key, sub) in [
+            ("state_dir", "state"),
+            ("runtime_dir", "run"),
+            ("cache_dir", "cache"),
+        ] {
+            if !paths.iter().any(|l| l.starts_with(key)) {
+                paths.push(format!("{key} = \"{}\"", dir.join(sub).display()));
+            }
+        }
         sections
             .entry("api".into())
             .or_default()
@@ -222,7 +234,8 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| dir.path().join("admin.sock"));
         let config_path = dir.path().join("vllama.toml");
-        std::fs::write(&config_path, options.render(port, &admin)).expect("write config");
+        std::fs::write(&config_path, options.render(port, &admin, dir.path()))
+            .expect("write config");
         let notify = NotifyRecorder::bind(dir.path().join("notify.sock"));
         let log_path = dir.path().join("vllamad.log");
         let log = std::fs::File::create(&log_path).expect("log file");
@@ -319,8 +332,11 @@ impl Daemon {
 
     /// Rewrites the configuration file (for reload tests).
     pub fn write_config(&self, options: &DaemonOptions) {
-        std::fs::write(&self.config_path, options.render(self.port, &self.admin))
-            .expect("write config");
+        std::fs::write(
+            &self.config_path,
+            options.render(self.port, &self.admin, self.dir.path()),
+        )
+        .expect("write config");
     }
 
     /// One request on a fresh connection (`Connection: close`).

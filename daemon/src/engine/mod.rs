@@ -1,0 +1,9 @@
+//! Engines: `vllm serve` processes, each owned by one supervisor task.
+
+pub mod client;
+pub mod process;
+mod supervisor;
+
+pub use client::{Endpoint, EngineClient};
+pub use process::Launch;
+pub use supervisor::{Engine, EngineError, EngineSpec, EngineStatus, Phase};

@@ -1,0 +1,418 @@
+//! One engine process: `vllm serve` spawned in its own process group, with an explicit
+//! environment, its output mapped into tracing (vLLM's level token → tracing level) and
+//! the last lines kept for error reports; stopped by SIGTERM to the leader, then SIGKILL to
+//! the whole group after the grace, and the group swept again after the leader exits
+//! (vLLM's EngineCore and workers outlive a leader-only kill).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// How many output lines are kept for error reports.
+pub const TAIL_LINES: usize = 50;
+/// Every engine carries this variable, so that a later vllamad can find engines a killed
+/// one left behind (see [`sweep_orphans`]).
+pub const ENGINE_MARK: &str = "VLLAMA_ENGINE_RUNTIME_DIR";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the engine's folder {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything needed to start one engine process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The complete environment: nothing of the daemon's is inherited.
+    pub env: Vec<(String, String)>,
+    /// The engine's own TMPDIR (vLLM leaves socket files there); removed after it stops.
+    pub tmpdir: PathBuf,
+    /// For log fields.
+    pub model: String,
+}
+
+/// Output lines shared between the pumps and the supervisor.
+#[derive(Debug, Default, Clone)]
+pub struct Output {
+    inner: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Output {
+    fn push(&self, line: String) {
+        let mut lines = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let lines = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        lines
+            .iter()
+            .skip(lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    pub fn last(&self) -> Option<String> {
+        self.tail(1).pop()
+    }
+}
+
+/// A running engine process (the leader of its own process group).
+#[derive(Debug)]
+pub struct EngineProcess {
+    child: Child,
+    pgid: i32,
+    exited: Option<ExitStatus>,
+    tmpdir: PathBuf,
+}
+
+impl EngineProcess {
+    /// Spawns the engine. Must be called from a runtime worker thread (not `spawn_blocking`):
+    /// PR_SET_PDEATHSIG fires when the spawning *thread* exits.
+    pub fn spawn(launch: &Launch, output: &Output) -> Result<Self, ProcessError> {
+        std::fs::create_dir_all(&launch.tmpdir).map_err(|source| ProcessError::Dir {
+            path: launch.tmpdir.display().to_string(),
+            source,
+        })?;
+        let mut cmd = Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .env_clear()
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&launch.tmpdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The daemon died between fork and prctl: do not outlive it.
+                if libc::getppid() == 1 {
+                    return Err(std::io::Error::other("vllamad exited"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            program: launch.program.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, launch.model.clone(), pid, output.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(err, launch.model.clone(), pid, output.clone()));
+        }
+        Ok(EngineProcess {
+            child,
+            pgid: pid,
+            exited: None,
+            tmpdir: launch.tmpdir.clone(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pgid.max(0) as u32
+    }
+
+    /// Waits for the leader to exit (cancel-safe), then kills what is left of its group.
+    pub async fn wait(&mut self) -> ExitStatus {
+        if let Some(status) = self.exited {
+            return status;
+        }
+        let status = match self.child.wait().await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::error!(pid = self.pgid, error = %e, "waiting for the engine failed");
+                std::os::unix::process::ExitStatusExt::from_raw(0xff00)
+            }
+        };
+        self.exited = Some(status);
+        sweep_group(self.pgid).await;
+        status
+    }
+
+    /// SIGTERM to the leader; SIGKILL to the group after `grace`; sweep. Returns whether the
+    /// engine stopped within the grace.
+    pub async fn stop(&mut self, grace: Duration) -> bool {
+        if self.exited.is_none() && self.pgid > 1 {
+            let _ = kill(Pid::from_raw(self.pgid), Signal::SIGTERM);
+        }
+        let graceful = tokio::time::timeout(grace, self.wait()).await.is_ok();
+        if !graceful {
+            tracing::warn!(pid = self.pgid, grace = ?grace, "engine did not stop within the grace; killing its process group");
+            signal_group(self.pgid, Signal::SIGKILL);
+            self.wait().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.tmpdir);
+        graceful
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        // Never leave an engine behind, whatever path dropped it.
+        if self.exited.is_none() {
+            signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends `signal` to a process group; never to group 0 or 1 (that would be us, or init).
+fn signal_group(pgid: i32, signal: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid), signal);
+    }
+}
+
+fn group_alive(pgid: i32) -> bool {
+    pgid > 1 && killpg(Pid::from_raw(pgid), None) != Err(Errno::ESRCH)
+}
+
+/// Kills every process left in the group and waits (briefly) until none is.
+async fn sweep_group(pgid: i32) {
+    if !group_alive(pgid) {
+        return;
+    }
+    tracing::debug!(pgid, "killing the engine's remaining processes");
+    signal_group(pgid, Signal::SIGKILL);
+    for _ in 0..200 {
+        if !group_alive(pgid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(
+        pgid,
+        "engine processes survived SIGKILL for 2 s (uninterruptible I/O?)"
+    );
+}
+
+/// The tracing level of one vLLM output line: `(APIServer pid=1) WARNING 11-27 …`, or a
+/// glog-style `W1127 16:11:31.835 …` from torch.
+pub fn level_of(line: &str) -> tracing::Level {
+    let rest = match line.strip_prefix('(') {
+        Some(r) => r.split_once(") ").map_or(line, |(_, after)| after),
+        None => line,
+    };
+    let token = rest.split_whitespace().next().unwrap_or("");
+    match token {
+        "DEBUG" => tracing::Level::DEBUG,
+        "INFO" => tracing::Level::INFO,
+        "WARNING" | "WARN" => tracing::Level::WARN,
+        "ERROR" | "CRITICAL" | "FATAL" => tracing::Level::ERROR,
+        t if t.len() > 4 && t[1..5].bytes().all(|b| b.is_ascii_digit()) => match &t[..1] {
+            "W" => tracing::Level::WARN,
+            "E" | "F" => tracing::Level::ERROR,
+            _ => tracing::Level::INFO,
+        },
+        _ => tracing::Level::INFO,
+    }
+}
+
+async fn pump(stream: impl AsyncRead + Unpin, model: String, pid: i32, output: Output) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        match level_of(&line) {
+            tracing::Level::ERROR => tracing::error!(target: "vllm", model, pid, "{line}"),
+            tracing::Level::WARN => tracing::warn!(target: "vllm", model, pid, "{line}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "vllm", model, pid, "{line}"),
+            _ => tracing::info!(target: "vllm", model, pid, "{line}"),
+        }
+        output.push(line);
+    }
+}
+
+/// Kills engines that a previous vllamad with the same runtime directory left behind (it
+/// was SIGKILLed outside systemd; PR_SET_PDEATHSIG took the leaders, not their children).
+/// Blocking: reads /proc. Returns how many process groups were killed.
+pub fn sweep_orphans(runtime_dir: &Path) -> usize {
+    let mark = format!("{ENGINE_MARK}={}", runtime_dir.display());
+    let me = std::process::id() as i32;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut groups = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ.split(|&b| b == 0).any(|var| var == mark.as_bytes()) {
+            continue;
+        }
+        if let Ok(pgid) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
+            let pgid = pgid.as_raw();
+            if pgid > 1 && pgid != me && !groups.contains(&pgid) {
+                groups.push(pgid);
+            }
+        }
+    }
+    for &pgid in &groups {
+        tracing::warn!(pgid, "killing an engine left behind by an earlier vllamad");
+        signal_group(pgid, Signal::SIGKILL);
+    }
+    groups.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn vllm_levels() {
+        assert_eq!(
+            level_of("(APIServer pid=5) INFO 11-27 16:11:39 [api_utils.py:347] x"),
+            Level::INFO
+        );
+        assert_eq!(
+            level_of("(APIServer pid=5) WARNING 11-27 16:11:39 [x.py:1] y"),
+            Level::WARN
+        );
+        assert_eq!(
+            level_of("(EngineCore_DP0 pid=9) ERROR 11-27 16:11:39 [x.py:1] boom"),
+            Level::ERROR
+        );
+        assert_eq!(
+            level_of("(EngineCore_DP0 pid=9) CRITICAL 11-27 x"),
+            Level::ERROR
+        );
+        assert_eq!(level_of("(APIServer pid=5) DEBUG 11-27 x"), Level::DEBUG);
+        assert_eq!(
+            level_of("W1127 16:11:31.835000 14889 torch/utils/flop_counter.py:29] triton"),
+            Level::WARN
+        );
+        assert_eq!(level_of("E1127 16:11:31.835000 1 x] bad"), Level::ERROR);
+        assert_eq!(level_of("Traceback (most recent call last):"), Level::INFO);
+        assert_eq!(level_of(""), Level::INFO);
+    }
+
+    #[test]
+    fn output_keeps_the_last_lines() {
+        let out = Output::default();
+        for i in 0..(TAIL_LINES + 10) {
+            out.push(format!("line {i}"));
+        }
+        let tail = out.tail(3);
+        assert_eq!(tail, ["line 57", "line 58", "line 59"]);
+        assert_eq!(out.tail(1000).len(), TAIL_LINES);
+        assert_eq!(out.last().as_deref(), Some("line 59"));
+    }
+
+    fn sh(script: &str, tmp: &Path) -> Launch {
+        Launch {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            tmpdir: tmp.join("engine-tmp"),
+            model: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_kills_the_whole_group_even_when_sigterm_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        // Leader ignores SIGTERM and has a child that would outlive it.
+        let launch = sh("trap '' TERM; sleep 300 & echo started; wait", dir.path());
+        let out = Output::default();
+        let mut p = EngineProcess::spawn(&launch, &out).unwrap();
+        let pgid = p.pid() as i32;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(group_alive(pgid));
+        let t = std::time::Instant::now();
+        let graceful = p.stop(Duration::from_millis(300)).await;
+        assert!(!graceful);
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert!(!group_alive(pgid), "a process of the group survived");
+        assert!(!launch.tmpdir.exists(), "TMPDIR not removed");
+        assert_eq!(out.last().as_deref(), Some("started"));
+    }
+
+    #[tokio::test]
+    async fn a_leader_exit_sweeps_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let launch = sh("sleep 300 & exit 0", dir.path());
+        let mut p = EngineProcess::spawn(&launch, &Output::default()).unwrap();
+        let pgid = p.pid() as i32;
+        let status = p.wait().await;
+        assert!(status.success());
+        assert!(
+            !group_alive(pgid),
+            "orphaned child survived the leader's exit"
+        );
+    }
+
+    #[tokio::test]
+    async fn environment_is_explicit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("VLLAMA_TEST_SHOULD_NOT_LEAK", "1");
+        let launch = sh("env", dir.path());
+        let out = Output::default();
+        let mut p = EngineProcess::spawn(&launch, &out).unwrap();
+        p.wait().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lines = out.tail(TAIL_LINES);
+        assert!(lines.iter().any(|l| l == "PATH=/usr/bin:/bin"), "{lines:?}");
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("VLLAMA_TEST_SHOULD_NOT_LEAK")),
+            "{lines:?}"
+        );
+    }
+}

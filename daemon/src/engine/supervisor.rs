@@ -1,0 +1,498 @@
+//! The supervisor: one task per engine that alone owns its process and is the only code that
+//! signals it. States: Starting → Ready ⇄ Sleeping → Stopping → Stopped, and Failed (load
+//! failure or crash). A crash restarts the engine after a backoff (1 s doubling to a cap,
+//! reset once it was Ready for `stable_after`): at once when the engine is pinned, else when
+//! the scheduler next asks for it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+use super::client::{Endpoint, EngineClient};
+use super::process::{EngineProcess, Launch, Output, ProcessError};
+
+/// Lines of engine output quoted in an error.
+const ERROR_TAIL: usize = 12;
+/// Time allowed for `/sleep` and `/wake_up` (vLLM measures 0.1–3 s on a GPU).
+const SLEEP_WAKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    Ready,
+    Sleeping,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Sleeping => "sleeping",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What an engine is doing now.
+#[derive(Debug, Clone)]
+pub struct EngineStatus {
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    pub since: Instant,
+    /// Starts after the first.
+    pub restarts: u32,
+    /// Exits nobody asked for, after the engine was Ready.
+    pub crashes: u32,
+    pub last_error: Option<String>,
+    /// Time from spawn to `/health` 200 of the last successful start.
+    pub load_duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the engine for {0} was stopped")]
+    Stopped(String),
+    #[error("the engine for {model} did not become ready within {timeout:?}")]
+    Timeout { model: String, timeout: Duration },
+    #[error("the engine for {model} is {phase}, not ready")]
+    NotReady { model: String, phase: Phase },
+    #[error("the engine for {model} refused to {what}: {message}")]
+    SleepWake {
+        model: String,
+        what: &'static str,
+        message: String,
+    },
+}
+
+/// How to run one engine.
+#[derive(Debug, Clone)]
+pub struct EngineSpec {
+    pub id: String,
+    /// The model's canonical name.
+    pub model: String,
+    pub launch: Launch,
+    pub endpoint: Endpoint,
+    pub load_timeout: Duration,
+    pub health_interval: Duration,
+    pub stop_grace: Duration,
+    pub backoff_max: Duration,
+    pub stable_after: Duration,
+    /// Restart after a crash without waiting for a request (pinned models).
+    pub auto_restart: bool,
+}
+
+enum Command {
+    Stop(oneshot::Sender<()>),
+    Sleep(oneshot::Sender<Result<(), EngineError>>),
+    Wake(oneshot::Sender<Result<(), EngineError>>),
+    Restart,
+}
+
+/// A handle on a supervised engine. Cheap to share; the supervisor task holds the process.
+#[derive(Debug)]
+pub struct Engine {
+    pub spec: EngineSpec,
+    state: watch::Sender<EngineStatus>,
+    commands: mpsc::Sender<CommandBox>,
+    client: EngineClient,
+    output: Output,
+}
+
+/// `Command` is not `Debug` (it holds channels); this wrapper keeps `Engine: Debug`.
+struct CommandBox(Command);
+
+impl std::fmt::Debug for CommandBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl Engine {
+    /// Starts supervising: the engine process is spawned at once. `on_change` runs after
+    /// every state change (the daemon refreshes systemd's STATUS= with it).
+    pub fn start(
+        spec: EngineSpec,
+        tracker: &TaskTracker,
+        on_change: Arc<dyn Fn() + Send + Sync>,
+    ) -> Arc<Engine> {
+        let (commands, rx) = mpsc::channel(16);
+        let engine = Arc::new(Engine {
+            client: EngineClient::new(spec.endpoint.clone()),
+            state: watch::Sender::new(EngineStatus {
+                phase: Phase::Starting,
+                pid: None,
+                since: Instant::now(),
+                restarts: 0,
+                crashes: 0,
+                last_error: None,
+                load_duration: None,
+            }),
+            commands,
+            spec,
+            output: Output::default(),
+        });
+        let supervised = engine.clone();
+        tracker.spawn(async move { supervise(supervised, rx, on_change).await });
+        engine
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.state.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<EngineStatus> {
+        self.state.subscribe()
+    }
+
+    pub fn client(&self) -> &EngineClient {
+        &self.client
+    }
+
+    /// The engine's last output line (for progress displays).
+    pub fn last_output(&self) -> Option<String> {
+        self.output.last()
+    }
+
+    /// Waits until the engine is Ready; fails at once when it fails or stops.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), EngineError> {
+        let mut rx = self.watch();
+        let wait = async {
+            loop {
+                let status = rx.borrow_and_update().clone();
+                match status.phase {
+                    Phase::Ready => return Ok(()),
+                    Phase::Failed => {
+                        return Err(EngineError::Failed(
+                            status.last_error.unwrap_or_else(|| "engine failed".into()),
+                        ))
+                    }
+                    Phase::Stopped | Phase::Stopping => {
+                        return Err(EngineError::Stopped(self.spec.model.clone()))
+                    }
+                    Phase::Starting | Phase::Sleeping => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(EngineError::Stopped(self.spec.model.clone()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| EngineError::Timeout {
+                model: self.spec.model.clone(),
+                timeout,
+            })?
+    }
+
+    /// Stops the engine (SIGTERM, grace, SIGKILL of its group) and waits until it has.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(CommandBox(Command::Stop(tx)))
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    pub async fn sleep(&self) -> Result<(), EngineError> {
+        self.ask(Command::Sleep).await
+    }
+
+    pub async fn wake(&self) -> Result<(), EngineError> {
+        self.ask(Command::Wake).await
+    }
+
+    /// After a failure: start again (once the backoff allows).
+    pub fn restart(&self) {
+        let _ = self.commands.try_send(CommandBox(Command::Restart));
+    }
+
+    async fn ask(
+        &self,
+        make: fn(oneshot::Sender<Result<(), EngineError>>) -> Command,
+    ) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || EngineError::Stopped(self.spec.model.clone());
+        self.commands
+            .send(CommandBox(make(tx)))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    fn set(&self, on_change: &(dyn Fn() + Send + Sync), update: impl FnOnce(&mut EngineStatus)) {
+        let mut changed = None;
+        self.state.send_modify(|s| {
+            let before = s.phase;
+            update(s);
+            if s.phase != before {
+                s.since = Instant::now();
+                changed = Some((before, s.phase, s.pid));
+            }
+        });
+        if let Some((from, to, pid)) = changed {
+            tracing::info!(model = %self.spec.model, engine = %self.spec.id, pid, %from, %to, "engine state");
+            on_change();
+        }
+    }
+
+    fn failure(&self, what: String) -> String {
+        let tail = self.output.tail(ERROR_TAIL);
+        if tail.is_empty() {
+            what
+        } else {
+            format!("{what}; its last output:\n  {}", tail.join("\n  "))
+        }
+    }
+}
+
+/// How a start ended.
+enum Loaded {
+    Ready(Duration),
+    Failed(String),
+    Stop(oneshot::Sender<()>),
+}
+
+async fn supervise(
+    engine: Arc<Engine>,
+    mut commands: mpsc::Receiver<CommandBox>,
+    on_change: Arc<dyn Fn() + Send + Sync>,
+) {
+    let spec = &engine.spec;
+    let mut backoff = Duration::from_secs(1);
+    let mut first = true;
+    loop {
+        if !first {
+            engine.set(&*on_change, |s| {
+                s.phase = Phase::Starting;
+                s.pid = None;
+                s.restarts += 1;
+            });
+        }
+        first = false;
+        let mut process = match EngineProcess::spawn(&spec.launch, &engine.output) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = spawn_error(&e);
+                tracing::error!(model = %spec.model, error = %msg, "engine did not start");
+                engine.set(&*on_change, |s| {
+                    s.phase = Phase::Failed;
+                    s.last_error = Some(msg);
+                });
+                match wait_for_retry(&engine, &mut commands, &mut backoff).await {
+                    Some(()) => continue,
+                    None => return,
+                }
+            }
+        };
+        let pid = process.pid();
+        engine.set(&*on_change, |s| s.pid = Some(pid));
+        tracing::info!(model = %spec.model, pid, endpoint = %spec.endpoint, "engine spawned");
+
+        let started = Instant::now();
+        let loaded = {
+            let health = wait_healthy(&engine.client, spec.health_interval, spec.load_timeout);
+            tokio::pin!(health);
+            loop {
+                tokio::select! {
+                    ok = &mut health => break match ok {
+                        true => Loaded::Ready(started.elapsed()),
+                        false => Loaded::Failed(engine.failure(format!(
+                            "the engine for {} did not become ready within {:?} (engine.load_timeout)",
+                            spec.model, spec.load_timeout
+                        ))),
+                    },
+                    status = process.wait() => break Loaded::Failed(engine.failure(format!(
+                        "the engine for {} exited during start-up ({status})", spec.model
+                    ))),
+                    cmd = commands.recv() => match cmd.map(|c| c.0) {
+                        None => break Loaded::Stop(oneshot::channel().0),
+                        Some(Command::Stop(ack)) => break Loaded::Stop(ack),
+                        Some(Command::Sleep(tx) | Command::Wake(tx)) => {
+                            let _ = tx.send(Err(EngineError::NotReady { model: spec.model.clone(), phase: Phase::Starting }));
+                        }
+                        Some(Command::Restart) => {}
+                    },
+                }
+            }
+        };
+        let load_duration = match loaded {
+            Loaded::Ready(d) => d,
+            Loaded::Stop(ack) => {
+                stop(&engine, &*on_change, &mut process).await;
+                let _ = ack.send(());
+                return;
+            }
+            Loaded::Failed(msg) => {
+                tracing::error!(model = %spec.model, error = %msg, "engine failed to load");
+                process.stop(spec.stop_grace).await;
+                engine.set(&*on_change, |s| {
+                    s.phase = Phase::Failed;
+                    s.pid = None;
+                    s.last_error = Some(msg);
+                });
+                match wait_for_retry(&engine, &mut commands, &mut backoff).await {
+                    Some(()) => continue,
+                    None => return,
+                }
+            }
+        };
+        engine.set(&*on_change, |s| {
+            s.phase = Phase::Ready;
+            s.load_duration = Some(load_duration);
+        });
+        let ready_at = Instant::now();
+
+        // Serving: until it exits on its own (a crash, whatever the exit code) or is stopped.
+        let status = loop {
+            tokio::select! {
+                status = process.wait() => break status,
+                cmd = commands.recv() => match cmd.map(|c| c.0) {
+                    None => {
+                        stop(&engine, &*on_change, &mut process).await;
+                        return;
+                    }
+                    Some(Command::Stop(ack)) => {
+                        stop(&engine, &*on_change, &mut process).await;
+                        let _ = ack.send(());
+                        return;
+                    }
+                    Some(Command::Sleep(tx)) => {
+                        let r = sleep_wake(&engine, "/sleep?level=1", "sleep").await;
+                        if r.is_ok() {
+                            engine.set(&*on_change, |s| s.phase = Phase::Sleeping);
+                        }
+                        let _ = tx.send(r);
+                    }
+                    Some(Command::Wake(tx)) => {
+                        let r = sleep_wake(&engine, "/wake_up", "wake up").await;
+                        if r.is_ok() {
+                            engine.set(&*on_change, |s| s.phase = Phase::Ready);
+                        }
+                        let _ = tx.send(r);
+                    }
+                    Some(Command::Restart) => {}
+                },
+            }
+        };
+        let msg = engine.failure(format!(
+            "the engine for {} exited unexpectedly ({status})",
+            spec.model
+        ));
+        tracing::error!(model = %spec.model, pid, error = %msg, "engine crashed");
+        let _ = std::fs::remove_dir_all(&spec.launch.tmpdir);
+        engine.set(&*on_change, |s| {
+            s.phase = Phase::Failed;
+            s.pid = None;
+            s.crashes += 1;
+            s.last_error = Some(msg);
+        });
+        if ready_at.elapsed() >= spec.stable_after {
+            backoff = Duration::from_secs(1);
+        }
+        match wait_for_retry(&engine, &mut commands, &mut backoff).await {
+            Some(()) => continue,
+            None => return,
+        }
+    }
+}
+
+fn spawn_error(e: &ProcessError) -> String {
+    match e {
+        ProcessError::Spawn { program, source }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            format!("{program} does not exist: install vLLM and set engine.vllm in /etc/vllama/vllama.toml")
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn stop(engine: &Engine, on_change: &(dyn Fn() + Send + Sync), process: &mut EngineProcess) {
+    engine.set(on_change, |s| s.phase = Phase::Stopping);
+    let graceful = process.stop(engine.spec.stop_grace).await;
+    tracing::info!(model = %engine.spec.model, graceful, "engine stopped");
+    engine.set(on_change, |s| {
+        s.phase = Phase::Stopped;
+        s.pid = None;
+    });
+}
+
+async fn sleep_wake(engine: &Engine, path: &str, what: &'static str) -> Result<(), EngineError> {
+    engine
+        .client
+        .post_ok(path, SLEEP_WAKE_TIMEOUT)
+        .await
+        .map_err(|e| EngineError::SleepWake {
+            model: engine.spec.model.clone(),
+            what,
+            message: e.to_string(),
+        })
+}
+
+/// Polls `/health` until 200 (true) or `timeout` (false).
+async fn wait_healthy(client: &EngineClient, interval: Duration, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let per_try = Duration::from_secs(5).min(timeout);
+    loop {
+        if client.healthy(per_try).await {
+            return true;
+        }
+        if Instant::now() + interval >= deadline {
+            return false;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// After a failure: waits for the backoff, and (unless the engine restarts on its own) for a
+/// Restart command. `None` when the engine is to stop for good.
+async fn wait_for_retry(
+    engine: &Engine,
+    commands: &mut mpsc::Receiver<CommandBox>,
+    backoff: &mut Duration,
+) -> Option<()> {
+    let retry_at = tokio::time::Instant::now() + *backoff;
+    *backoff = (*backoff * 2).min(engine.spec.backoff_max);
+    let mut asked = engine.spec.auto_restart;
+    loop {
+        let wait_backoff = async {
+            if asked {
+                tokio::time::sleep_until(retry_at).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = wait_backoff => return Some(()),
+            cmd = commands.recv() => match cmd.map(|c| c.0) {
+                None => return None,
+                Some(Command::Stop(ack)) => {
+                    engine.state.send_modify(|s| { s.phase = Phase::Stopped; s.since = Instant::now(); });
+                    let _ = ack.send(());
+                    return None;
+                }
+                Some(Command::Restart) => asked = true,
+                Some(Command::Sleep(tx) | Command::Wake(tx)) => {
+                    let _ = tx.send(Err(EngineError::NotReady { model: engine.spec.model.clone(), phase: Phase::Failed }));
+                }
+            },
+        }
+    }
+}

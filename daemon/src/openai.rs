@@ -1,0 +1,196 @@
+//! The OpenAI-compatible API, passed through to the model's engine: the body's `model` is
+//! rewritten to the engine's served name, the answer (streamed or not) is relayed as it
+//! comes, and the model's lease is held until the last byte, so keep_alive starts when the
+//! response ends. A client that goes away drops the engine request, which aborts it there.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::engine::EngineError;
+use crate::http::{self, Body};
+use crate::models::{ModelError, ModelName};
+use crate::scheduler::{Lease, SchedError};
+use crate::state::Daemon;
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+pub fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response<Body> {
+    http::json(
+        status,
+        &json!({"error": {"message": message.into(), "type": kind, "param": null, "code": status.as_u16()}}),
+    )
+}
+
+/// HTTP status and OpenAI error type of a scheduling error.
+pub fn classify(e: &SchedError) -> (StatusCode, &'static str) {
+    match e {
+        SchedError::Model(ModelError::InvalidName { .. }) => {
+            (StatusCode::BAD_REQUEST, "invalid_request_error")
+        }
+        SchedError::Model(_) | SchedError::NotLoaded(_) => {
+            (StatusCode::NOT_FOUND, "not_found_error")
+        }
+        SchedError::Busy { .. } | SchedError::ShuttingDown => {
+            (StatusCode::SERVICE_UNAVAILABLE, "server_busy")
+        }
+        SchedError::NoGpuRoom { .. } | SchedError::TooManyLoaded { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "insufficient_resources")
+        }
+        SchedError::Engine(EngineError::Timeout { .. }) => {
+            (StatusCode::GATEWAY_TIMEOUT, "engine_timeout")
+        }
+        SchedError::Engine(_) | SchedError::Internal(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "engine_error")
+        }
+    }
+}
+
+/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Response<Body> {
+    let mut json: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the request body must be a JSON object",
+                "invalid_request_error",
+            )
+        }
+    };
+    let Some(requested) = json.get("model").and_then(Value::as_str) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`model` is required",
+            "invalid_request_error",
+        );
+    };
+    let name = match ModelName::parse(requested) {
+        Ok(n) => n,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                e.to_string(),
+                "invalid_request_error",
+            )
+        }
+    };
+    let lease = match daemon.scheduler.acquire(&name, None).await {
+        Ok(lease) => lease,
+        Err(e) => {
+            let (status, kind) = classify(&e);
+            return error(status, e.to_string(), kind);
+        }
+    };
+    json["model"] = Value::String(lease.served_name().to_string());
+    let body = match serde_json::to_vec(&json) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+                "internal_error",
+            )
+        }
+    };
+    let mut req = Request::new(http::full(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    req.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for name in ["accept", "x-request-id", "authorization"] {
+        if let Some(v) = parts.headers.get(name) {
+            req.headers_mut().insert(name, v.clone());
+        }
+    }
+    let resp = match lease.engine().client().send(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let msg = format!("the engine for {} failed: {e}", lease.model());
+            tracing::error!(model = %lease.model(), error = %e, "engine request failed");
+            return error(StatusCode::BAD_GATEWAY, msg, "engine_error");
+        }
+    };
+    relay(resp, lease)
+}
+
+fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let sse = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut out = Response::new(
+        LeasedBody {
+            inner: body,
+            lease: Some(lease),
+            sse,
+            finished: false,
+        }
+        .boxed(),
+    );
+    *out.status_mut() = parts.status;
+    for name in [CONTENT_TYPE, hyper::header::CACHE_CONTROL] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
+/// The engine's response body, holding the model's lease until it ends. If the engine dies
+/// mid-stream, an SSE client gets a last `data: {"error": …}` event instead of a cut stream.
+struct LeasedBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    sse: bool,
+    finished: bool,
+}
+
+impl hyper::body::Body for LeasedBody {
+    type Data = Bytes;
+    type Error = http::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => {
+                self.finished = true;
+                self.lease = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finished = true;
+                let model = self
+                    .lease
+                    .take()
+                    .map(|l| l.model().to_string())
+                    .unwrap_or_default();
+                tracing::error!(model, error = %e, "engine stream broke off");
+                if self.sse {
+                    let event = json!({"error": {
+                        "message": format!("the engine for {model} stopped in the middle of the response: {e}"),
+                        "type": "engine_error", "param": null, "code": 502}});
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!(
+                        "data: {event}\n\n"
+                    ))))))
+                } else {
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,801 @@
+//! The scheduler: the one place that decides which engine serves a model. It starts engines
+//! on demand (once, however many requests ask at the same time), bounds each model's queue,
+//! unloads idle models when their keep_alive ends, places engines on GPUs within their
+//! memory, and makes room by putting idle engines to sleep or stopping them, least recently
+//! used first, never pinned or busy ones.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ModelConfig, Transport};
+use crate::engine::{Endpoint, Engine, EngineError, EngineSpec, Launch, Phase};
+use crate::gpu::GpuProbe;
+use crate::models::{self, ModelError, ModelName};
+use crate::placement::{self, Placement, Reservation, Shortfall};
+use crate::state::ActiveConfig;
+use crate::units::{ByteSize, KeepAlive};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SchedError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Ollama's wording: clients retry on it.
+    #[error("server busy, please try again.  maximum pending requests exceeded")]
+    Busy { model: String, limit: u32 },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{shortfall}; models {busy} are busy")]
+    NoGpuRoom { shortfall: Shortfall, busy: String },
+    #[error("{loaded} models are loaded (engine.max_loaded) and none can be unloaded now: {busy} are busy or pinned")]
+    TooManyLoaded { loaded: usize, busy: String },
+    #[error("vllamad is shutting down")]
+    ShuttingDown,
+    #[error("model \"{0}\" is not loaded")]
+    NotLoaded(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One model's engine and its bookkeeping.
+#[derive(Debug)]
+struct Slot {
+    engine: Arc<Engine>,
+    served_name: String,
+    /// Requests holding a lease: waiting for the engine or running on it.
+    pending: u32,
+    keep_alive: KeepAlive,
+    /// When an idle model is unloaded; `None` while busy or kept forever.
+    expires_at: Option<(Instant, SystemTime)>,
+    last_used: Instant,
+    /// Changes on every acquire and release, so stale keep_alive timers do nothing.
+    epoch: u64,
+    pinned: bool,
+    sleep: bool,
+    placement: Option<Placement>,
+    /// Weights on disk, for the host-memory check before sleeping.
+    weights: u64,
+}
+
+impl Slot {
+    fn loaded(&self) -> bool {
+        matches!(self.engine.status().phase, Phase::Starting | Phase::Ready)
+    }
+
+    fn evictable(&self) -> bool {
+        self.pending == 0 && !self.pinned
+    }
+}
+
+struct Inner {
+    config: watch::Receiver<Arc<ActiveConfig>>,
+    probe: Arc<dyn GpuProbe>,
+    tracker: TaskTracker,
+    /// Ends keep_alive timers and preloads at shutdown.
+    cancel: CancellationToken,
+    on_change: Arc<dyn Fn() + Send + Sync>,
+    slots: Mutex<HashMap<ModelName, Slot>>,
+    /// Engine starts, stops for room, and unloads are decided one at a time, so two of them
+    /// never promise the same GPU memory.
+    placing: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+/// A request's hold on a model's engine: while any lease lives, the model is not unloaded;
+/// when the last one drops, its keep_alive timer starts.
+#[derive(Debug)]
+pub struct Lease {
+    scheduler: Weak<Inner>,
+    model: ModelName,
+    engine: Arc<Engine>,
+    served_name: String,
+    /// Time spent waiting for the engine to start (Ollama's load_duration).
+    pub load_duration: Duration,
+}
+
+impl Lease {
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+    pub fn served_name(&self) -> &str {
+        &self.served_name
+    }
+    pub fn model(&self) -> &ModelName {
+        &self.model
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(inner) = self.scheduler.upgrade() {
+            Scheduler { inner }.release(&self.model);
+        }
+    }
+}
+
+/// What `vllamactl ps` shows of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineView {
+    pub model: String,
+    pub served_name: String,
+    pub id: String,
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    pub endpoint: String,
+    pub gpus: Vec<u32>,
+    pub gpu_memory_bytes: u64,
+    pub pending: u32,
+    pub expires_at: Option<SystemTime>,
+    pub keep_alive: KeepAlive,
+    pub restarts: u32,
+    pub crashes: u32,
+    pub last_error: Option<String>,
+    pub load_duration: Option<Duration>,
+    pub pinned: bool,
+}
+
+impl Scheduler {
+    pub fn new(
+        config: watch::Receiver<Arc<ActiveConfig>>,
+        probe: Arc<dyn GpuProbe>,
+        tracker: TaskTracker,
+        on_change: Arc<dyn Fn() + Send + Sync>,
+    ) -> Scheduler {
+        Scheduler {
+            inner: Arc::new(Inner {
+                config,
+                probe,
+                tracker,
+                cancel: CancellationToken::new(),
+                on_change,
+                slots: Mutex::new(HashMap::new()),
+                placing: tokio::sync::Mutex::new(()),
+                next_id: AtomicU64::new(1),
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn config(&self) -> Arc<ActiveConfig> {
+        self.inner.config.borrow().clone()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ModelName, Slot>> {
+        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leases the model's engine, starting it if needed, and waits until it is ready.
+    pub async fn acquire(
+        &self,
+        name: &ModelName,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Lease, SchedError> {
+        let started = Instant::now();
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(SchedError::ShuttingDown);
+        }
+        let (canonical, model) = models::lookup(&self.config().config, name)?;
+        let mut lease = match self.lease_existing(&canonical, keep_alive)? {
+            Some(lease) => lease,
+            None => self.start(&canonical, model, keep_alive).await?,
+        };
+        let engine = lease.engine.clone();
+        match engine.status().phase {
+            Phase::Failed => engine.restart(),
+            Phase::Sleeping => self.wake(&canonical, &engine).await?,
+            _ => {}
+        }
+        let timeout = self.config().config.engine.load_timeout.0;
+        engine.ready(timeout).await?;
+        lease.load_duration = started.elapsed();
+        Ok(lease)
+    }
+
+    /// A lease on a model that already has an engine, or `None`.
+    fn lease_existing(
+        &self,
+        name: &ModelName,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Option<Lease>, SchedError> {
+        let max_queue = self.config().config.engine.max_queue;
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(name) else {
+            return Ok(None);
+        };
+        if matches!(slot.engine.status().phase, Phase::Stopping | Phase::Stopped) {
+            return Ok(None);
+        }
+        if slot.pending >= max_queue {
+            return Err(SchedError::Busy {
+                model: name.to_string(),
+                limit: max_queue,
+            });
+        }
+        slot.pending += 1;
+        slot.epoch += 1;
+        slot.expires_at = None;
+        slot.last_used = Instant::now();
+        if let Some(k) = keep_alive {
+            slot.keep_alive = k;
+        }
+        Ok(Some(Lease {
+            scheduler: Arc::downgrade(&self.inner),
+            model: name.clone(),
+            engine: slot.engine.clone(),
+            served_name: slot.served_name.clone(),
+            load_duration: Duration::ZERO,
+        }))
+    }
+
+    fn release(&self, name: &ModelName) {
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(name) else {
+            return;
+        };
+        slot.pending = slot.pending.saturating_sub(1);
+        slot.epoch += 1;
+        slot.last_used = Instant::now();
+        if slot.pending > 0 || slot.pinned {
+            return;
+        }
+        let epoch = slot.epoch;
+        match slot.keep_alive {
+            KeepAlive::Forever => slot.expires_at = None,
+            KeepAlive::For(after) => {
+                slot.expires_at = Some((Instant::now() + after, SystemTime::now() + after));
+                let me = self.clone();
+                let name = name.clone();
+                let cancel = self.inner.cancel.clone();
+                self.inner.tracker.spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(after) => me.expire(&name, epoch).await,
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+        }
+    }
+
+    /// keep_alive ended: unload the model unless it was used since.
+    async fn expire(&self, name: &ModelName, epoch: u64) {
+        let _placing = self.inner.placing.lock().await;
+        let engine = {
+            let mut slots = self.slots();
+            match slots.get(name) {
+                Some(slot) if slot.epoch == epoch && slot.pending == 0 && !slot.pinned => {
+                    slots.remove(name).map(|s| s.engine)
+                }
+                _ => None,
+            }
+        };
+        if let Some(engine) = engine {
+            tracing::info!(model = %name, "keep_alive ended: unloading");
+            engine.stop().await;
+            (self.inner.on_change)();
+        }
+    }
+
+    async fn start(
+        &self,
+        name: &ModelName,
+        model: ModelConfig,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Lease, SchedError> {
+        let _placing = self.inner.placing.lock().await;
+        // Someone else may have started it while this request waited for the lock.
+        if let Some(lease) = self.lease_existing(name, keep_alive)? {
+            return Ok(lease);
+        }
+        let active = self.config();
+        let config = &active.config;
+        let state_dir = config.paths.state_dir.clone();
+        let (n, source) = (name.clone(), model.source.clone());
+        let (dir, weights) = tokio::task::spawn_blocking(move || {
+            models::resolve_dir(&state_dir, &n, &source).map(|d| {
+                let w = models::weights_size(&d);
+                (d, w)
+            })
+        })
+        .await
+        .map_err(|e| SchedError::Internal(e.to_string()))??;
+
+        let placement = self.make_room(name, &model, weights).await?;
+        let id = format!(
+            "{}-{}",
+            name.slug(),
+            self.inner.next_id.fetch_add(1, Ordering::SeqCst)
+        );
+        let served_name = model
+            .served_name
+            .clone()
+            .unwrap_or_else(|| name.to_string());
+        let spec = engine_spec(
+            config,
+            name,
+            &model,
+            &id,
+            &served_name,
+            &dir,
+            placement.as_ref(),
+        )
+        .map_err(SchedError::Internal)?;
+        tracing::info!(
+            model = %name,
+            engine = %id,
+            dir = %dir.display(),
+            gpus = ?placement.as_ref().map(|p| &p.gpus),
+            fraction = placement.as_ref().map(|p| p.fraction),
+            "starting engine"
+        );
+        let engine = Engine::start(spec, &self.inner.tracker, self.inner.on_change.clone());
+        let keep_alive = keep_alive
+            .or(model.keep_alive)
+            .unwrap_or(config.engine.keep_alive);
+        self.slots().insert(
+            name.clone(),
+            Slot {
+                engine: engine.clone(),
+                served_name: served_name.clone(),
+                pending: 1,
+                keep_alive,
+                expires_at: None,
+                last_used: Instant::now(),
+                epoch: 0,
+                pinned: model.pinned,
+                sleep: model.sleep,
+                placement,
+                weights,
+            },
+        );
+        (self.inner.on_change)();
+        Ok(Lease {
+            scheduler: Arc::downgrade(&self.inner),
+            model: name.clone(),
+            engine,
+            served_name,
+            load_duration: Duration::ZERO,
+        })
+    }
+
+    /// Frees what a new engine needs: a loaded-model slot, and GPU memory where there are
+    /// GPUs. Called with `placing` held.
+    async fn make_room(
+        &self,
+        name: &ModelName,
+        model: &ModelConfig,
+        weights: u64,
+    ) -> Result<Option<Placement>, SchedError> {
+        loop {
+            let config = self.config();
+            let probe = self.inner.probe.clone();
+            let gpus = tokio::task::spawn_blocking(move || probe.gpus())
+                .await
+                .map_err(|e| SchedError::Internal(e.to_string()))?;
+            let max_loaded = match config.config.engine.max_loaded {
+                0 if gpus.is_empty() => 1,
+                0 => 3 * gpus.len(),
+                n => n as usize,
+            };
+            let (loaded, reserved) = {
+                let slots = self.slots();
+                let loaded = slots.values().filter(|s| s.loaded()).count();
+                let reserved: Vec<Reservation> = slots
+                    .values()
+                    .filter(|s| s.loaded())
+                    .filter_map(|s| s.placement.as_ref())
+                    .flat_map(|p| p.reservations.iter().copied())
+                    .collect();
+                (loaded, reserved)
+            };
+            let placed = if gpus.is_empty() {
+                Ok(None)
+            } else {
+                let total = gpus.iter().map(|g| g.total_bytes).min().unwrap_or(0);
+                let need = placement::need_per_gpu(
+                    model.gpu_memory,
+                    total,
+                    weights,
+                    model.tensor_parallel,
+                );
+                placement::place(
+                    &gpus,
+                    &reserved,
+                    config.config.engine.gpu_memory_reserve.0,
+                    need,
+                    model.tensor_parallel,
+                )
+                .map(Some)
+            };
+            let blocked = match (&placed, loaded >= max_loaded) {
+                (Ok(p), false) => return Ok(p.clone()),
+                (Err(shortfall), _) => Blocked::Memory(shortfall.clone()),
+                (Ok(_), true) => Blocked::Count(loaded),
+            };
+            if !self.evict_one(name).await {
+                let busy = self.busy_models(name);
+                return Err(match blocked {
+                    Blocked::Memory(shortfall) => SchedError::NoGpuRoom { shortfall, busy },
+                    Blocked::Count(loaded) => SchedError::TooManyLoaded { loaded, busy },
+                });
+            }
+        }
+    }
+
+    fn busy_models(&self, except: &ModelName) -> String {
+        let slots = self.slots();
+        let mut busy: Vec<String> = slots
+            .iter()
+            .filter(|(n, s)| *n != except && s.loaded() && !s.evictable())
+            .map(|(n, _)| n.to_string())
+            .collect();
+        busy.sort();
+        if busy.is_empty() {
+            "none".into()
+        } else {
+            busy.join(",")
+        }
+    }
+
+    /// Sleeps or stops the least recently used idle engine. False when there is none.
+    async fn evict_one(&self, except: &ModelName) -> bool {
+        let victim = {
+            let slots = self.slots();
+            slots
+                .iter()
+                .filter(|(n, s)| *n != except && s.loaded() && s.evictable())
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(n, s)| (n.clone(), s.engine.clone(), s.sleep, s.weights))
+        };
+        let Some((victim, engine, sleep, weights)) = victim else {
+            return false;
+        };
+        if sleep && engine.status().phase == Phase::Ready && host_memory_for(weights) {
+            match engine.sleep().await {
+                Ok(()) => {
+                    tracing::info!(model = %victim, "put to sleep to make room");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(model = %victim, error = %e, "sleep failed; stopping instead")
+                }
+            }
+        }
+        tracing::info!(model = %victim, "unloading the least recently used idle model to make room");
+        self.slots().remove(&victim);
+        engine.stop().await;
+        (self.inner.on_change)();
+        true
+    }
+
+    /// A sleeping engine needs its GPU memory back before it wakes.
+    async fn wake(&self, name: &ModelName, engine: &Arc<Engine>) -> Result<(), SchedError> {
+        let _placing = self.inner.placing.lock().await;
+        if engine.status().phase != Phase::Sleeping {
+            return Ok(());
+        }
+        loop {
+            let (loaded, max_loaded) = {
+                let slots = self.slots();
+                let max = self.config().config.engine.max_loaded;
+                (slots.values().filter(|s| s.loaded()).count(), max)
+            };
+            let limit = if max_loaded == 0 {
+                usize::MAX
+            } else {
+                max_loaded as usize
+            };
+            if loaded < limit || !self.evict_one(name).await {
+                break;
+            }
+        }
+        tracing::info!(model = %name, "waking the engine");
+        engine.wake().await?;
+        Ok(())
+    }
+
+    /// Starts the model's engine and waits until it is ready (admin preload).
+    pub async fn preload(
+        &self,
+        name: &ModelName,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Arc<Engine>, SchedError> {
+        let lease = self.acquire(name, keep_alive).await?;
+        Ok(lease.engine.clone())
+    }
+
+    /// The engine of a model, if it has one (for progress displays).
+    pub fn engine_of(&self, name: &ModelName) -> Option<Arc<Engine>> {
+        self.slots().get(name).map(|s| s.engine.clone())
+    }
+
+    /// Stops a model's engine now (admin unload, Ollama's keep_alive 0).
+    pub async fn unload(&self, name: &ModelName) -> Result<(), SchedError> {
+        let canonical = models::lookup(&self.config().config, name)
+            .map(|(n, _)| n)
+            .unwrap_or_else(|_| name.clone());
+        let _placing = self.inner.placing.lock().await;
+        let engine = self.slots().remove(&canonical).map(|s| s.engine);
+        match engine {
+            Some(engine) => {
+                engine.stop().await;
+                (self.inner.on_change)();
+                Ok(())
+            }
+            None => Err(SchedError::NotLoaded(canonical.to_string())),
+        }
+    }
+
+    /// Starts the models marked `preload`, in the background.
+    pub fn preload_configured(&self) {
+        let config = self.config();
+        for (name, model) in &config.config.models {
+            if !(model.preload || model.pinned) {
+                continue;
+            }
+            let Ok(name) = ModelName::parse(name) else {
+                continue;
+            };
+            let me = self.clone();
+            let cancel = self.inner.cancel.clone();
+            self.inner.tracker.spawn(async move {
+                tokio::select! {
+                    result = me.preload(&name, None) => match result {
+                        Ok(_) => tracing::info!(model = %name, "preloaded"),
+                        Err(e) => tracing::error!(model = %name, error = %e, "preload failed"),
+                    },
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    pub fn engines(&self) -> Vec<EngineView> {
+        let slots = self.slots();
+        let mut views: Vec<EngineView> = slots
+            .iter()
+            .map(|(name, s)| {
+                let status = s.engine.status();
+                EngineView {
+                    model: name.to_string(),
+                    served_name: s.served_name.clone(),
+                    id: s.engine.spec.id.clone(),
+                    phase: status.phase,
+                    pid: status.pid,
+                    endpoint: s.engine.spec.endpoint.to_string(),
+                    gpus: s
+                        .placement
+                        .as_ref()
+                        .map(|p| p.gpus.clone())
+                        .unwrap_or_default(),
+                    gpu_memory_bytes: s
+                        .placement
+                        .as_ref()
+                        .map_or(0, |p| p.reservations.iter().map(|r| r.bytes).sum()),
+                    pending: s.pending,
+                    expires_at: s.expires_at.map(|(_, wall)| wall),
+                    keep_alive: s.keep_alive,
+                    restarts: status.restarts,
+                    crashes: status.crashes,
+                    last_error: status.last_error,
+                    load_duration: status.load_duration,
+                    pinned: s.pinned,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.model.cmp(&b.model));
+        views
+    }
+
+    /// For systemd's STATUS=: "2 engines ready (a, b), 1 loading; 5 requests in flight".
+    pub fn summary(&self) -> String {
+        let views = self.engines();
+        if views.is_empty() {
+            return "no engines loaded".into();
+        }
+        let names = |phase: Phase| -> Vec<String> {
+            views
+                .iter()
+                .filter(|v| v.phase == phase)
+                .map(|v| v.model.clone())
+                .collect()
+        };
+        let mut parts = Vec::new();
+        for (phase, word) in [
+            (Phase::Ready, "ready"),
+            (Phase::Starting, "loading"),
+            (Phase::Sleeping, "sleeping"),
+            (Phase::Failed, "failed"),
+        ] {
+            let n = names(phase);
+            if !n.is_empty() {
+                parts.push(format!("{} {word} ({})", n.len(), n.join(", ")));
+            }
+        }
+        let pending: u32 = views.iter().map(|v| v.pending).sum();
+        let engines = if views.len() == 1 {
+            "engine"
+        } else {
+            "engines"
+        };
+        format!(
+            "{} {engines}: {}; {pending} requests in flight",
+            views.len(),
+            parts.join(", ")
+        )
+    }
+
+    /// Stops every engine (daemon shutdown), all at once.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.cancel.cancel();
+        let engines: Vec<Arc<Engine>> = self.slots().drain().map(|(_, s)| s.engine).collect();
+        let mut stops = tokio::task::JoinSet::new();
+        for engine in engines {
+            stops.spawn(async move { engine.stop().await });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+}
+
+enum Blocked {
+    Memory(Shortfall),
+    Count(usize),
+}
+
+/// Sleep level 1 moves the weights to host RAM: only sleep when it has room for them.
+fn host_memory_for(weights: u64) -> bool {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    available_kib * 1024 > weights / 5 * 6 + ByteSize::GIB
+}
+
+/// The command line and environment of one engine.
+pub fn engine_spec(
+    config: &Config,
+    name: &ModelName,
+    model: &ModelConfig,
+    id: &str,
+    served_name: &str,
+    dir: &std::path::Path,
+    placement: Option<&Placement>,
+) -> Result<EngineSpec, String> {
+    let runtime = &config.paths.runtime_dir;
+    let engines_dir = runtime.join("engines");
+    std::fs::create_dir_all(&engines_dir)
+        .map_err(|e| format!("cannot create {}: {e}", engines_dir.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&engines_dir, std::fs::Permissions::from_mode(0o700));
+
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        dir.display().to_string(),
+        "--served-model-name".into(),
+        served_name.to_string(),
+    ];
+    let endpoint = match config.engine.transport {
+        Transport::Uds => {
+            let sock = engines_dir.join(format!("{id}.sock"));
+            let _ = std::fs::remove_file(&sock);
+            args.extend(["--uds".into(), sock.display().to_string()]);
+            Endpoint::Unix(sock)
+        }
+        Transport::Tcp => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("no free loopback port: {e}"))?
+                .port();
+            args.extend([
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+            ]);
+            Endpoint::Tcp(([127, 0, 0, 1], port).into())
+        }
+    };
+    if let Some(len) = model.max_model_len {
+        args.extend(["--max-model-len".into(), len.to_string()]);
+    }
+    if let Some(dtype) = &model.dtype {
+        args.extend(["--dtype".into(), dtype.clone()]);
+    }
+    if model.tensor_parallel > 1 {
+        args.extend([
+            "--tensor-parallel-size".into(),
+            model.tensor_parallel.to_string(),
+        ]);
+    }
+    if let Some(p) = placement {
+        args.extend([
+            "--gpu-memory-utilization".into(),
+            format!("{:.2}", p.fraction),
+        ]);
+        if model.sleep {
+            args.push("--enable-sleep-mode".into());
+        }
+    }
+    args.extend(config.engine.args.iter().cloned());
+    args.extend(model.args.iter().cloned());
+
+    let tmpdir = runtime.join("tmp").join(id);
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        ("HOME".into(), config.paths.state_dir.display().to_string()),
+        (
+            "HF_HOME".into(),
+            config.paths.state_dir.display().to_string(),
+        ),
+        ("HF_HUB_OFFLINE".into(), "1".into()),
+        ("TRANSFORMERS_OFFLINE".into(), "1".into()),
+        (
+            "VLLM_CACHE_ROOT".into(),
+            config.paths.cache_dir.join("vllm").display().to_string(),
+        ),
+        ("VLLM_NO_USAGE_STATS".into(), "1".into()),
+        ("DO_NOT_TRACK".into(), "1".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TMPDIR".into(), tmpdir.display().to_string()),
+        (
+            crate::engine::process::ENGINE_MARK.into(),
+            runtime.display().to_string(),
+        ),
+    ];
+    if let Some(p) = placement {
+        let devices: Vec<String> = p.gpus.iter().map(u32::to_string).collect();
+        env.push(("CUDA_VISIBLE_DEVICES".into(), devices.join(",")));
+        env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
+    }
+    if model.sleep {
+        env.push(("VLLM_SERVER_DEV_MODE".into(), "1".into()));
+    }
+    for (k, v) in config.engine.env.iter().chain(&model.env) {
+        env.retain(|(key, _)| key != k);
+        env.push((k.clone(), v.clone()));
+    }
+    Ok(EngineSpec {
+        id: id.to_string(),
+        model: name.to_string(),
+        launch: Launch {
+            program: config.engine.vllm.clone(),
+            args,
+            env,
+            tmpdir,
+            model: name.to_string(),
+        },
+        endpoint,
+        load_timeout: config.engine.load_timeout.0,
+        health_interval: config.engine.health_interval.0,
+        stop_grace: config.engine.stop_grace.0,
+        backoff_max: config.engine.restart_backoff_max.0,
+        stable_after: config.engine.stable_after.0,
+        auto_restart: model.pinned,
+    })
+}
