@@ -186,3 +186,66 @@ fn the_daemon_checks_peer_credentials_per_route() {
     assert!(log.contains("status=403"), "{log}");
     assert!(log.contains("uid=0"), "{log}");
 }
+
+#[test]
+fn preload_ps_unload() {
+    let fake = workspace_bin(CTL, "fake-vllm");
+    let d = start(
+        DaemonOptions::default()
+            .fake_model(&fake, "tiny", &["env = { FAKE_VLLM_STARTUP_MS = \"700\" }"])
+            .fake_model(
+                &fake,
+                "broken",
+                &["env = { FAKE_VLLM_FAIL_STARTUP = \"no kernel image is available (fake)\" }"],
+            ),
+    );
+    let out = ctl(&d, &["ps"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), "no engines loaded");
+
+    let out = ctl(&d, &["preload", "tiny", "--keep-alive", "-1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("tiny:latest is ready"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Not a terminal: one progress line per state.
+    let progress = text(&out.stderr);
+    assert!(progress.contains("tiny:latest starting"), "{progress}");
+
+    let out = ctl(&d, &["ps"]);
+    let table = text(&out.stdout);
+    assert!(table.starts_with("MODEL"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("tiny:latest"))
+        .unwrap();
+    assert!(
+        row.contains("ready") && row.contains("forever") && row.contains("cpu"),
+        "{row}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&ctl(&d, &["ps", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["keep_alive"], "-1");
+    assert!(text(&ctl(&d, &["status"]).stdout).contains("tiny:latest"));
+
+    let out = ctl(&d, &["unload", "tiny"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&ctl(&d, &["ps"]).stdout).trim(), "no engines loaded");
+    let out = ctl(&d, &["unload", "tiny"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is not loaded"));
+
+    let out = ctl(&d, &["preload", "broken"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no kernel image is available (fake)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = ctl(&d, &["preload", "../etc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("invalid model name"));
+}

@@ -198,12 +198,20 @@ impl Scheduler {
             None => self.start(&canonical, model, keep_alive).await?,
         };
         let engine = lease.engine.clone();
+        let timeout = self.config().config.engine.load_timeout.0;
         match engine.status().phase {
-            Phase::Failed => engine.restart(),
+            Phase::Failed => {
+                let backoff_max = self.config().config.engine.restart_backoff_max.0;
+                tokio::time::timeout(backoff_max + timeout, engine.restart())
+                    .await
+                    .map_err(|_| EngineError::Timeout {
+                        model: canonical.to_string(),
+                        timeout,
+                    })?;
+            }
             Phase::Sleeping => self.wake(&canonical, &engine).await?,
             _ => {}
         }
-        let timeout = self.config().config.engine.load_timeout.0;
         engine.ready(timeout).await?;
         lease.load_duration = started.elapsed();
         Ok(lease)

@@ -145,6 +145,10 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// Admin socket path (default: in the daemon's own temporary folder).
     pub admin_socket: Option<PathBuf>,
+    /// Models served by the fake engine: name → extra `key = value` lines.
+    pub fake_models: BTreeMap<String, Vec<String>>,
+    /// The fake engine binary (`engine.vllm`), when `fake_models` is used.
+    pub fake_engine: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -153,6 +157,17 @@ impl DaemonOptions {
             .entry(section.to_string())
             .or_default()
             .push(line.to_string());
+        self
+    }
+
+    /// Serves `name` from the fake engine `fake` (a model folder is made for it); `lines`
+    /// are extra keys of its `[models."name"]` table.
+    pub fn fake_model(mut self, fake: &Path, name: &str, lines: &[&str]) -> Self {
+        self.fake_engine = Some(fake.to_path_buf());
+        self.fake_models.insert(
+            name.to_string(),
+            lines.iter().map(|l| l.to_string()).collect(),
+        );
         self
     }
 
@@ -183,6 +198,25 @@ impl DaemonOptions {
             .entry("admin".into())
             .or_default()
             .insert(0, format!("socket = \"{}\"", admin.display()));
+        if let Some(fake) = &self.fake_engine {
+            sections
+                .entry("engine".into())
+                .or_default()
+                .push(format!("vllm = \"{}\"", fake.display()));
+        }
+        for (model, lines) in &self.fake_models {
+            let section = sections.entry(format!("models.\"{model}\"")).or_default();
+            section.push(format!("source = \"{}\"", model_dir(dir, model).display()));
+            let state = fake_state_dir(dir, model).display().to_string();
+            let env = format!("FAKE_VLLM_STATE_DIR = \"{state}\"");
+            match lines.iter().position(|l| l.starts_with("env = {")) {
+                Some(i) => {
+                    section.push(lines[i].replacen("env = {", &format!("env = {{ {env}, "), 1))
+                }
+                None => section.push(format!("env = {{ {env} }}")),
+            }
+            section.extend(lines.iter().filter(|l| !l.starts_with("env = {")).cloned());
+        }
         let mut text = String::new();
         for (name, lines) in sections {
             text.push_str(&format!("[{name}]\n"));
@@ -193,6 +227,14 @@ impl DaemonOptions {
         }
         text
     }
+}
+
+fn model_dir(dir: &Path, model: &str) -> PathBuf {
+    dir.join("models").join(model.replace([':', '/'], "_"))
+}
+
+fn fake_state_dir(dir: &Path, model: &str) -> PathBuf {
+    dir.join("fake").join(model.replace([':', '/'], "_"))
 }
 
 /// A running `vllamad`; killed (SIGKILL) when dropped.
@@ -234,6 +276,12 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| dir.path().join("admin.sock"));
         let config_path = dir.path().join("vllama.toml");
+        for model in options.fake_models.keys() {
+            let m = model_dir(dir.path(), model);
+            std::fs::create_dir_all(&m).expect("model dir");
+            std::fs::write(m.join("config.json"), "{}").expect("config.json");
+            std::fs::write(m.join("model.safetensors"), vec![0u8; 4096]).expect("weights");
+        }
         std::fs::write(&config_path, options.render(port, &admin, dir.path()))
             .expect("write config");
         let notify = NotifyRecorder::bind(dir.path().join("notify.sock"));
@@ -355,6 +403,71 @@ impl Daemon {
     pub fn get(&self, path: &str) -> Response {
         self.request("GET", path, "")
     }
+
+    /// What the fake engine of `model` recorded: its folder (argv.json, env.json,
+    /// requests.jsonl, grandchild.pid).
+    pub fn fake_state(&self, model: &str) -> PathBuf {
+        fake_state_dir(self.dir.path(), model)
+    }
+
+    /// A request to the admin API, as root.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Response {
+        use std::os::unix::net::UnixStream;
+        let mut s = UnixStream::connect(&self.admin).expect("admin socket");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(raw.as_bytes()).expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        parse_responses(&text)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no admin response in {text:?}"))
+    }
+
+    /// The engines, as `GET /v1/engines` lists them.
+    pub fn engines(&self) -> Vec<serde_json::Value> {
+        match self.admin("GET", "/v1/engines", "").json() {
+            serde_json::Value::Array(list) => list,
+            other => panic!("not a list: {other}"),
+        }
+    }
+
+    /// The engine of `model`, if listed.
+    pub fn engine(&self, model: &str) -> Option<serde_json::Value> {
+        self.engines().into_iter().find(|e| e["model"] == model)
+    }
+
+    /// How often a line containing `needle` appears in the daemon's log.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A chat request body for the fake engine.
+pub fn chat_body(model: &str, max_tokens: u32, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    })
+    .to_string()
 }
 
 impl Drop for Daemon {
@@ -418,6 +531,19 @@ pub fn parse_responses(mut text: &str) -> Vec<Response> {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if chunked {
+            let (body, used) = dechunk(rest);
+            out.push(Response {
+                status,
+                headers,
+                body,
+            });
+            text = &rest[used..];
+            continue;
+        }
         let len = headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -432,6 +558,27 @@ pub fn parse_responses(mut text: &str) -> Vec<Response> {
         text = &rest[len..];
     }
     out
+}
+
+/// Decodes a chunked body; returns it and how many bytes of `text` it used. A body cut off
+/// mid-chunk (the server aborted) yields what arrived.
+fn dechunk(text: &str) -> (String, usize) {
+    let mut body = String::new();
+    let mut at = 0;
+    while let Some(eol) = text[at..].find("\r\n") {
+        let Ok(size) = usize::from_str_radix(text[at..at + eol].trim(), 16) else {
+            break;
+        };
+        at += eol + 2;
+        if size == 0 {
+            at = (at + 2).min(text.len());
+            break;
+        }
+        let end = (at + size).min(text.len());
+        body.push_str(&text[at..end]);
+        at = (end + 2).min(text.len());
+    }
+    (body, at)
 }
 
 /// Runs `program` as another user via `setpriv` (needs root). `gid` is the primary group;

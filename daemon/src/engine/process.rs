@@ -86,6 +86,8 @@ impl Output {
 pub struct EngineProcess {
     child: Child,
     pgid: i32,
+    /// The output readers: they end at EOF, once every process of the group is gone.
+    pumps: Vec<tokio::task::JoinHandle<()>>,
     exited: Option<ExitStatus>,
     tmpdir: PathBuf,
 }
@@ -132,15 +134,27 @@ impl EngineProcess {
             source,
         })?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, launch.model.clone(), pid, output.clone()));
+            pumps.push(tokio::spawn(pump(
+                out,
+                launch.model.clone(),
+                pid,
+                output.clone(),
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, launch.model.clone(), pid, output.clone()));
+            pumps.push(tokio::spawn(pump(
+                err,
+                launch.model.clone(),
+                pid,
+                output.clone(),
+            )));
         }
         Ok(EngineProcess {
             child,
             pgid: pid,
+            pumps,
             exited: None,
             tmpdir: launch.tmpdir.clone(),
         })
@@ -164,6 +178,10 @@ impl EngineProcess {
         };
         self.exited = Some(status);
         sweep_group(self.pgid).await;
+        // Its last words (the reason it died) must be in the output before anyone quotes it.
+        for pump in self.pumps.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+        }
         status
     }
 

@@ -218,9 +218,22 @@ impl Engine {
         self.ask(Command::Wake).await
     }
 
-    /// After a failure: start again (once the backoff allows).
-    pub fn restart(&self) {
-        let _ = self.commands.try_send(CommandBox(Command::Restart));
+    /// After a failure: start again once the backoff allows, and wait until the new start
+    /// has begun (so that a following [`Engine::ready`] does not see the old failure).
+    pub async fn restart(&self) {
+        let mut rx = self.watch();
+        if rx.borrow_and_update().phase != Phase::Failed {
+            return;
+        }
+        if self
+            .commands
+            .send(CommandBox(Command::Restart))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = rx.wait_for(|s| s.phase != Phase::Failed).await;
     }
 
     async fn ask(
