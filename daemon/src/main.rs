@@ -12,6 +12,9 @@ fn main() -> ExitCode {
         return match vllamad::config::load(&source, std::env::vars()) {
             Ok(loaded) => match toml::to_string(&loaded.config) {
                 Ok(text) => {
+                    for warning in &loaded.warnings {
+                        eprintln!("vllamad: warning: {warning}");
+                    }
                     print!("{text}");
                     ExitCode::SUCCESS
                 }

@@ -20,20 +20,22 @@ pub enum ReloadError {
     Log(#[from] crate::logging::LogError),
 }
 
-/// Loads the configuration and resolves its groups; blocking.
+/// Loads the configuration and resolves its groups; blocking. Also returns the warnings
+/// to log (the caller logs them: at start, logging is not up yet).
 pub fn load_active(
     source: &config::ConfigSource,
     generation: u64,
-) -> Result<ActiveConfig, ConfigError> {
+) -> Result<(ActiveConfig, Vec<String>), ConfigError> {
     let loaded = config::load(source, std::env::vars())?;
     let access = AccessPolicy::resolve(&loaded.config.admin);
-    Ok(ActiveConfig {
+    let active = ActiveConfig {
         config: loaded.config,
         file: loaded.file,
         generation,
         loaded_at: SystemTime::now(),
         access,
-    })
+    };
+    Ok((active, loaded.warnings))
 }
 
 pub async fn reload(daemon: &Daemon) -> ReloadOutcome {
@@ -80,7 +82,11 @@ pub async fn reload(daemon: &Daemon) -> ReloadOutcome {
 
 async fn try_reload(daemon: &Daemon, generation: u64) -> Result<Vec<String>, ReloadError> {
     let source = daemon.source.clone();
-    let new = tokio::task::spawn_blocking(move || load_active(&source, generation)).await??;
+    let (new, warnings) =
+        tokio::task::spawn_blocking(move || load_active(&source, generation)).await??;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     let old = daemon.config();
     let needs_restart = config::restart_only_changes(&old.config, &new.config);
     if let Some(log) = &daemon.log {

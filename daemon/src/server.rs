@@ -39,8 +39,8 @@ pub struct Options {
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: Options) -> Result<(), ServerError> {
     let notifier = Notifier::from_env();
-    let active = match reload::load_active(&options.config, 1) {
-        Ok(active) => active,
+    let (active, warnings) = match reload::load_active(&options.config, 1) {
+        Ok(loaded) => loaded,
         Err(e) => {
             notifier.status(&format!("configuration error: {e}"));
             return Err(e.into());
@@ -57,6 +57,10 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
             config = %options.config.path.display(),
             "vllamad starting; no configuration file, using the defaults"
         ),
+    }
+    // Found before logging was up.
+    for warning in &warnings {
+        tracing::warn!("{warning}");
     }
     if options.activated.is_empty() {
         tracing::debug!("not socket-activated: binding listeners from the configuration");

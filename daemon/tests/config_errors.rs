@@ -77,6 +77,18 @@ fn errors_name_key_and_line() {
 }
 
 #[test]
+fn an_unknown_vllama_variable_is_a_warning_not_a_failure() {
+    let (ok, stdout, stderr) = run_with("", &[("VLLAMA_API_LISTN", "x")]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("listen = \"127.0.0.1:11434\""));
+    assert!(
+        stderr.contains("VLLAMA_API_LISTN is not a configuration key (ignored)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("VLLAMA_API_LISTEN"), "{stderr}");
+}
+
+#[test]
 fn a_named_config_that_is_missing_is_an_error() {
     let out = Command::new(BIN)
         .args(["--config", "/nonexistent/vllama.toml"])

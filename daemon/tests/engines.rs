@@ -603,3 +603,24 @@ fn unknown_and_invalid_models() {
     assert_eq!(resp.status, 404);
     assert!(resp.body.contains("vllamactl pull"), "{}", resp.body);
 }
+
+#[test]
+fn a_restart_after_a_crash_binds_despite_the_stale_socket() {
+    // Like real vLLM, the fake does not unlink its socket when it dies; it refuses to start
+    // over a leftover file only if the daemon did not clean it up (FAKE_VLLM_STRICT_BIND).
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "rebind",
+            &["env = { FAKE_VLLM_EXIT_AFTER = \"1\", FAKE_VLLM_STRICT_BIND = \"1\" }"],
+        ),
+    );
+    assert_eq!(chat(&d, "rebind").status, 200);
+    assert!(wait_until(Duration::from_secs(5), || state_of(
+        &d,
+        "rebind:latest"
+    ) == "failed"));
+    let resp = chat(&d, "rebind");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+}

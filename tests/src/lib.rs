@@ -248,6 +248,8 @@ pub struct Daemon {
     log_path: PathBuf,
     port: u16,
     pub dir: tempfile::TempDir,
+    /// How long a request waits for its answer (raise it for real engines' cold starts).
+    pub read_timeout: Duration,
 }
 
 impl Daemon {
@@ -332,6 +334,7 @@ impl Daemon {
             log_path,
             port,
             dir,
+            read_timeout: Duration::from_secs(20),
         };
         if options.socket_activated {
             // Like systemd, systemd-socket-activate starts the daemon on the first connection.
@@ -393,7 +396,7 @@ impl Daemon {
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let text = exchange(self.api, raw.as_bytes());
+        let text = exchange_within(self.api, raw.as_bytes(), self.read_timeout);
         parse_responses(&text)
             .into_iter()
             .next()
@@ -481,12 +484,15 @@ impl Drop for Daemon {
     }
 }
 
-/// Sends `raw` and reads until the server closes the connection.
+/// Sends `raw` and reads until the server closes the connection (10 s at most).
 pub fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    exchange_within(addr, raw, Duration::from_secs(10))
+}
+
+/// Sends `raw` and reads until the server closes the connection or `timeout` passes.
+pub fn exchange_within(addr: SocketAddr, raw: &[u8], timeout: Duration) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
     stream.write_all(raw).expect("write");
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);

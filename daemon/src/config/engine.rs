@@ -80,7 +80,7 @@ impl Default for EngineConfig {
             env: BTreeMap::new(),
             load_timeout: HumanDuration::from_secs(600),
             stop_grace: HumanDuration::from_secs(30),
-            health_interval: HumanDuration(std::time::Duration::from_millis(100)),
+            health_interval: HumanDuration(std::time::Duration::from_millis(25)),
             transport: Transport::Uds,
             keep_alive: KeepAlive::For(std::time::Duration::from_secs(300)),
             max_queue: 512,

@@ -194,6 +194,8 @@ pub struct Loaded {
     pub config: Config,
     /// The file read; `None` when it was absent and the defaults apply.
     pub file: Option<PathBuf>,
+    /// Things to log once logging is up (e.g. a `VLLAMA_*` variable that is no key).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +226,9 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("environment variable {var} is not a configuration key; the keys are: {known}")]
+    #[error(
+        "environment variable {var} is not a configuration key (ignored); the keys are: {known}"
+    )]
     UnknownEnv { var: String, known: String },
 }
 
@@ -263,10 +267,15 @@ pub fn load(
             })
         }
     };
-    let mut config = apply_env(config, env)?;
+    let mut warnings = Vec::new();
+    let mut config = apply_env(config, env, &mut warnings)?;
     let base = source.path.parent().unwrap_or(Path::new("."));
     validate(&mut config, base, file.as_deref().unwrap_or(&source.path))?;
-    Ok(Loaded { config, file })
+    Ok(Loaded {
+        config,
+        file,
+        warnings,
+    })
 }
 
 /// Parses a configuration file's text. `path` is only used in error messages.
@@ -316,9 +325,13 @@ pub fn env_keys() -> BTreeMap<String, (String, String)> {
     keys
 }
 
+/// Applies `VLLAMA_<SECTION>_<KEY>` variables. A `VLLAMA_*` variable that names no key is
+/// not an error (the environment is not the operator's file, and other tools share the
+/// prefix) but is reported in `warnings`, naming the valid variables.
 fn apply_env(
     config: Config,
     env: impl IntoIterator<Item = (String, String)>,
+    warnings: &mut Vec<String>,
 ) -> Result<Config, ConfigError> {
     let keys = env_keys();
     let mut overrides: Vec<(String, String, String, String)> = Vec::new();
@@ -327,10 +340,14 @@ fn apply_env(
             continue;
         }
         let Some((section, key)) = keys.get(&var) else {
-            return Err(ConfigError::UnknownEnv {
-                known: keys.keys().cloned().collect::<Vec<_>>().join(", "),
-                var,
-            });
+            warnings.push(
+                ConfigError::UnknownEnv {
+                    known: keys.keys().cloned().collect::<Vec<_>>().join(", "),
+                    var,
+                }
+                .to_string(),
+            );
+            continue;
         };
         overrides.push((var, section.clone(), key.clone(), value));
     }
@@ -631,6 +648,7 @@ mod tests {
 
     #[test]
     fn env_overrides_and_their_errors() {
+        let mut warnings = Vec::new();
         let c = apply_env(
             Config::default(),
             env(&[
@@ -639,17 +657,33 @@ mod tests {
                 ("VLLAMA_CONFIG", "/elsewhere.toml"),
                 ("HOME", "/root"),
             ]),
+            &mut warnings,
         )
         .unwrap();
         assert_eq!(c.api.listen.port(), 9999);
         assert_eq!(c.log.filter, "debug");
+        assert!(warnings.is_empty(), "{warnings:?}");
 
-        let err = apply_env(Config::default(), env(&[("VLLAMA_API_LISTN", "x")])).unwrap_err();
-        assert!(matches!(&err, ConfigError::UnknownEnv { var, .. } if var == "VLLAMA_API_LISTN"));
-        assert!(err.to_string().contains("VLLAMA_API_LISTEN"), "{err}");
+        let c = apply_env(
+            Config::default(),
+            env(&[("VLLAMA_API_LISTN", "x")]),
+            &mut warnings,
+        )
+        .unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("VLLAMA_API_LISTN is not a configuration key"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("VLLAMA_API_LISTEN"), "{warnings:?}");
 
-        let err =
-            apply_env(Config::default(), env(&[("VLLAMA_API_LISTEN", "nowhere")])).unwrap_err();
+        let err = apply_env(
+            Config::default(),
+            env(&[("VLLAMA_API_LISTEN", "nowhere")]),
+            &mut warnings,
+        )
+        .unwrap_err();
         match err {
             ConfigError::Env { var, key, .. } => {
                 assert_eq!(var, "VLLAMA_API_LISTEN");

@@ -299,6 +299,8 @@ async fn supervise(
             });
         }
         first = false;
+        // A crashed engine leaves its socket file; vLLM will not bind over it.
+        remove_socket(&spec.endpoint);
         let mut process = match EngineProcess::spawn(&spec.launch, &engine.output) {
             Ok(p) => p,
             Err(e) => {
@@ -437,9 +439,20 @@ fn spawn_error(e: &ProcessError) -> String {
     }
 }
 
+fn remove_socket(endpoint: &Endpoint) {
+    if let Endpoint::Unix(path) = endpoint {
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the engine socket");
+            }
+        }
+    }
+}
+
 async fn stop(engine: &Engine, on_change: &(dyn Fn() + Send + Sync), process: &mut EngineProcess) {
     engine.set(on_change, |s| s.phase = Phase::Stopping);
     let graceful = process.stop(engine.spec.stop_grace).await;
+    remove_socket(&engine.spec.endpoint);
     tracing::info!(model = %engine.spec.model, graceful, "engine stopped");
     engine.set(on_change, |s| {
         s.phase = Phase::Stopped;

@@ -14,6 +14,7 @@
 //! - `FAKE_VLLM_GRANDCHILD=1`: spawn a child `sleep` that, like EngineCore, outlives a
 //!   leader-only kill; its pid goes to `$FAKE_VLLM_STATE_DIR/grandchild.pid`;
 //! - `FAKE_VLLM_TOKEN_MS` (2): delay per generated token;
+//! - `FAKE_VLLM_STRICT_BIND=1`: fail like vLLM when `--uds` names an existing file;
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
 //!   body) and `argv.json`.
 
@@ -108,8 +109,20 @@ fn main() {
 async fn serve(args: Vec<String>) {
     let model = args[2].clone();
     let state_dir = std::env::var_os("FAKE_VLLM_STATE_DIR").map(std::path::PathBuf::from);
+    let unix_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    };
+    let startup_ms = env_u64("FAKE_VLLM_STARTUP_MS").unwrap_or(300);
     if let Some(dir) = &state_dir {
         let _ = std::fs::create_dir_all(dir);
+        // When /health starts answering 200 (for readiness-overhead measurements).
+        let _ = std::fs::write(
+            dir.join("ready_at_ms"),
+            (unix_ms() + u128::from(startup_ms)).to_string(),
+        );
         let _ = std::fs::write(dir.join("argv.json"), json!(args).to_string());
         let env: serde_json::Map<String, Value> = std::env::vars()
             .map(|(k, v)| (k, Value::String(v)))
@@ -120,7 +133,7 @@ async fn serve(args: Vec<String>) {
         model: model.clone(),
         served_name: arg_value(&args, "--served-model-name").unwrap_or_else(|| model.clone()),
         started: Instant::now(),
-        startup: Duration::from_millis(env_u64("FAKE_VLLM_STARTUP_MS").unwrap_or(300)),
+        startup: Duration::from_millis(startup_ms),
         hang: std::env::var_os("FAKE_VLLM_HANG").is_some(),
         exit_after: env_u64("FAKE_VLLM_EXIT_AFTER"),
         crash_mid_stream: std::env::var_os("FAKE_VLLM_CRASH_MID_STREAM").is_some(),
@@ -173,7 +186,11 @@ async fn serve(args: Vec<String>) {
     }
 
     if let Some(path) = arg_value(&args, "--uds") {
-        let _ = std::fs::remove_file(&path);
+        // Real vLLM binds without unlinking first: a leftover socket file makes it fail with
+        // EADDRINUSE. FAKE_VLLM_STRICT_BIND reproduces that.
+        if std::env::var_os("FAKE_VLLM_STRICT_BIND").is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
         let listener = match tokio::net::UnixListener::bind(&path) {
             Ok(l) => l,
             Err(e) => {
@@ -282,10 +299,14 @@ async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
             .append(true)
             .open(dir.join("requests.jsonl"))
         {
+            let t_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
             let _ = writeln!(
                 f,
                 "{}",
-                json!({"path": path, "query": query, "headers": headers, "body": parsed})
+                json!({"t_ms": t_ms, "path": path, "query": query, "headers": headers, "body": parsed})
             );
         }
     }

