@@ -5,13 +5,18 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, HOST,
+    ORIGIN, VARY,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cors;
 use crate::http::{self, Body, BodyError};
 use crate::state::Daemon;
 
@@ -57,7 +62,81 @@ struct Version {
 }
 
 async fn handle(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
-    let limit = daemon.config().config.api.max_request_body.0;
+    let config = daemon.config();
+    let origin = req
+        .headers()
+        .get(ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if loopback(daemon)
+        && !cors::host_allowed(req.headers().get(HOST).and_then(|v| v.to_str().ok()))
+    {
+        return http::error(
+            StatusCode::FORBIDDEN,
+            "host not allowed: this server answers its own machine's names only",
+        );
+    }
+    if let Some(o) = &origin {
+        if !cors::origin_allowed(o, &config.config.api.origins) {
+            return http::error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "origin {o} is not allowed; add it to api.origins in /etc/vllama/vllama.toml"
+                ),
+            );
+        }
+        if req.method() == Method::OPTIONS {
+            return preflight(o, &req);
+        }
+    }
+    let mut resp = route(req, daemon, config.config.api.max_request_body.0).await;
+    if let Some(o) = origin {
+        if let Ok(v) = HeaderValue::from_str(&o) {
+            resp.headers_mut().insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            resp.headers_mut()
+                .insert(VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    resp
+}
+
+/// True when the public listener is on a loopback address (then the Host guard applies).
+fn loopback(daemon: &Daemon) -> bool {
+    daemon
+        .listeners
+        .iter()
+        .find(|l| l.name == crate::listeners::API)
+        .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
+        .is_some_and(|a| a.ip().is_loopback())
+}
+
+fn preflight(origin: &str, req: &Request<Incoming>) -> Response<Body> {
+    let mut resp = Response::new(http::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+    );
+    let asked = req
+        .headers()
+        .get(ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_static(
+                "Authorization, Content-Type, User-Agent, Accept, X-Requested-With",
+            )
+        });
+    h.insert(ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    h.insert(VARY, HeaderValue::from_static("Origin"));
+    resp
+}
+
+async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let (parts, body) = match http::read_body(req, limit).await {
@@ -92,9 +171,12 @@ async fn handle(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {method} not allowed on {path}"),
         ),
-        _ => http::error(
-            StatusCode::NOT_FOUND,
-            format!("no route for {method} {path}"),
-        ),
+        _ => match crate::ollama::route(daemon, &parts, body).await {
+            Some(resp) => resp,
+            None => http::error(
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {path}"),
+            ),
+        },
     }
 }

@@ -195,6 +195,30 @@ pub fn snapshot_dir(hub: &Path, repo: &str, rev: &str) -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
+/// Repositories in the store (`hub/models--org--name` with a `refs/main`), as `org/name`.
+pub fn store_repos(hub: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(hub) else {
+        return Vec::new();
+    };
+    let mut repos: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("models--")?
+                .to_string();
+            let (org, model) = name.split_once("--")?;
+            e.path()
+                .join("refs/main")
+                .is_file()
+                .then(|| format!("{org}/{model}"))
+        })
+        .collect();
+    repos.sort();
+    repos
+}
+
 /// Sum of the weight files' sizes in a model directory (safetensors, or .bin without them).
 pub fn weights_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {

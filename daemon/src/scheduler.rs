@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ModelConfig, Transport};
 use crate::engine::{Endpoint, Engine, EngineError, EngineSpec, Launch, Phase};
 use crate::gpu::GpuProbe;
+use crate::model_info::ModelInfo;
 use crate::models::{self, ModelError, ModelName};
 use crate::placement::{self, Placement, Reservation, Shortfall};
 use crate::state::ActiveConfig;
@@ -60,6 +61,7 @@ struct Slot {
     placement: Option<Placement>,
     /// Weights on disk, for the host-memory check before sleeping.
     weights: u64,
+    info: Arc<ModelInfo>,
 }
 
 impl Slot {
@@ -107,6 +109,7 @@ pub struct Lease {
     model: ModelName,
     engine: Arc<Engine>,
     served_name: String,
+    info: Arc<ModelInfo>,
     /// Time spent waiting for the engine to start (Ollama's load_duration).
     pub load_duration: Duration,
 }
@@ -120,6 +123,10 @@ impl Lease {
     }
     pub fn model(&self) -> &ModelName {
         &self.model
+    }
+    /// What the model's folder says about it (capabilities, context length…).
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
     }
 }
 
@@ -150,6 +157,7 @@ pub struct EngineView {
     pub last_error: Option<String>,
     pub load_duration: Option<Duration>,
     pub pinned: bool,
+    pub info: Option<Arc<ModelInfo>>,
 }
 
 impl Scheduler {
@@ -249,6 +257,7 @@ impl Scheduler {
             model: name.clone(),
             engine: slot.engine.clone(),
             served_name: slot.served_name.clone(),
+            info: slot.info.clone(),
             load_duration: Duration::ZERO,
         }))
     }
@@ -316,11 +325,14 @@ impl Scheduler {
         let config = &active.config;
         let state_dir = config.paths.state_dir.clone();
         let (n, source) = (name.clone(), model.source.clone());
-        let (dir, weights) = tokio::task::spawn_blocking(move || {
-            models::resolve_dir(&state_dir, &n, &source).map(|d| {
-                let w = models::weights_size(&d);
-                (d, w)
-            })
+        let (dir, weights, info) = tokio::task::spawn_blocking(move || {
+            let dir = models::resolve_dir(&state_dir, &n, &source)?;
+            let weights = models::weights_size(&dir);
+            let info = ModelInfo::read(&dir).map_err(|e| ModelError::NotAModelDir {
+                name: n.to_string(),
+                path: format!("{} ({e})", dir.display()),
+            })?;
+            Ok::<_, ModelError>((dir, weights, Arc::new(info)))
         })
         .await
         .map_err(|e| SchedError::Internal(e.to_string()))??;
@@ -371,6 +383,7 @@ impl Scheduler {
                 sleep: model.sleep,
                 placement,
                 weights,
+                info: info.clone(),
             },
         );
         (self.inner.on_change)();
@@ -379,6 +392,7 @@ impl Scheduler {
             model: name.clone(),
             engine,
             served_name,
+            info,
             load_duration: Duration::ZERO,
         })
     }
@@ -605,11 +619,23 @@ impl Scheduler {
                     last_error: status.last_error,
                     load_duration: status.load_duration,
                     pinned: s.pinned,
+                    info: Some(s.info.clone()),
                 }
             })
             .collect();
         views.sort_by(|a, b| a.model.cmp(&b.model));
         views
+    }
+
+    /// GPU memory held by an engine's whole process group (NVML; 0 without a GPU).
+    pub async fn gpu_memory_of(&self, pid: u32) -> u64 {
+        let probe = self.inner.probe.clone();
+        tokio::task::spawn_blocking(move || {
+            let pids = crate::engine::process::group_pids(pid as i32);
+            probe.process_memory(&pids)
+        })
+        .await
+        .unwrap_or(0)
     }
 
     /// For systemd's STATUS=: "2 engines ready (a, b), 1 loading; 5 requests in flight".

@@ -58,11 +58,6 @@ fn errors_name_key_and_line() {
             &[("VLLAMA_API_LISTEN", "everywhere")],
             &["VLLAMA_API_LISTEN", "api.listen"],
         ),
-        (
-            "",
-            &[("VLLAMA_API_LISTN", "x")],
-            &["VLLAMA_API_LISTN", "VLLAMA_API_LISTEN"],
-        ),
     ];
     for (config, env, needles) in cases {
         let (ok, _, stderr) = run_with(config, env);

@@ -44,7 +44,7 @@ fn concurrent_first_requests_start_one_engine_and_get_the_served_name() {
             std::thread::spawn(move || {
                 let body = chat_body("tiny", 2, false);
                 let raw = format!(
-                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 vllama_testkit::parse_responses(&vllama_testkit::exchange(api, raw.as_bytes()))[0].clone()
@@ -420,7 +420,7 @@ fn the_queue_bound_answers_busy() {
             std::thread::spawn(move || {
                 let body = chat_body("q", 10, false);
                 let raw = format!(
-                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 vllama_testkit::parse_responses(&vllama_testkit::exchange(api, raw.as_bytes()))[0].clone()
@@ -463,7 +463,7 @@ fn eviction_is_lru_and_spares_pinned_and_busy_models() {
     let slow = std::thread::spawn(move || {
         let body = chat_body("c", 10, false);
         let raw = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         vllama_testkit::exchange(api, raw.as_bytes())
@@ -566,7 +566,7 @@ fn a_client_that_leaves_aborts_the_engine_request() {
         let body = chat_body("long", 200, true);
         write!(
             s,
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();

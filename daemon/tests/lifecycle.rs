@@ -16,7 +16,7 @@ const SIGINT: i32 = 2;
 fn admin_status(d: &Daemon) -> serde_json::Value {
     use std::os::unix::net::UnixStream;
     let mut s = UnixStream::connect(&d.admin).expect("admin socket");
-    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -144,7 +144,7 @@ fn sigterm_drains_the_request_in_flight_then_exits_0() {
     // A request whose body is half sent is in flight.
     let mut s = TcpStream::connect(d.api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"POST /api/unknown HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+    s.write_all(b"POST /api/unknown HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n12345")
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     d.signal(SIGTERM);
@@ -174,7 +174,7 @@ fn shutdown_grace_bounds_the_drain() {
         DaemonOptions::default().set("daemon", "shutdown_grace = \"500ms\""),
     );
     let mut s = TcpStream::connect(d.api).unwrap();
-    s.write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n1")
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n1")
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();

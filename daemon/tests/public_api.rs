@@ -38,7 +38,7 @@ fn probe_routes_answer_like_ollama() {
     // HEAD: same status and headers, no body.
     let raw = exchange(
         d.api,
-        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(raw.ends_with("\r\n\r\n"), "HEAD carried a body: {raw:?}");
@@ -66,7 +66,7 @@ fn keep_alive_and_pipelining() {
     let mut s = TcpStream::connect(d.api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     for _ in 0..2 {
-        s.write_all(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let mut buf = [0u8; 1024];
         let n = s.read(&mut buf).unwrap();
@@ -74,9 +74,9 @@ fn keep_alive_and_pipelining() {
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     }
     // Three requests in one write: three responses, in order.
-    let raw = "GET / HTTP/1.1\r\nHost: x\r\n\r\n\
-               GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n\
-               GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let raw = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n\
+               GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n\
+               GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let responses = parse_responses(&exchange(d.api, raw.as_bytes()));
     let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 404]);
@@ -95,12 +95,12 @@ fn oversized_bodies_get_413_and_the_server_lives_on() {
     assert!(big.json()["error"].as_str().unwrap().contains("1KiB"));
 
     // Declared huge, never sent: refused from the header alone.
-    let raw = "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n";
+    let raw = "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999\r\n\r\n";
     let resp = parse_responses(&exchange(d.api, raw.as_bytes()));
     assert_eq!(resp[0].status, 413);
 
     // Chunked with no length: the limit still holds.
-    let mut raw = String::from("POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut raw = String::from("POST /x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
     for _ in 0..3 {
         raw.push_str("200\r\n");
         raw.push_str(&"y".repeat(0x200));

@@ -171,7 +171,7 @@ fn real_vllm_end_to_end() {
     let long = std::thread::spawn(move || {
         let body = chat_body("tiny-a", 400, true);
         let raw = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         vllama_testkit::exchange_within(api, raw.as_bytes(), Duration::from_secs(60))

@@ -149,6 +149,8 @@ pub struct DaemonOptions {
     pub fake_models: BTreeMap<String, Vec<String>>,
     /// The fake engine binary (`engine.vllm`), when `fake_models` is used.
     pub fake_engine: Option<PathBuf>,
+    /// config.json (and other files) of fake models: model → [(file, content)].
+    pub model_files: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl DaemonOptions {
@@ -168,6 +170,15 @@ impl DaemonOptions {
             name.to_string(),
             lines.iter().map(|l| l.to_string()).collect(),
         );
+        self
+    }
+
+    /// Writes `file` with `content` into the fake model's folder (e.g. config.json).
+    pub fn model_file(mut self, model: &str, file: &str, content: &str) -> Self {
+        self.model_files
+            .entry(model.to_string())
+            .or_default()
+            .push((file.to_string(), content.to_string()));
         self
     }
 
@@ -283,6 +294,9 @@ impl Daemon {
             std::fs::create_dir_all(&m).expect("model dir");
             std::fs::write(m.join("config.json"), "{}").expect("config.json");
             std::fs::write(m.join("model.safetensors"), vec![0u8; 4096]).expect("weights");
+            for (file, content) in options.model_files.get(model).into_iter().flatten() {
+                std::fs::write(m.join(file), content).expect("model file");
+            }
         }
         std::fs::write(&config_path, options.render(port, &admin, dir.path()))
             .expect("write config");

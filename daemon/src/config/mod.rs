@@ -45,6 +45,9 @@ pub struct ApiConfig {
     pub max_request_body: ByteSize,
     /// A client must send its request headers within this time.
     pub header_read_timeout: HumanDuration,
+    /// Browser origins allowed besides Ollama's defaults (localhost, 127.0.0.1, 0.0.0.0 on
+    /// any port, app://, file://, tauri://, vscode-webview://); `*` wildcards.
+    pub origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +56,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 11434)),
             max_request_body: ByteSize(32 * ByteSize::MIB),
             header_read_timeout: HumanDuration::from_secs(30),
+            origins: Vec::new(),
         }
     }
 }

@@ -286,6 +286,27 @@ async fn pump(stream: impl AsyncRead + Unpin, model: String, pid: i32, output: O
     }
 }
 
+/// Every live process in process group `pgid` (an engine and its EngineCore/Workers), for
+/// attributing GPU memory. Blocking: reads /proc.
+pub fn group_pids(pgid: i32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Fields after "(comm)": state, ppid, pgrp, ...
+            let (_, rest) = stat.rsplit_once(')')?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?;
+            let pgrp: i32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == pgid && state != "Z").then_some(pid)
+        })
+        .collect()
+}
+
 /// Kills engines that a previous vllamad with the same runtime directory left behind (it
 /// was SIGKILLed outside systemd; PR_SET_PDEATHSIG took the leaders, not their children).
 /// Blocking: reads /proc. Returns how many process groups were killed.
@@ -399,6 +420,20 @@ mod tests {
         assert!(!group_alive(pgid), "a process of the group survived");
         assert!(!launch.tmpdir.exists(), "TMPDIR not removed");
         assert_eq!(out.last().as_deref(), Some("started"));
+    }
+
+    #[tokio::test]
+    async fn group_pids_finds_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let launch = sh("sleep 300 & sleep 300 & wait", dir.path());
+        let mut p = EngineProcess::spawn(&launch, &Output::default()).unwrap();
+        let pgid = p.pid() as i32;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pids = group_pids(pgid);
+        assert_eq!(pids.len(), 3, "{pids:?}");
+        assert!(pids.contains(&p.pid()));
+        p.stop(Duration::from_millis(200)).await;
+        assert!(group_pids(pgid).is_empty());
     }
 
     #[tokio::test]

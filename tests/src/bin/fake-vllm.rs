@@ -418,6 +418,17 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
             .as_str()
             .map_or(1, |p| p.split_whitespace().count() as u64 + 1),
     };
+    // A tool call when tools are offered: the first tool, its first property = "Paris".
+    let tool_call = req["tools"][0]["function"]["name"].as_str().map(|name| {
+        let prop = req["tools"][0]["function"]["parameters"]["properties"]
+            .as_object()
+            .and_then(|p| p.keys().next().cloned())
+            .unwrap_or_else(|| "arg".into());
+        (name.to_string(), json!({ prop: "Paris" }).to_string())
+    });
+    // Structured output: a JSON object instead of words.
+    let json_out = req.get("response_format").is_some_and(|f| !f.is_null());
+    let token_ids = req["return_token_ids"].as_bool().unwrap_or(false);
     let n = fake.completions.fetch_add(1, Ordering::SeqCst) + 1;
     let id = format!("{}-fake{n}", if chat { "chatcmpl" } else { "cmpl" });
     let created = unix_now();
@@ -441,20 +452,44 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
         }
     };
 
+    let words: Vec<String> = if json_out {
+        vec!["{\"answer\": 42}".to_string()]
+    } else if tool_call.is_some() {
+        Vec::new()
+    } else {
+        (0..max)
+            .map(|i| WORDS[i as usize % WORDS.len()].to_string())
+            .collect()
+    };
+    let max = words.len() as u64;
+    let finish_reason = if tool_call.is_some() {
+        "tool_calls"
+    } else if json_out {
+        "stop"
+    } else {
+        "length"
+    };
+
     if !req["stream"].as_bool().unwrap_or(false) {
         tokio::time::sleep(fake.token_delay * max as u32).await;
-        let text: String = (0..max).map(|i| WORDS[i as usize % WORDS.len()]).collect();
+        let text: String = words.concat();
         let usage = json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max,
             "completion_tokens": max, "prompt_tokens_details": null, "completion_tokens_details": null});
         let body = if chat {
-            json!({"id": id, "object": "chat.completion", "created": created, "model": name,
+            let mut body = json!({"id": id, "object": "chat.completion", "created": created, "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null,
                     "annotations": null, "audio": null, "function_call": null, "reasoning": null},
-                    "logprobs": null, "finish_reason": "length", "stop_reason": null,
+                    "logprobs": null, "finish_reason": finish_reason, "stop_reason": null,
                     "token_ids": null, "routed_experts": null}],
                 "service_tier": null, "system_fingerprint": FINGERPRINT, "usage": usage,
                 "prompt_logprobs": null, "prompt_token_ids": null, "prompt_text": null,
-                "kv_transfer_params": null, "ec_transfer_params": null, "metrics": null})
+                "kv_transfer_params": null, "ec_transfer_params": null, "metrics": null});
+            if let Some((fname, args)) = &tool_call {
+                body["choices"][0]["message"]["content"] = Value::Null;
+                body["choices"][0]["message"]["tool_calls"] = json!([{"id": "chatcmpl-tool-1", "type": "function",
+                    "function": {"name": fname, "arguments": args}}]);
+            }
+            body
         } else {
             json!({"id": id, "object": "text_completion", "created": created, "model": name,
                 "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "length",
@@ -473,6 +508,7 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     let delay = fake.token_delay;
     let crash = fake.crash_mid_stream;
+    let tool = tool_call.clone();
     tokio::spawn(async move {
         let send = |v: Value| Ok(Frame::data(Bytes::from(format!("data: {v}\n\n"))));
         let object = if chat {
@@ -481,11 +517,34 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
             "text_completion"
         };
         if chat {
+            let prompt_ids = if token_ids {
+                json!([1, 2, 3])
+            } else {
+                Value::Null
+            };
             let first = json!({"id": id, "object": object, "created": created, "model": name,
                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}],
-                "prompt_token_ids": null, "prompt_text": null});
+                "prompt_token_ids": prompt_ids, "prompt_text": null});
             if tx.send(send(first)).await.is_err() {
                 return;
+            }
+        }
+        if let Some((fname, args)) = &tool {
+            // vLLM streams a call's name, then its arguments in pieces.
+            let (a, b) = args.split_at(args.len() / 2);
+            for (i, delta) in [
+                json!({"tool_calls": [{"index": 0, "id": "chatcmpl-tool-1", "type": "function", "function": {"name": fname, "arguments": a}}]}),
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let finish = if i == 1 { json!("tool_calls") } else { Value::Null };
+                let chunk = json!({"id": id, "object": object, "created": created, "model": name,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish, "token_ids": null}]});
+                if tx.send(send(chunk)).await.is_err() {
+                    return;
+                }
             }
         }
         for i in 0..max {
@@ -495,10 +554,19 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
                 std::process::exit(1);
             }
             let last = i + 1 == max;
-            let finish = if last { json!("length") } else { Value::Null };
-            let word = WORDS[i as usize % WORDS.len()];
+            let finish = if last {
+                json!(finish_reason)
+            } else {
+                Value::Null
+            };
+            let word = words[i as usize].as_str();
+            let ids = if token_ids {
+                json!([10 + i])
+            } else {
+                Value::Null
+            };
             let mut choice = if chat {
-                json!({"index": 0, "delta": {"content": word}, "logprobs": null, "finish_reason": finish, "token_ids": null})
+                json!({"index": 0, "delta": {"content": word}, "logprobs": null, "finish_reason": finish, "token_ids": ids})
             } else {
                 json!({"index": 0, "text": word, "logprobs": null, "finish_reason": finish, "stop_reason": null,
                     "prompt_token_ids": null, "token_ids": null})

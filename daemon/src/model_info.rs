@@ -1,0 +1,284 @@
+//! What a model folder says about the model, for Ollama's /api/tags, /api/show and /api/ps and
+//! the scheduler: config.json (architecture, context length, dtype, vision), the safetensors
+//! headers (parameter count), the tokenizer's chat template (tools, thinking). Blocking.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Facts about one model folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub dir: PathBuf,
+    /// `model_type` from config.json, e.g. `llama`, `qwen2`.
+    pub family: String,
+    pub architecture: String,
+    pub context_length: Option<u64>,
+    pub parameter_count: u64,
+    pub quantization: String,
+    pub size: u64,
+    pub digest: String,
+    pub modified_at: SystemTime,
+    pub template: Option<String>,
+    pub vision: bool,
+    pub embedding: bool,
+    pub tools: bool,
+    pub thinking: bool,
+}
+
+/// `details` of Ollama's model listings.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Details {
+    pub parent_model: String,
+    pub format: String,
+    pub family: String,
+    pub families: Vec<String>,
+    pub parameter_size: String,
+    pub quantization_level: String,
+}
+
+impl ModelInfo {
+    pub fn read(dir: &Path) -> std::io::Result<ModelInfo> {
+        let config_path = dir.join("config.json");
+        let config_text = std::fs::read(&config_path)?;
+        let config: Value = serde_json::from_slice(&config_text).unwrap_or(Value::Null);
+        let text = config.get("text_config").unwrap_or(&config);
+        let family = config["model_type"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string();
+        let architecture = config["architectures"][0]
+            .as_str()
+            .unwrap_or(&family)
+            .to_string();
+        let context_length = text["max_position_embeddings"]
+            .as_u64()
+            .or_else(|| config["max_position_embeddings"].as_u64())
+            .or_else(|| config["max_seq_len"].as_u64());
+        let quantization = match config["quantization_config"]["quant_method"].as_str() {
+            Some(q) => q.to_ascii_uppercase(),
+            None => match config["torch_dtype"].as_str().or(config["dtype"].as_str()) {
+                Some("bfloat16") => "BF16".into(),
+                Some("float16") => "F16".into(),
+                Some("float32") => "F32".into(),
+                Some(other) => other.to_ascii_uppercase(),
+                None => "unknown".into(),
+            },
+        };
+        let arch_lower = architecture.to_ascii_lowercase();
+        let vision = config.get("vision_config").is_some()
+            || arch_lower.contains("vl")
+            || arch_lower.contains("vision")
+            || arch_lower.contains("llava");
+        let embedding = !arch_lower.contains("causallm")
+            && !arch_lower.contains("conditionalgeneration")
+            && (arch_lower.contains("bert")
+                || arch_lower.ends_with("model")
+                || arch_lower.contains("embedding"));
+        let template = chat_template(dir);
+        let tools = template.as_deref().is_some_and(|t| t.contains("tools"));
+        let thinking = template
+            .as_deref()
+            .is_some_and(|t| t.contains("enable_thinking") || t.contains("<think>"));
+        let (parameter_count, size) = safetensors_params(dir);
+        let modified_at = std::fs::metadata(&config_path)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let digest = format!("{:x}", Sha256::digest(&config_text));
+        Ok(ModelInfo {
+            dir: dir.to_path_buf(),
+            family,
+            architecture,
+            context_length,
+            parameter_count,
+            quantization,
+            size: if size > 0 {
+                size
+            } else {
+                crate::models::weights_size(dir)
+            },
+            digest,
+            modified_at,
+            template,
+            vision,
+            embedding,
+            tools,
+            thinking,
+        })
+    }
+
+    pub fn details(&self) -> Details {
+        Details {
+            parent_model: String::new(),
+            format: "safetensors".into(),
+            family: self.family.clone(),
+            families: vec![self.family.clone()],
+            parameter_size: parameter_size(self.parameter_count),
+            quantization_level: self.quantization.clone(),
+        }
+    }
+
+    /// Ollama's capabilities list.
+    pub fn capabilities(&self) -> Vec<&'static str> {
+        let mut caps = Vec::new();
+        if self.embedding {
+            caps.push("embedding");
+            return caps;
+        }
+        caps.push("completion");
+        if self.tools {
+            caps.push("tools");
+        }
+        if self.vision {
+            caps.push("vision");
+        }
+        if self.thinking {
+            caps.push("thinking");
+        }
+        caps
+    }
+}
+
+/// `494.03M`, `7.6B`, as Ollama writes parameter sizes.
+pub fn parameter_size(n: u64) -> String {
+    match n {
+        0 => "unknown".into(),
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n => format!("{:.2}K", n as f64 / 1e3),
+    }
+}
+
+fn chat_template(dir: &Path) -> Option<String> {
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Some(t);
+    }
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("tokenizer_config.json")).ok()?).ok()?;
+    match &cfg["chat_template"] {
+        Value::String(t) => Some(t.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .or(list.first())
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Parameters (from the safetensors headers) and bytes of the weights.
+fn safetensors_params(dir: &Path) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let (mut params, mut bytes) = (0u64, 0u64);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            continue;
+        }
+        bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        params += header_params(&path).unwrap_or(0);
+    }
+    (params, bytes)
+}
+
+fn header_params(path: &Path) -> Option<u64> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 * 1024 * 1024 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&header).ok()?;
+    Some(
+        header
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .filter_map(|(_, t)| t["shape"].as_array())
+            .map(|shape| shape.iter().filter_map(Value::as_u64).product::<u64>())
+            .sum(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn safetensors(path: &Path, tensors: &[(&str, &[u64])]) {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0u64;
+        for (name, shape) in tensors {
+            let n: u64 = shape.iter().product();
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]}),
+            );
+            offset += 4 * n;
+        }
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut data = (header.len() as u64).to_le_bytes().to_vec();
+        data.extend_from_slice(&header);
+        data.extend(std::iter::repeat_n(0u8, offset as usize));
+        std::fs::write(path, data).unwrap();
+    }
+
+    #[test]
+    fn reads_a_model_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"qwen2","architectures":["Qwen2ForCausalLM"],"max_position_embeddings":32768,"torch_dtype":"bfloat16"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template":"{% if tools %}...{% endif %}{{ messages }}"}"#,
+        )
+        .unwrap();
+        safetensors(
+            &dir.path().join("model.safetensors"),
+            &[("a", &[10, 20]), ("b", &[5])],
+        );
+        let info = ModelInfo::read(dir.path()).unwrap();
+        assert_eq!(info.family, "qwen2");
+        assert_eq!(info.context_length, Some(32768));
+        assert_eq!(info.parameter_count, 205);
+        assert_eq!(info.quantization, "BF16");
+        assert!(info.tools && !info.vision && !info.embedding && !info.thinking);
+        assert_eq!(info.capabilities(), ["completion", "tools"]);
+        assert_eq!(info.digest.len(), 64);
+        assert_eq!(info.details().parameter_size, "0.20K");
+        assert_eq!(parameter_size(494_032_768), "494.03M");
+        assert_eq!(parameter_size(7_615_616_512), "7.6B");
+    }
+
+    #[test]
+    fn vision_and_embedding_models() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"qwen2_5_vl","architectures":["Qwen2_5_VLForConditionalGeneration"],"vision_config":{}}"#,
+        )
+        .unwrap();
+        let info = ModelInfo::read(dir.path()).unwrap();
+        assert!(info.vision && !info.embedding);
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"bert","architectures":["BertModel"]}"#,
+        )
+        .unwrap();
+        let info = ModelInfo::read(dir.path()).unwrap();
+        assert!(info.embedding);
+        assert_eq!(info.capabilities(), ["embedding"]);
+    }
+}

@@ -1,0 +1,439 @@
+//! Running an Ollama chat or generate request on an engine. The engine is always asked for
+//! an SSE stream with usage, so time to first token and eval time are measured even when
+//! the client wants one JSON object; chunks become Ollama NDJSON lines as they arrive.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::http::{self, Body};
+use crate::scheduler::Lease;
+use crate::sse::{Event, SseReader};
+
+/// Which Ollama route, and so which response shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    /// `/api/generate`; `raw` uses the engine's completions API with the prompt as is.
+    Generate {
+        raw: bool,
+    },
+}
+
+/// A translated request, ready for the engine.
+#[derive(Debug)]
+pub struct Job {
+    pub kind: Kind,
+    /// The name the client used: responses carry it back.
+    pub model: String,
+    pub stream: bool,
+    /// The OpenAI body without `model`/`stream`.
+    pub body: Map<String, Value>,
+    /// Ask for token ids (generate's `context`).
+    pub want_context: bool,
+    pub started: Instant,
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// What the engine has sent so far.
+#[derive(Debug, Default)]
+struct Progress {
+    text: String,
+    thinking: String,
+    tool_calls: BTreeMap<u64, (String, String)>,
+    finish: Option<String>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    first_token_at: Option<Instant>,
+    prompt_ids: Vec<Value>,
+    token_ids: Vec<Value>,
+}
+
+impl Progress {
+    /// Takes one chunk; returns the new content and thinking text in it.
+    fn feed(&mut self, chunk: &Value) -> (String, String) {
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.prompt_tokens = usage["prompt_tokens"]
+                .as_u64()
+                .unwrap_or(self.prompt_tokens);
+            self.completion_tokens = usage["completion_tokens"]
+                .as_u64()
+                .unwrap_or(self.completion_tokens);
+        }
+        if let Some(Value::Array(ids)) = chunk.get("prompt_token_ids") {
+            self.prompt_ids = ids.clone();
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            return (String::new(), String::new());
+        };
+        if let Some(Value::Array(ids)) = choice.get("token_ids") {
+            self.token_ids.extend(ids.iter().cloned());
+        }
+        if let Some(Value::Array(ids)) = choice.get("prompt_token_ids") {
+            self.prompt_ids = ids.clone();
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            self.finish = Some(reason.to_string());
+        }
+        let delta = choice.get("delta").unwrap_or(choice);
+        let piece = delta["content"]
+            .as_str()
+            .or_else(|| choice["text"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let thought = delta["reasoning"]
+            .as_str()
+            .or_else(|| delta["reasoning_content"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if let Some(Value::Array(calls)) = delta.get("tool_calls") {
+            for call in calls {
+                let index = call["index"]
+                    .as_u64()
+                    .unwrap_or(self.tool_calls.len() as u64);
+                let entry = self.tool_calls.entry(index).or_default();
+                if let Some(name) = call["function"]["name"].as_str() {
+                    entry.0.push_str(name);
+                }
+                if let Some(args) = call["function"]["arguments"].as_str() {
+                    entry.1.push_str(args);
+                }
+            }
+        }
+        if (!piece.is_empty() || !thought.is_empty() || delta.get("tool_calls").is_some())
+            && self.first_token_at.is_none()
+        {
+            self.first_token_at = Some(Instant::now());
+        }
+        self.text.push_str(&piece);
+        self.thinking.push_str(&thought);
+        (piece, thought)
+    }
+
+    /// Ollama's tool calls: arguments as a JSON object (OpenAI sends a string).
+    fn ollama_tool_calls(&self) -> Vec<Value> {
+        self.tool_calls
+            .values()
+            .map(|(name, args)| {
+                let arguments: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+                json!({"function": {"name": name, "arguments": arguments}})
+            })
+            .collect()
+    }
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One NDJSON object: a piece of text, or the last one with the statistics.
+fn object(job: &Job, message: Option<(&str, &str, Vec<Value>)>, done: bool) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("model".into(), json!(job.model));
+    o.insert("created_at".into(), json!(now()));
+    if let Some((content, thinking, tool_calls)) = message {
+        match job.kind {
+            Kind::Chat => {
+                let mut m = json!({"role": "assistant", "content": content});
+                if !thinking.is_empty() {
+                    m["thinking"] = json!(thinking);
+                }
+                if !tool_calls.is_empty() {
+                    m["tool_calls"] = Value::Array(tool_calls);
+                }
+                o.insert("message".into(), m);
+            }
+            Kind::Generate { .. } => {
+                o.insert("response".into(), json!(content));
+                if !thinking.is_empty() {
+                    o.insert("thinking".into(), json!(thinking));
+                }
+            }
+        }
+    }
+    o.insert("done".into(), json!(done));
+    o
+}
+
+fn finish(
+    job: &Job,
+    o: &mut Map<String, Value>,
+    p: &Progress,
+    load: std::time::Duration,
+    sent: Instant,
+) {
+    let end = Instant::now();
+    let first = p.first_token_at.unwrap_or(end);
+    let reason = match p.finish.as_deref() {
+        Some("length") => "length",
+        _ => "stop",
+    };
+    o.insert("done_reason".into(), json!(reason));
+    o.insert("total_duration".into(), json!(nanos(end - job.started)));
+    o.insert("load_duration".into(), json!(nanos(load)));
+    o.insert("prompt_eval_count".into(), json!(p.prompt_tokens));
+    o.insert(
+        "prompt_eval_duration".into(),
+        json!(nanos(first.saturating_duration_since(sent))),
+    );
+    o.insert("eval_count".into(), json!(p.completion_tokens));
+    o.insert(
+        "eval_duration".into(),
+        json!(nanos(end.saturating_duration_since(first))),
+    );
+    if job.want_context && !(p.prompt_ids.is_empty() && p.token_ids.is_empty()) {
+        let context: Vec<Value> = p.prompt_ids.iter().chain(&p.token_ids).cloned().collect();
+        o.insert("context".into(), Value::Array(context));
+    }
+}
+
+fn line(o: &Map<String, Value>) -> Bytes {
+    let mut v = serde_json::to_vec(o).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// An engine error as Ollama reports it, with the engine's own message.
+async fn engine_error(resp: Response<hyper::body::Incoming>, model: &str) -> Response<Body> {
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v["error"]["message"]
+                .as_str()
+                .or(v["detail"].as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    let status = match status.as_u16() {
+        400 | 422 => StatusCode::BAD_REQUEST,
+        404 => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    http::error(status, format!("{model}: {message}"))
+}
+
+/// Sends the job to the lease's engine and answers in Ollama's shape.
+pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
+    let path = match job.kind {
+        Kind::Generate { raw: true } => "/v1/completions",
+        _ => "/v1/chat/completions",
+    };
+    job.body.insert("model".into(), json!(lease.served_name()));
+    job.body.insert("stream".into(), json!(true));
+    job.body
+        .insert("stream_options".into(), json!({"include_usage": true}));
+    if job.want_context {
+        job.body.insert("return_token_ids".into(), json!(true));
+    }
+    let payload = match serde_json::to_vec(&job.body) {
+        Ok(p) => p,
+        Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut req = Request::new(http::full(payload));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = hyper::Uri::from_static("/");
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let sent = Instant::now();
+    let resp = match lease.engine().client().send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            return http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the engine for {} failed: {e}", lease.model()),
+            )
+        }
+    };
+    if !resp.status().is_success() {
+        return engine_error(resp, &job.model).await;
+    }
+    let mut reader = SseReader::new(resp.into_body());
+    let load = lease.load_duration;
+
+    if !job.stream {
+        let mut p = Progress::default();
+        while let Some(event) = reader.next().await {
+            match event {
+                Ok(Event::Done) => break,
+                Ok(Event::Data(v)) if v.get("error").is_some() => {
+                    let msg = v["error"]["message"]
+                        .as_str()
+                        .unwrap_or("engine error")
+                        .to_string();
+                    return http::error(StatusCode::INTERNAL_SERVER_ERROR, msg);
+                }
+                Ok(Event::Data(v)) => {
+                    p.feed(&v);
+                }
+                Err(e) => {
+                    return http::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!(
+                            "the engine for {} stopped in the middle of the response: {e}",
+                            lease.model()
+                        ),
+                    )
+                }
+            }
+        }
+        let calls = p.ollama_tool_calls();
+        let mut o = object(&job, Some((&p.text, &p.thinking, calls)), true);
+        finish(&job, &mut o, &p, load, sent);
+        drop(lease);
+        return http::json(StatusCode::OK, &o);
+    }
+
+    let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
+    tokio::spawn(async move {
+        let _lease = lease; // held until the last line is sent
+        let mut p = Progress::default();
+        loop {
+            let event = match reader.next().await {
+                None | Some(Ok(Event::Done)) => break,
+                Some(e) => e,
+            };
+            let chunk = match event {
+                Ok(Event::Data(v)) if v.get("error").is_some() => {
+                    let msg = v["error"]["message"].as_str().unwrap_or("engine error");
+                    let _ = tx
+                        .send(line(
+                            &json!({"error": msg})
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default(),
+                        ))
+                        .await;
+                    return;
+                }
+                Ok(Event::Data(v)) => v,
+                Ok(Event::Done) => break,
+                Err(e) => {
+                    let msg = format!(
+                        "the engine for {} stopped in the middle of the response: {e}",
+                        job.model
+                    );
+                    tracing::error!(model = %job.model, error = %e, "engine stream broke off");
+                    let _ = tx
+                        .send(line(
+                            &json!({"error": msg})
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default(),
+                        ))
+                        .await;
+                    return;
+                }
+            };
+            let (piece, thought) = p.feed(&chunk);
+            if piece.is_empty() && thought.is_empty() {
+                continue;
+            }
+            let o = object(&job, Some((&piece, &thought, Vec::new())), false);
+            if tx.send(line(&o)).await.is_err() {
+                tracing::debug!(model = %job.model, "client left: aborting the engine request");
+                return; // dropping the reader closes the engine connection: vLLM aborts
+            }
+        }
+        let calls = p.ollama_tool_calls();
+        if !calls.is_empty() && job.kind == Kind::Chat {
+            let o = object(&job, Some(("", "", calls)), false);
+            if tx.send(line(&o)).await.is_err() {
+                return;
+            }
+        }
+        let mut o = object(&job, Some(("", "", Vec::new())), true);
+        finish(&job, &mut o, &p, load, sent);
+        let _ = tx.send(line(&o)).await;
+    });
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(path: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(format!(
+            "{}/../tests/fixtures/real-vllm/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        text.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn real_chat_stream_accumulates() {
+        let mut p = Progress::default();
+        let mut pieces = Vec::new();
+        for e in events("chat-stream.sse") {
+            let (piece, _) = p.feed(&e);
+            if !piece.is_empty() {
+                pieces.push(piece);
+            }
+        }
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(p.text, pieces.concat());
+        assert_eq!(p.finish.as_deref(), Some("length"));
+        assert_eq!((p.prompt_tokens, p.completion_tokens), (9, 3));
+        assert!(p.first_token_at.is_some());
+    }
+
+    #[test]
+    fn real_completion_stream_accumulates() {
+        let mut p = Progress::default();
+        for e in events("completion-stream.sse") {
+            p.feed(&e);
+        }
+        assert!(!p.text.is_empty());
+        assert_eq!(p.finish.as_deref(), Some("length"));
+    }
+
+    #[test]
+    fn tool_call_deltas_become_ollama_objects() {
+        let mut p = Progress::default();
+        for chunk in [
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "get_weather", "arguments": ""}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}, "finish_reason": "tool_calls"}]}),
+        ] {
+            p.feed(&chunk);
+        }
+        let calls = p.ollama_tool_calls();
+        assert_eq!(
+            calls,
+            [json!({"function": {"name": "get_weather", "arguments": {"city": "Paris"}}})]
+        );
+    }
+
+    #[test]
+    fn reasoning_becomes_thinking() {
+        let mut p = Progress::default();
+        let (_, t) = p.feed(&json!({"choices": [{"delta": {"reasoning": "hmm"}}]}));
+        assert_eq!(t, "hmm");
+        let (_, t) = p.feed(&json!({"choices": [{"delta": {"reasoning_content": " ok"}}]}));
+        assert_eq!(t, " ok");
+        assert_eq!(p.thinking, "hmm ok");
+    }
+}

@@ -1,0 +1,589 @@
+//! The Ollama API (`/api/*`) and OpenAI's model listing (`/v1/models`), in Ollama's exact
+//! shapes: NDJSON streams by default, `{"error": "..."}` errors with Ollama's statuses and
+//! wording, durations in nanoseconds.
+
+pub mod generation;
+pub mod translate;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::http::{self, Body, Parts, Reject};
+use crate::model_info::ModelInfo;
+use crate::models::{self, ModelName};
+use crate::scheduler::SchedError;
+use crate::state::{rfc3339, Daemon};
+use crate::units::KeepAlive;
+use generation::{Job, Kind};
+
+/// Answers an Ollama or model-listing route, or `None` when the path is not one.
+pub async fn route(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Response<Body>> {
+    let path = parts.uri.path();
+    let method = &parts.method;
+    let started = Instant::now();
+    let result = match (method, path) {
+        (&Method::POST, "/api/chat") => chat(daemon, &body, started).await,
+        (&Method::POST, "/api/generate") => generate(daemon, &body, started).await,
+        (&Method::POST, "/api/embed") => embed(daemon, &body, started, false).await,
+        (&Method::POST, "/api/embeddings") => embed(daemon, &body, started, true).await,
+        (&Method::GET | &Method::HEAD, "/api/tags") => tags(daemon).await,
+        (&Method::POST, "/api/show") => show(daemon, &body).await,
+        (&Method::GET | &Method::HEAD, "/api/ps") => ps(daemon).await,
+        (&Method::GET | &Method::HEAD, "/v1/models") => openai_models(daemon, None).await,
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/v1/models/") => {
+            openai_models(daemon, Some(&p["/v1/models/".len()..])).await
+        }
+        (&Method::POST, "/api/pull") | (&Method::DELETE, "/api/delete") | (&Method::POST, "/api/copy") => {
+            Err(Reject(
+                StatusCode::NOT_IMPLEMENTED,
+                "pull, delete and copy arrive with vllama's model store; until then, place Hugging Face models under /var/lib/vllama/hub (HF_HOME=/var/lib/vllama huggingface-cli download ORG/NAME) or name a local folder in [models] in /etc/vllama/vllama.toml".into(),
+            ))
+        }
+        (&Method::POST, "/api/create") | (&Method::POST, "/api/push") => Err(not_supported()),
+        (_, p) if p.starts_with("/api/blobs/") => Err(not_supported()),
+        _ => return None,
+    };
+    Some(result.unwrap_or_else(Response::from))
+}
+
+fn not_supported() -> Reject {
+    Reject(
+        StatusCode::NOT_IMPLEMENTED,
+        "vllama serves Hugging Face models (safetensors) on vLLM; Modelfiles, GGUF blobs and pushing are not supported. Add a model as [models.\"NAME\"] in /etc/vllama/vllama.toml, or pull it by its repository name (org/name)".into(),
+    )
+}
+
+/// The body as a JSON object; a syntax error says where.
+fn object(body: &[u8]) -> Result<Map<String, Value>, Reject> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Reject(
+            StatusCode::BAD_REQUEST,
+            "missing request body".into(),
+        ));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(Reject(
+            StatusCode::BAD_REQUEST,
+            "the request body must be a JSON object".into(),
+        )),
+        Err(e) => Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )),
+    }
+}
+
+fn model_of(req: &Map<String, Value>) -> Result<(String, ModelName), Reject> {
+    let raw = match req.get("model").or_else(|| req.get("name")) {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(Reject(StatusCode::BAD_REQUEST, "model is required".into()))
+        }
+        Some(other) => {
+            return Err(Reject(
+                StatusCode::BAD_REQUEST,
+                format!("model must be a string, not {other}"),
+            ))
+        }
+    };
+    let name =
+        ModelName::parse(&raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok((raw, name))
+}
+
+fn keep_alive_of(req: &Map<String, Value>) -> Result<Option<KeepAlive>, Reject> {
+    match req.get("keep_alive") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value::<KeepAlive>(v.clone())
+            .map(Some)
+            .map_err(|e| {
+                Reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid keep_alive {v}: {e}"),
+                )
+            }),
+    }
+}
+
+fn bool_of(req: &Map<String, Value>, key: &str, default: bool) -> Result<bool, Reject> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!("{key} must be true or false, not {other}"),
+        )),
+    }
+}
+
+fn str_of<'a>(req: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Reject> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!("{key} must be a string, not {other}"),
+        )),
+    }
+}
+
+fn bad(e: translate::Invalid) -> Reject {
+    Reject(StatusCode::BAD_REQUEST, e.0)
+}
+
+fn sched(e: SchedError) -> Reject {
+    Reject(crate::openai::classify(&e).0, e.to_string())
+}
+
+/// Empty prompt/messages: load the model (or unload it with keep_alive 0), Ollama-style.
+async fn load_or_unload(
+    daemon: &Daemon,
+    kind: Kind,
+    raw: &str,
+    name: &ModelName,
+    keep_alive: Option<KeepAlive>,
+    started: Instant,
+) -> Result<Response<Body>, Reject> {
+    let reason = if keep_alive == Some(KeepAlive::For(std::time::Duration::ZERO)) {
+        match daemon.scheduler.unload(name).await {
+            Ok(()) | Err(SchedError::NotLoaded(_)) => "unload",
+            Err(e) => return Err(sched(e)),
+        }
+    } else {
+        drop(
+            daemon
+                .scheduler
+                .acquire(name, keep_alive)
+                .await
+                .map_err(sched)?,
+        );
+        "load"
+    };
+    let mut o = Map::new();
+    o.insert("model".into(), json!(raw));
+    o.insert("created_at".into(), json!(generation::now()));
+    match kind {
+        Kind::Chat => o.insert(
+            "message".into(),
+            json!({"role": "assistant", "content": ""}),
+        ),
+        Kind::Generate { .. } => o.insert("response".into(), json!("")),
+    };
+    o.insert("done".into(), json!(true));
+    o.insert("done_reason".into(), json!(reason));
+    o.insert(
+        "total_duration".into(),
+        json!(started.elapsed().as_nanos() as u64),
+    );
+    Ok(http::json(StatusCode::OK, &o))
+}
+
+fn check_images(images: usize, info: &ModelInfo, raw: &str) -> Result<(), Reject> {
+    if images > 0 && !info.vision {
+        return Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!("model \"{raw}\" does not support images (it is not a vision model)"),
+        ));
+    }
+    Ok(())
+}
+
+async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response<Body>, Reject> {
+    let req = object(body)?;
+    let (raw, name) = model_of(&req)?;
+    let keep_alive = keep_alive_of(&req)?;
+    let stream = bool_of(&req, "stream", true)?;
+    let messages = match req.get("messages") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(m)) => m.clone(),
+        Some(_) => {
+            return Err(Reject(
+                StatusCode::BAD_REQUEST,
+                "messages must be a list".into(),
+            ))
+        }
+    };
+    let mut oai = Map::new();
+    translate::options(req.get("options"), &mut oai).map_err(bad)?;
+    translate::format(req.get("format"), &mut oai).map_err(bad)?;
+    translate::think(req.get("think"), &mut oai).map_err(bad)?;
+    match req.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tools)) if tools.is_empty() => {}
+        Some(Value::Array(tools)) => {
+            oai.insert("tools".into(), Value::Array(tools.clone()));
+        }
+        Some(_) => {
+            return Err(Reject(
+                StatusCode::BAD_REQUEST,
+                "tools must be a list".into(),
+            ))
+        }
+    }
+    if let Some(template) = str_of(&req, "template")?.filter(|t| !t.is_empty()) {
+        oai.insert("chat_template".into(), json!(template));
+    }
+    if messages.is_empty() {
+        return load_or_unload(daemon, Kind::Chat, &raw, &name, keep_alive, started).await;
+    }
+    let (msgs, images) = translate::messages(&messages).map_err(bad)?;
+    oai.insert("messages".into(), Value::Array(msgs));
+    let lease = daemon
+        .scheduler
+        .acquire(&name, keep_alive)
+        .await
+        .map_err(sched)?;
+    check_images(images, lease.info(), &raw)?;
+    let job = Job {
+        kind: Kind::Chat,
+        model: raw,
+        stream,
+        body: oai,
+        want_context: false,
+        started,
+    };
+    Ok(generation::run(job, lease).await)
+}
+
+async fn generate(
+    daemon: &Daemon,
+    body: &[u8],
+    started: Instant,
+) -> Result<Response<Body>, Reject> {
+    let req = object(body)?;
+    let (raw_name, name) = model_of(&req)?;
+    let keep_alive = keep_alive_of(&req)?;
+    let stream = bool_of(&req, "stream", true)?;
+    let raw = bool_of(&req, "raw", false)?;
+    let prompt = str_of(&req, "prompt")?.unwrap_or("");
+    let system = str_of(&req, "system")?;
+    if str_of(&req, "suffix")?.is_some_and(|s| !s.is_empty()) {
+        return Err(Reject(
+            StatusCode::BAD_REQUEST,
+            "suffix (fill-in-the-middle) is not supported: vLLM's API has no insertion mode".into(),
+        ));
+    }
+    let mut oai = Map::new();
+    translate::options(req.get("options"), &mut oai).map_err(bad)?;
+    translate::format(req.get("format"), &mut oai).map_err(bad)?;
+    let has_images = matches!(req.get("images"), Some(Value::Array(a)) if !a.is_empty());
+    if prompt.is_empty() && !has_images {
+        return load_or_unload(
+            daemon,
+            Kind::Generate { raw },
+            &raw_name,
+            &name,
+            keep_alive,
+            started,
+        )
+        .await;
+    }
+    let images = if raw {
+        if has_images {
+            return Err(Reject(
+                StatusCode::BAD_REQUEST,
+                "images cannot be sent with raw: true".into(),
+            ));
+        }
+        oai.insert("prompt".into(), json!(prompt));
+        0
+    } else {
+        translate::think(req.get("think"), &mut oai).map_err(bad)?;
+        if let Some(template) = str_of(&req, "template")?.filter(|t| !t.is_empty()) {
+            oai.insert("chat_template".into(), json!(template));
+        }
+        let (msgs, images) =
+            translate::generate_messages(system, prompt, req.get("images")).map_err(bad)?;
+        oai.insert("messages".into(), Value::Array(msgs));
+        images
+    };
+    let lease = daemon
+        .scheduler
+        .acquire(&name, keep_alive)
+        .await
+        .map_err(sched)?;
+    check_images(images, lease.info(), &raw_name)?;
+    let job = Job {
+        kind: Kind::Generate { raw },
+        model: raw_name,
+        stream,
+        body: oai,
+        want_context: !raw,
+        started,
+    };
+    Ok(generation::run(job, lease).await)
+}
+
+async fn embed(
+    daemon: &Daemon,
+    body: &[u8],
+    started: Instant,
+    legacy: bool,
+) -> Result<Response<Body>, Reject> {
+    let req = object(body)?;
+    let (raw, name) = model_of(&req)?;
+    let keep_alive = keep_alive_of(&req)?;
+    let field = if legacy { "prompt" } else { "input" };
+    let inputs: Vec<String> = match req.get(field) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("{field} must be a string or a list of strings"),
+                )
+            })?,
+        Some(_) => {
+            return Err(Reject(
+                StatusCode::BAD_REQUEST,
+                format!("{field} must be a string or a list of strings"),
+            ))
+        }
+    };
+    let lease = daemon
+        .scheduler
+        .acquire(&name, keep_alive)
+        .await
+        .map_err(sched)?;
+    let load = lease.load_duration;
+    if inputs.is_empty() {
+        let o = if legacy {
+            json!({"embedding": []})
+        } else {
+            json!({"model": raw, "embeddings": [], "total_duration": started.elapsed().as_nanos() as u64, "load_duration": load.as_nanos() as u64, "prompt_eval_count": 0})
+        };
+        return Ok(http::json(StatusCode::OK, &o));
+    }
+    let mut oai =
+        json!({"model": lease.served_name(), "input": inputs, "encoding_format": "float"});
+    if !legacy {
+        if bool_of(&req, "truncate", true)? {
+            oai["truncate_prompt_tokens"] = json!(-1);
+        }
+        match req.get("dimensions") {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|d| d > 0) => {
+                oai["dimensions"] = json!(n)
+            }
+            Some(other) => {
+                return Err(Reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("dimensions must be a positive integer, not {other}"),
+                ))
+            }
+        }
+    }
+    let mut engine_req = Request::new(http::full(serde_json::to_vec(&oai).unwrap_or_default()));
+    *engine_req.method_mut() = Method::POST;
+    *engine_req.uri_mut() = hyper::Uri::from_static("/v1/embeddings");
+    engine_req.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    let resp = lease
+        .engine()
+        .client()
+        .send(engine_req)
+        .await
+        .map_err(|e| {
+            Reject(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the engine for {raw} failed: {e}"),
+            )
+        })?;
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = answer["error"]["message"]
+            .as_str()
+            .unwrap_or("embedding failed");
+        let status = if status.as_u16() == 400 {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        return Err(Reject(status, format!("{raw}: {msg}")));
+    }
+    let mut data: Vec<&Value> = answer["data"]
+        .as_array()
+        .map(|d| d.iter().collect())
+        .unwrap_or_default();
+    data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
+    let embeddings: Vec<Value> = data.iter().map(|d| d["embedding"].clone()).collect();
+    let o = if legacy {
+        json!({"embedding": embeddings.first().cloned().unwrap_or(json!([]))})
+    } else {
+        json!({"model": raw, "embeddings": embeddings, "total_duration": started.elapsed().as_nanos() as u64,
+               "load_duration": load.as_nanos() as u64, "prompt_eval_count": answer["usage"]["prompt_tokens"]})
+    };
+    Ok(http::json(StatusCode::OK, &o))
+}
+
+/// Every model this daemon can serve: configured ones and those in the store.
+async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
+    let config = daemon.config().config.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out: Vec<(String, Arc<ModelInfo>)> = Vec::new();
+        for (name, m) in &config.models {
+            let Ok(n) = ModelName::parse(name) else {
+                continue;
+            };
+            if let Ok(dir) = models::resolve_dir(&config.paths.state_dir, &n, &m.source) {
+                if let Ok(info) = ModelInfo::read(&dir) {
+                    out.push((n.to_string(), Arc::new(info)));
+                }
+            }
+        }
+        for repo in models::store_repos(&config.paths.state_dir.join("hub")) {
+            let Some(dir) =
+                models::snapshot_dir(&config.paths.state_dir.join("hub"), &repo, "main")
+            else {
+                continue;
+            };
+            if out.iter().any(|(_, i)| i.dir == dir) {
+                continue;
+            }
+            if let Ok(info) = ModelInfo::read(&dir) {
+                out.push((repo, Arc::new(info)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn tags(daemon: &Daemon) -> Result<Response<Body>, Reject> {
+    let models: Vec<Value> = catalog(daemon)
+        .await
+        .iter()
+        .map(|(name, info)| {
+            json!({"name": name, "model": name, "modified_at": rfc3339(info.modified_at), "size": info.size,
+                   "digest": info.digest, "details": info.details()})
+        })
+        .collect();
+    Ok(http::json(StatusCode::OK, &json!({"models": models})))
+}
+
+async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
+    let req = object(body)?;
+    let (_, name) = model_of(&req)?;
+    let config = daemon.config().config.clone();
+    let (canonical, model) =
+        models::lookup(&config, &name).map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
+    let info = tokio::task::spawn_blocking(move || {
+        let dir = models::resolve_dir(&config.paths.state_dir, &canonical, &model.source)?;
+        ModelInfo::read(&dir).map_err(|_| models::ModelError::NotFound(canonical.to_string()))
+    })
+    .await
+    .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
+    let mut model_info = Map::new();
+    model_info.insert("general.architecture".into(), json!(info.family));
+    model_info.insert("general.basename".into(), json!(info.architecture));
+    model_info.insert(
+        "general.parameter_count".into(),
+        json!(info.parameter_count),
+    );
+    if let Some(ctx) = info.context_length {
+        model_info.insert(format!("{}.context_length", info.family), json!(ctx));
+    }
+    let o = json!({
+        "license": "",
+        "modelfile": format!("# vllama serves this model on vLLM from {}\nFROM {}\n", info.dir.display(), info.dir.display()),
+        "parameters": "",
+        "template": info.template.clone().unwrap_or_default(),
+        "details": info.details(),
+        "model_info": model_info,
+        "capabilities": info.capabilities(),
+        "modified_at": rfc3339(info.modified_at),
+    });
+    Ok(http::json(StatusCode::OK, &o))
+}
+
+async fn ps(daemon: &Daemon) -> Result<Response<Body>, Reject> {
+    let mut models = Vec::new();
+    for view in daemon.scheduler.engines() {
+        let Some(info) = view.info.clone() else {
+            continue;
+        };
+        let vram = match view.pid {
+            Some(pid) => daemon.scheduler.gpu_memory_of(pid).await,
+            None => 0,
+        };
+        // Kept forever: Ollama shows a time far in the future.
+        let expires = view
+            .expires_at
+            .unwrap_or_else(|| UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799));
+        let expires = if view.pending > 0 && view.keep_alive != KeepAlive::Forever {
+            SystemTime::now()
+                + match view.keep_alive {
+                    KeepAlive::For(d) => d,
+                    KeepAlive::Forever => std::time::Duration::ZERO,
+                }
+        } else {
+            expires
+        };
+        models.push(json!({
+            "name": view.model, "model": view.model, "size": info.size.max(vram), "digest": info.digest,
+            "details": info.details(), "expires_at": rfc3339(expires), "size_vram": vram,
+            "context_length": info.context_length,
+        }));
+    }
+    Ok(http::json(StatusCode::OK, &json!({"models": models})))
+}
+
+async fn openai_models(daemon: &Daemon, one: Option<&str>) -> Result<Response<Body>, Reject> {
+    let listed: Vec<Value> = catalog(daemon)
+        .await
+        .iter()
+        .map(|(name, info)| {
+            let created = info
+                .modified_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            json!({"id": name, "object": "model", "created": created, "owned_by": "vllama"})
+        })
+        .collect();
+    match one {
+        None => Ok(http::json(
+            StatusCode::OK,
+            &json!({"object": "list", "data": listed}),
+        )),
+        Some(id) => {
+            let wanted = ModelName::parse(id)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| id.to_string());
+            match listed
+                .into_iter()
+                .find(|m| m["id"] == id || m["id"] == wanted)
+            {
+                Some(m) => Ok(http::json(StatusCode::OK, &m)),
+                None => Ok(crate::openai::error(
+                    StatusCode::NOT_FOUND,
+                    format!("The model `{id}` does not exist."),
+                    "invalid_request_error",
+                )),
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Ollama requests → the engine's OpenAI requests. Unknown fields are ignored (clients send
+//! extras); fields vllama reads are checked, and a wrong type is a 400 that names the field.
+
+use serde_json::{json, Map, Value};
+
+/// A request that cannot be translated: the message for Ollama's `{"error": ...}` (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// Sampling options: Ollama's `options` → OpenAI/vLLM parameters, into `body`.
+pub fn options(options: Option<&Value>, body: &mut Map<String, Value>) -> Result<(), Invalid> {
+    let Some(options) = options else {
+        return Ok(());
+    };
+    if options.is_null() {
+        return Ok(());
+    }
+    let Some(options) = options.as_object() else {
+        return Err(invalid("options must be an object"));
+    };
+    for (key, value) in options {
+        if value.is_null() {
+            continue;
+        }
+        let number = || {
+            value
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| invalid(format!("option {key} must be a number, not {value}")))
+        };
+        let integer = || {
+            value
+                .as_i64()
+                .ok_or_else(|| invalid(format!("option {key} must be an integer, not {value}")))
+        };
+        match key.as_str() {
+            "temperature" | "top_p" | "min_p" | "presence_penalty" | "frequency_penalty" => {
+                body.insert(key.clone(), json!(number()?));
+            }
+            "top_k" => {
+                body.insert("top_k".into(), json!(integer()?));
+            }
+            "seed" => {
+                body.insert("seed".into(), json!(integer()?));
+            }
+            "repeat_penalty" => {
+                body.insert("repetition_penalty".into(), json!(number()?));
+            }
+            "num_predict" => {
+                let n = integer()?;
+                // -1: no limit; -2: fill the context. Both: let the engine decide.
+                if n >= 0 {
+                    body.insert("max_tokens".into(), json!(n));
+                }
+            }
+            "stop" => {
+                let stops: Vec<&str> = match value {
+                    Value::String(s) => vec![s.as_str()],
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|s| {
+                            s.as_str()
+                                .ok_or_else(|| invalid("option stop must be a list of strings"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err(invalid("option stop must be a list of strings")),
+                };
+                body.insert("stop".into(), json!(stops));
+            }
+            // Accepted and ignored, as Ollama ignores options a runner cannot use.
+            other => tracing::debug!(option = other, "option not applicable to vLLM; ignored"),
+        }
+    }
+    Ok(())
+}
+
+/// `format`: "json" → a JSON object; a JSON schema → structured output with it.
+pub fn format(format: Option<&Value>, body: &mut Map<String, Value>) -> Result<(), Invalid> {
+    match format {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s.is_empty() => Ok(()),
+        Some(Value::String(s)) if s == "json" => {
+            body.insert("response_format".into(), json!({"type": "json_object"}));
+            Ok(())
+        }
+        Some(schema @ Value::Object(_)) => {
+            body.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": {"name": "format", "schema": schema}}),
+            );
+            Ok(())
+        }
+        Some(other) => Err(invalid(format!(
+            "invalid format {other}: use \"json\" or a JSON schema object"
+        ))),
+    }
+}
+
+/// `think`: true/false, or "low" | "medium" | "high".
+pub fn think(think: Option<&Value>, body: &mut Map<String, Value>) -> Result<(), Invalid> {
+    match think {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Bool(b)) => {
+            body.insert("chat_template_kwargs".into(), json!({"enable_thinking": b}));
+            Ok(())
+        }
+        Some(Value::String(level)) if ["low", "medium", "high"].contains(&level.as_str()) => {
+            body.insert(
+                "chat_template_kwargs".into(),
+                json!({"enable_thinking": true}),
+            );
+            body.insert("reasoning_effort".into(), json!(level));
+            Ok(())
+        }
+        Some(other) => Err(invalid(format!(
+            "invalid think {other}: use true, false, \"low\", \"medium\" or \"high\""
+        ))),
+    }
+}
+
+/// The MIME type of a base64 image, from its first bytes.
+fn image_mime(b64: &str) -> Result<&'static str, Invalid> {
+    let head = b64.trim_start();
+    let mime = if head.starts_with("iVBORw0KGgo") {
+        "image/png"
+    } else if head.starts_with("/9j/") {
+        "image/jpeg"
+    } else if head.starts_with("R0lGOD") {
+        "image/gif"
+    } else if head.starts_with("UklGR") {
+        "image/webp"
+    } else {
+        return Err(invalid(
+            "images must be base64-encoded PNG, JPEG, GIF or WebP",
+        ));
+    };
+    let valid = head
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n' | b'\r'));
+    if !valid {
+        return Err(invalid("images must be valid base64"));
+    }
+    Ok(mime)
+}
+
+/// Text plus images as OpenAI content parts (or the plain string without images).
+fn content(text: &str, images: Option<&Value>) -> Result<(Value, usize), Invalid> {
+    let images: Vec<&str> = match images {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .ok_or_else(|| invalid("images must be a list of base64 strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid("images must be a list of base64 strings")),
+    };
+    if images.is_empty() {
+        return Ok((json!(text), 0));
+    }
+    let mut parts = vec![json!({"type": "text", "text": text})];
+    for image in &images {
+        let mime = image_mime(image)?;
+        parts.push(json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{image}")}}));
+    }
+    Ok((Value::Array(parts), images.len()))
+}
+
+/// Ollama chat messages → OpenAI messages; also returns how many images they carry.
+pub fn messages(messages: &[Value]) -> Result<(Vec<Value>, usize), Invalid> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut images = 0;
+    let mut call_ids: Vec<(String, String)> = Vec::new(); // (function name, call id)
+    for (i, m) in messages.iter().enumerate() {
+        let Some(m) = m.as_object() else {
+            return Err(invalid(format!("messages[{i}] must be an object")));
+        };
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(format!("messages[{i}].role is required")))?;
+        let text = match m.get("content") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(invalid(format!("messages[{i}].content must be a string"))),
+        };
+        let (content, n) = content(text, m.get("images"))?;
+        images += n;
+        let mut msg = Map::new();
+        msg.insert("role".into(), json!(role));
+        msg.insert("content".into(), content);
+        if let Some(Value::Array(calls)) = m.get("tool_calls") {
+            let mut openai_calls = Vec::new();
+            for call in calls {
+                let name = call["function"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let args = match &call["function"]["arguments"] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "{}".to_string(),
+                    other => other.to_string(),
+                };
+                let id = format!("call_{}", call_ids.len());
+                call_ids.push((name.clone(), id.clone()));
+                openai_calls.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}));
+            }
+            msg.insert("tool_calls".into(), Value::Array(openai_calls));
+        }
+        if role == "tool" {
+            let name = m.get("tool_name").and_then(Value::as_str).unwrap_or("");
+            let id = call_ids
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name || name.is_empty())
+                .map(|(_, id)| id.clone())
+                .unwrap_or_else(|| "call_0".into());
+            msg.insert("tool_call_id".into(), json!(id));
+            if !name.is_empty() {
+                msg.insert("name".into(), json!(name));
+            }
+        }
+        out.push(Value::Object(msg));
+    }
+    Ok((out, images))
+}
+
+/// A generate request's prompt as chat messages (system, then the prompt with its images).
+pub fn generate_messages(
+    system: Option<&str>,
+    prompt: &str,
+    images: Option<&Value>,
+) -> Result<(Vec<Value>, usize), Invalid> {
+    let mut out = Vec::new();
+    if let Some(system) = system.filter(|s| !s.is_empty()) {
+        out.push(json!({"role": "system", "content": system}));
+    }
+    let (content, n) = content(prompt, images)?;
+    out.push(json!({"role": "user", "content": content}));
+    Ok((out, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_options_map_to_vllm() {
+        let mut body = Map::new();
+        let opts = json!({"temperature": 0.2, "top_k": 40, "top_p": 0.9, "seed": 7, "num_predict": 64,
+            "repeat_penalty": 1.1, "stop": ["\n\n"], "num_ctx": 4096, "mirostat": 1, "min_p": 0.05});
+        options(Some(&opts), &mut body).unwrap();
+        assert_eq!(body["temperature"], 0.2);
+        assert_eq!(body["top_k"], 40);
+        assert_eq!(body["max_tokens"], 64);
+        assert_eq!(body["repetition_penalty"], 1.1);
+        assert_eq!(body["stop"], json!(["\n\n"]));
+        assert!(!body.contains_key("num_ctx") && !body.contains_key("mirostat"));
+        let mut body = Map::new();
+        options(Some(&json!({"num_predict": -1})), &mut body).unwrap();
+        assert!(!body.contains_key("max_tokens"));
+        for bad in [
+            json!({"temperature": "hot"}),
+            json!({"top_k": 1.5}),
+            json!({"stop": 3}),
+            json!([1]),
+        ] {
+            assert!(options(Some(&bad), &mut Map::new()).is_err(), "{bad}");
+        }
+        let err = options(Some(&json!({"temperature": "hot"})), &mut Map::new()).unwrap_err();
+        assert!(err.0.contains("temperature"), "{err}");
+    }
+
+    #[test]
+    fn formats_and_think() {
+        let mut body = Map::new();
+        format(Some(&json!("json")), &mut body).unwrap();
+        assert_eq!(body["response_format"]["type"], "json_object");
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        format(Some(&schema), &mut body).unwrap();
+        assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
+        assert!(format(Some(&json!("yaml")), &mut body).is_err());
+        think(Some(&json!(false)), &mut body).unwrap();
+        assert_eq!(body["chat_template_kwargs"]["enable_thinking"], false);
+        think(Some(&json!("high")), &mut body).unwrap();
+        assert_eq!(body["reasoning_effort"], "high");
+        assert!(think(Some(&json!(3)), &mut body).is_err());
+    }
+
+    #[test]
+    fn tool_calls_go_back_as_openai_strings_with_ids() {
+        let (msgs, images) = messages(&[
+            json!({"role": "user", "content": "weather?"}),
+            json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}),
+            json!({"role": "tool", "content": "22C", "tool_name": "get_weather"}),
+        ])
+        .unwrap();
+        assert_eq!(images, 0);
+        let call = &msgs[1]["tool_calls"][0];
+        assert_eq!(call["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(msgs[2]["tool_call_id"], call["id"]);
+        assert_eq!(msgs[2]["role"], "tool");
+    }
+
+    #[test]
+    fn images_become_content_parts() {
+        let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+        let (msgs, n) =
+            messages(&[json!({"role": "user", "content": "what is it?", "images": [png]})])
+                .unwrap();
+        assert_eq!(n, 1);
+        let parts = msgs[0]["content"].as_array().unwrap();
+        assert_eq!(parts[0]["text"], "what is it?");
+        assert!(parts[1]["image_url"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,iVBOR"));
+        assert!(messages(&[
+            json!({"role": "user", "content": "x", "images": ["not base64 at all!"]})
+        ])
+        .is_err());
+        assert!(messages(&[json!({"role": "user", "content": "x", "images": [3]})]).is_err());
+        assert!(messages(&[json!({"content": "no role"})]).is_err());
+        assert!(messages(&[json!({"role": "user", "content": {"x": 1}})]).is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! The Ollama API's wire behaviour against the real daemon and the fake engine: NDJSON
+//! framing, errors (hostile bodies never give 500), CORS, the Host guard, a mid-stream engine
+//! death as an NDJSON error line, and a departing client aborting the engine request.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vllama_testkit::{exchange, parse_responses, wait_until, workspace_bin, Daemon, DaemonOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
+
+fn fake() -> PathBuf {
+    workspace_bin(BIN, "fake-vllm")
+}
+
+fn daemon() -> Daemon {
+    Daemon::start(
+        BIN,
+        DaemonOptions::default()
+            .set("api", "origins = [\"https://*.example.org\"]")
+            .fake_model(&fake(), "tiny", &[])
+            .fake_model(
+                &fake(),
+                "fragile",
+                &["env = { FAKE_VLLM_CRASH_MID_STREAM = \"1\" }"],
+            )
+            .fake_model(&fake(), "slow", &["env = { FAKE_VLLM_TOKEN_MS = \"50\" }"])
+            .set("engine", "max_loaded = 3"),
+    )
+}
+
+fn lines(body: &str) -> Vec<Value> {
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+#[test]
+fn chat_streams_ndjson_by_default() {
+    let d = daemon();
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 3}});
+    let resp = d.request("POST", "/api/chat", &body.to_string());
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("application/x-ndjson"));
+    let objs = lines(&resp.body);
+    assert_eq!(objs.len(), 4, "3 tokens + the final object: {objs:?}");
+    for o in &objs[..3] {
+        assert_eq!(o["done"], false);
+        assert_eq!(o["model"], "tiny");
+        assert_eq!(o["message"]["role"], "assistant");
+    }
+    let last = &objs[3];
+    assert_eq!(last["done"], true);
+    assert_eq!(last["done_reason"], "length");
+    assert_eq!(last["eval_count"], 3);
+    for key in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_duration",
+    ] {
+        assert!(last[key].is_u64(), "{key} missing: {last}");
+    }
+    assert!(last["total_duration"].as_u64() > last["eval_duration"].as_u64());
+
+    let whole = d.request("POST", "/api/chat", &json!({"model": "tiny", "stream": false, "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 3}}).to_string());
+    assert_eq!(
+        whole.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let o = whole.json();
+    assert_eq!(o["message"]["content"], " the llama serves");
+    assert_eq!(o["done"], true);
+}
+
+#[test]
+fn hostile_bodies_get_4xx_never_500() {
+    let d = daemon();
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/api/chat", "{\"model\": \"tiny\",".into(), 400, "invalid JSON at line 1"),
+        ("/api/chat", "[1,2]".into(), 400, "JSON object"),
+        ("/api/chat", "".into(), 400, "missing request body"),
+        ("/api/chat", json!({"messages": []}).to_string(), 400, "model is required"),
+        ("/api/chat", json!({"model": ""}).to_string(), 400, "model is required"),
+        ("/api/chat", json!({"model": 7}).to_string(), 400, "model must be a string"),
+        ("/api/chat", json!({"model": "../../x"}).to_string(), 400, "invalid model name"),
+        ("/api/chat", json!({"model": "tiny", "messages": "hi"}).to_string(), 400, "messages must be a list"),
+        ("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": 5}]}).to_string(), 400, "content must be a string"),
+        ("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 1e300}}).to_string(), 400, "num_predict"),
+        ("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "keep_alive": "soon"}).to_string(), 400, "keep_alive"),
+        ("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": "x", "images": ["%%%"]}]}).to_string(), 400, "images"),
+        ("/api/chat", json!({"model": "tiny", "stream": "yes"}).to_string(), 400, "stream must be true or false"),
+        ("/api/chat", json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "format": "yaml"}).to_string(), 400, "invalid format"),
+        ("/api/chat", deep, 400, "invalid JSON"),
+        ("/api/generate", json!({"model": "tiny", "prompt": "x", "suffix": "y"}).to_string(), 400, "suffix"),
+        ("/api/generate", json!({"model": "tiny", "prompt": 3}).to_string(), 400, "prompt must be a string"),
+        ("/api/embed", json!({"model": "tiny", "input": [1, 2]}).to_string(), 400, "input must be"),
+        ("/api/show", json!({}).to_string(), 400, "model is required"),
+        ("/api/show", json!({"model": "nope"}).to_string(), 404, "not found"),
+        ("/api/chat", json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).to_string(), 404, "not found, try pulling it first"),
+    ];
+    for (path, body, status, needle) in cases {
+        let resp = d.request("POST", path, &body);
+        assert_eq!(resp.status, status, "{path} {body:.80}: {}", resp.body);
+        let msg = resp.json()["error"].as_str().unwrap_or("").to_string();
+        assert!(
+            msg.contains(needle),
+            "{path} {body:.80}: {msg:?} lacks {needle:?}"
+        );
+    }
+    assert_eq!(d.request("POST", "/api/create", "{}").status, 501);
+    assert_eq!(d.request("POST", "/api/blobs/sha256:abc", "").status, 501);
+    assert_eq!(
+        d.request("DELETE", "/api/delete", "{\"model\":\"tiny\"}")
+            .status,
+        501
+    );
+}
+
+#[test]
+fn cors_and_the_host_guard() {
+    let d = daemon();
+    let with = |extra: &str| {
+        let raw = format!("GET /api/version HTTP/1.1\r\nConnection: close\r\n{extra}\r\n");
+        parse_responses(&exchange(d.api, raw.as_bytes())).remove(0)
+    };
+    // Ollama's defaults and the configured pattern are let in and echoed.
+    let r = with("Host: localhost:11434\r\nOrigin: http://localhost:3000\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(
+        with("Host: 127.0.0.1\r\nOrigin: https://app.example.org\r\n").status,
+        200
+    );
+    assert_eq!(
+        with("Host: 127.0.0.1\r\nOrigin: tauri://localhost\r\n").status,
+        200
+    );
+    // Others are refused.
+    let r = with("Host: 127.0.0.1\r\nOrigin: http://evil.com\r\n");
+    assert_eq!(r.status, 403);
+    assert!(r.json()["error"].as_str().unwrap().contains("api.origins"));
+    // Preflight.
+    let raw = "OPTIONS /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nOrigin: http://localhost:5173\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n";
+    let r = parse_responses(&exchange(d.api, raw.as_bytes())).remove(0);
+    assert_eq!(r.status, 204);
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+    // DNS rebinding: a foreign Host on a loopback listener.
+    assert_eq!(with("Host: attacker.example:11434\r\n").status, 403);
+    assert_eq!(with("Host: [::1]:11434\r\n").status, 200);
+}
+
+#[test]
+fn engine_death_mid_stream_is_an_ndjson_error_line() {
+    let d = daemon();
+    let body = json!({"model": "fragile", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 10}});
+    let resp = d.request("POST", "/api/chat", &body.to_string());
+    assert_eq!(resp.status, 200);
+    let objs = lines(&resp.body);
+    let last = objs.last().unwrap();
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped in the middle of the response"),
+        "{objs:?}"
+    );
+    assert!(
+        objs.len() >= 2,
+        "the tokens before the crash were sent: {objs:?}"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_an_ollama_stream_aborts_the_engine_request() {
+    let d = daemon();
+    let warm = json!({"model": "slow", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 1}, "stream": false});
+    assert_eq!(
+        d.request("POST", "/api/chat", &warm.to_string()).status,
+        200
+    );
+    {
+        let mut s = TcpStream::connect(d.api).unwrap();
+        let body = json!({"model": "slow", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 200}}).to_string();
+        write!(
+            s,
+            "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    assert!(wait_until(Duration::from_secs(5), || d
+        .log()
+        .contains("client disconnected: request aborted")));
+    assert!(wait_until(Duration::from_secs(2), || d
+        .engine("slow:latest")
+        .is_some_and(|e| e["pending"] == 0)));
+}
