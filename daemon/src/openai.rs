@@ -132,6 +132,7 @@ fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
             lease: Some(lease),
             sse,
             finished: false,
+            saw_done: false,
         }
         .boxed(),
     );
@@ -145,12 +146,29 @@ fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
 }
 
 /// The engine's response body, holding the model's lease until it ends. If the engine dies
-/// mid-stream, an SSE client gets a last `data: {"error": …}` event instead of a cut stream.
+/// mid-stream (the body breaks, or an event stream ends without `data: [DONE]`), an SSE
+/// client gets a last `data: {"error": …}` event instead of a cut stream.
 struct LeasedBody {
     inner: Incoming,
     lease: Option<Lease>,
     sse: bool,
     finished: bool,
+    saw_done: bool,
+}
+
+impl LeasedBody {
+    fn error_event(&mut self, why: &str) -> Frame<Bytes> {
+        let model = self
+            .lease
+            .take()
+            .map(|l| l.model().to_string())
+            .unwrap_or_default();
+        tracing::error!(model, why, "engine stream broke off");
+        let event = json!({"error": {
+            "message": format!("the engine for {model} stopped in the middle of the response: {why}"),
+            "type": "engine_error", "param": null, "code": 502}});
+        Frame::data(Bytes::from(format!("data: {event}\n\n")))
+    }
 }
 
 impl hyper::body::Body for LeasedBody {
@@ -166,28 +184,31 @@ impl hyper::body::Body for LeasedBody {
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if self.sse {
+                    if let Some(data) = frame.data_ref() {
+                        if data.windows(12).any(|w| w == b"data: [DONE]") {
+                            self.saw_done = true;
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(None) => {
                 self.finished = true;
+                if self.sse && !self.saw_done {
+                    let event = self.error_event("its stream ended without [DONE]");
+                    return Poll::Ready(Some(Ok(event)));
+                }
                 self.lease = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 self.finished = true;
-                let model = self
-                    .lease
-                    .take()
-                    .map(|l| l.model().to_string())
-                    .unwrap_or_default();
-                tracing::error!(model, error = %e, "engine stream broke off");
                 if self.sse {
-                    let event = json!({"error": {
-                        "message": format!("the engine for {model} stopped in the middle of the response: {e}"),
-                        "type": "engine_error", "param": null, "code": 502}});
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!(
-                        "data: {event}\n\n"
-                    ))))))
+                    Poll::Ready(Some(Ok(self.error_event(&e.to_string()))))
                 } else {
+                    self.lease = None;
                     Poll::Ready(Some(Err(Box::new(e))))
                 }
             }

@@ -62,6 +62,17 @@ struct Slot {
     /// Weights on disk, for the host-memory check before sleeping.
     weights: u64,
     info: Arc<ModelInfo>,
+    /// The `--max-model-len` the engine was started with (None: the model's own).
+    max_model_len: Option<u32>,
+}
+
+impl Slot {
+    /// The context the running engine serves.
+    fn context(&self) -> Option<u64> {
+        self.max_model_len
+            .map(u64::from)
+            .or(self.info.context_length)
+    }
 }
 
 impl Slot {
@@ -196,11 +207,42 @@ impl Scheduler {
         name: &ModelName,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Lease, SchedError> {
+        self.acquire_with_context(name, keep_alive, None).await
+    }
+
+    /// [`Scheduler::acquire`], asking for a context of `num_ctx` tokens (Ollama's option):
+    /// an idle engine with a smaller context is restarted with the larger one when the model
+    /// allows it, as Ollama reloads; a busy one, or a model that cannot, serves as it is.
+    pub async fn acquire_with_context(
+        &self,
+        name: &ModelName,
+        keep_alive: Option<KeepAlive>,
+        num_ctx: Option<u32>,
+    ) -> Result<Lease, SchedError> {
         let started = Instant::now();
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(SchedError::ShuttingDown);
         }
-        let (canonical, model) = models::lookup(&self.config().config, name)?;
+        let (canonical, mut model) = models::lookup(&self.config().config, name)?;
+        if let Some(want) = num_ctx {
+            let running = self
+                .slots()
+                .get(&canonical)
+                .map(|s| (s.context(), s.info.context_length, s.pending));
+            if let Some((Some(current), limit, pending)) = running {
+                if u64::from(want) > current {
+                    if limit.is_some_and(|l| u64::from(want) > l) {
+                        tracing::info!(model = %canonical, num_ctx = want, limit = ?limit, "num_ctx is beyond the model's context length; serving with {current}");
+                    } else if pending > 0 {
+                        tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's, which is busy; serving with it");
+                    } else {
+                        tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's: restarting it with the larger context");
+                        let _ = self.unload(&canonical).await;
+                        model.max_model_len = Some(want);
+                    }
+                }
+            }
+        }
         let mut lease = match self.lease_existing(&canonical, keep_alive)? {
             Some(lease) => lease,
             None => self.start(&canonical, model, keep_alive).await?,
@@ -384,6 +426,7 @@ impl Scheduler {
                 placement,
                 weights,
                 info: info.clone(),
+                max_model_len: model.max_model_len,
             },
         );
         (self.inner.on_change)();

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vllama_testkit::{chat_body, process_alive, wait_until, workspace_bin, Daemon, DaemonOptions};
+use vllama_testkit::{
+    chat_body, process_alive, spawn_request, wait_until, workspace_bin, Daemon, DaemonOptions,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
 
@@ -39,17 +41,7 @@ fn concurrent_first_requests_start_one_engine_and_get_the_served_name() {
         ),
     );
     let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let api = d.api;
-            std::thread::spawn(move || {
-                let body = chat_body("tiny", 2, false);
-                let raw = format!(
-                    "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                vllama_testkit::parse_responses(&vllama_testkit::exchange(api, raw.as_bytes()))[0].clone()
-            })
-        })
+        .map(|_| spawn_request(d.api, "/v1/chat/completions", chat_body("tiny", 2, false)))
         .collect();
     for h in handles {
         let resp = h.join().unwrap();
@@ -415,17 +407,7 @@ fn the_queue_bound_answers_busy() {
     );
     assert_eq!(chat(&d, "q").status, 200, "warm up");
     let handles: Vec<_> = (0..5)
-        .map(|_| {
-            let api = d.api;
-            std::thread::spawn(move || {
-                let body = chat_body("q", 10, false);
-                let raw = format!(
-                    "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                vllama_testkit::parse_responses(&vllama_testkit::exchange(api, raw.as_bytes()))[0].clone()
-            })
-        })
+        .map(|_| spawn_request(d.api, "/v1/chat/completions", chat_body("q", 10, false)))
         .collect();
     let responses: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = responses.iter().filter(|r| r.status == 200).count();
@@ -459,15 +441,7 @@ fn eviction_is_lru_and_spares_pinned_and_busy_models() {
     assert_eq!(loaded, ["a:latest", "c:latest"], "b (LRU) should have gone");
 
     // c busy with a slow request, a idle: loading b evicts a, not c.
-    let api = d.api;
-    let slow = std::thread::spawn(move || {
-        let body = chat_body("c", 10, false);
-        let raw = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        vllama_testkit::exchange(api, raw.as_bytes())
-    });
+    let slow = spawn_request(d.api, "/v1/chat/completions", chat_body("c", 10, false));
     assert!(wait_until(Duration::from_secs(2), || d
         .engine("c:latest")
         .is_some_and(|e| e["pending"] == 1)));
@@ -482,7 +456,7 @@ fn eviction_is_lru_and_spares_pinned_and_busy_models() {
         ["b:latest", "c:latest"],
         "the busy model was evicted"
     );
-    assert!(slow.join().unwrap().contains("200 OK"));
+    assert_eq!(slow.join().unwrap().status, 200);
 }
 
 #[test]
@@ -623,4 +597,28 @@ fn a_restart_after_a_crash_binds_despite_the_stale_socket() {
     ) == "failed"));
     let resp = chat(&d, "rebind");
     assert_eq!(resp.status, 200, "{}", resp.body);
+}
+
+#[test]
+fn a_stream_that_ends_without_done_gets_an_error_event() {
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "cut",
+            &["env = { FAKE_VLLM_CUT_STREAM = \"1\" }"],
+        ),
+    );
+    let resp = d.request("POST", "/v1/chat/completions", &chat_body("cut", 10, true));
+    assert_eq!(resp.status, 200);
+    let last = resp.body.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.contains("ended without [DONE]"), "{}", resp.body);
+    // A complete stream gets no such event.
+    let d2 = Daemon::start(BIN, DaemonOptions::default().fake_model(&fake(), "ok", &[]));
+    let resp = d2.request("POST", "/v1/chat/completions", &chat_body("ok", 3, true));
+    assert!(
+        resp.body.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        resp.body
+    );
 }

@@ -144,8 +144,10 @@ fn sigterm_drains_the_request_in_flight_then_exits_0() {
     // A request whose body is half sent is in flight.
     let mut s = TcpStream::connect(d.api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"POST /api/unknown HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n12345")
-        .unwrap();
+    s.write_all(
+        b"POST /api/unknown HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n12345",
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     d.signal(SIGTERM);
     assert!(d.notify.wait_count("STOPPING=1", 1, Duration::from_secs(5)));

@@ -214,3 +214,49 @@ fn a_client_that_leaves_an_ollama_stream_aborts_the_engine_request() {
         .engine("slow:latest")
         .is_some_and(|e| e["pending"] == 0)));
 }
+
+#[test]
+fn num_ctx_restarts_an_idle_engine_with_the_larger_context() {
+    const CONFIG: &str = r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"max_position_embeddings":8192}"#;
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default()
+            .fake_model(&fake(), "ctx", &["max_model_len = 2048"])
+            .model_file("ctx", "config.json", CONFIG),
+    );
+    let chat = |options: Value| {
+        let body = json!({"model": "ctx", "messages": [{"role": "user", "content": "x"}], "stream": false, "options": options});
+        d.request("POST", "/api/chat", &body.to_string())
+    };
+    let argv = || -> Vec<String> {
+        serde_json::from_str(
+            &std::fs::read_to_string(d.fake_state("ctx").join("argv.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let max_len = |argv: &[String]| {
+        argv.windows(2)
+            .find(|w| w[0] == "--max-model-len")
+            .map(|w| w[1].clone())
+    };
+    assert_eq!(chat(json!({"num_predict": 1})).status, 200);
+    assert_eq!(max_len(&argv()).as_deref(), Some("2048"));
+    let first = d.engine("ctx:latest").unwrap()["pid"].clone();
+    // Within what is running: no restart.
+    assert_eq!(chat(json!({"num_predict": 1, "num_ctx": 1024})).status, 200);
+    assert_eq!(d.engine("ctx:latest").unwrap()["pid"], first);
+    // Larger, and the model allows it: restarted with it.
+    assert_eq!(chat(json!({"num_predict": 1, "num_ctx": 4096})).status, 200);
+    assert_eq!(max_len(&argv()).as_deref(), Some("4096"));
+    assert_ne!(d.engine("ctx:latest").unwrap()["pid"], first);
+    // Beyond the model's own context length: served as it is.
+    let second = d.engine("ctx:latest").unwrap()["pid"].clone();
+    assert_eq!(
+        chat(json!({"num_predict": 1, "num_ctx": 100000})).status,
+        200
+    );
+    assert_eq!(d.engine("ctx:latest").unwrap()["pid"], second);
+    assert!(d
+        .log()
+        .contains("num_ctx is beyond the model's context length"));
+}

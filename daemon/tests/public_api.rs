@@ -100,7 +100,8 @@ fn oversized_bodies_get_413_and_the_server_lives_on() {
     assert_eq!(resp[0].status, 413);
 
     // Chunked with no length: the limit still holds.
-    let mut raw = String::from("POST /x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut raw =
+        String::from("POST /x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
     for _ in 0..3 {
         raw.push_str("200\r\n");
         raw.push_str(&"y".repeat(0x200));

@@ -476,6 +476,26 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// Sends one request from another thread (for concurrency tests); join it for the answer.
+pub fn spawn_request(
+    api: SocketAddr,
+    path: &str,
+    body: String,
+) -> std::thread::JoinHandle<Response> {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let text = exchange_within(api, raw.as_bytes(), Duration::from_secs(60));
+        parse_responses(&text)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no response in {text:?}"))
+    })
+}
+
 /// A chat request body for the fake engine.
 pub fn chat_body(model: &str, max_tokens: u32, stream: bool) -> String {
     serde_json::json!({

@@ -108,9 +108,14 @@ impl Progress {
                 }
             }
         }
-        if (!piece.is_empty() || !thought.is_empty() || delta.get("tool_calls").is_some())
-            && self.first_token_at.is_none()
-        {
+        // A chunk carries a token even when it decodes to nothing (special tokens are
+        // stripped); only the opening chunk that announces the role carries none.
+        let is_token = delta.get("role").is_none()
+            && (delta.get("content").is_some()
+                || choice.get("text").is_some()
+                || delta.get("tool_calls").is_some()
+                || !thought.is_empty());
+        if is_token && self.first_token_at.is_none() {
             self.first_token_at = Some(Instant::now());
         }
         self.text.push_str(&piece);
@@ -310,47 +315,37 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
                 None | Some(Ok(Event::Done)) => break,
                 Some(e) => e,
             };
-            let chunk = match event {
-                Ok(Event::Data(v)) if v.get("error").is_some() => {
-                    let msg = v["error"]["message"].as_str().unwrap_or("engine error");
-                    let _ = tx
-                        .send(line(
-                            &json!({"error": msg})
-                                .as_object()
-                                .cloned()
-                                .unwrap_or_default(),
-                        ))
-                        .await;
-                    return;
+            let failure = match event {
+                Ok(Event::Data(v)) if v.get("error").is_some() => v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("engine error")
+                    .to_string(),
+                Ok(Event::Data(v)) => {
+                    let (piece, thought) = p.feed(&v);
+                    if piece.is_empty() && thought.is_empty() {
+                        continue;
+                    }
+                    let o = object(&job, Some((&piece, &thought, Vec::new())), false);
+                    if tx.send(line(&o)).await.is_err() {
+                        tracing::debug!(model = %job.model, "client left: aborting the engine request");
+                        return; // dropping the reader closes the engine connection: vLLM aborts
+                    }
+                    continue;
                 }
-                Ok(Event::Data(v)) => v,
                 Ok(Event::Done) => break,
                 Err(e) => {
-                    let msg = format!(
+                    tracing::error!(model = %job.model, error = %e, "engine stream broke off");
+                    format!(
                         "the engine for {} stopped in the middle of the response: {e}",
                         job.model
-                    );
-                    tracing::error!(model = %job.model, error = %e, "engine stream broke off");
-                    let _ = tx
-                        .send(line(
-                            &json!({"error": msg})
-                                .as_object()
-                                .cloned()
-                                .unwrap_or_default(),
-                        ))
-                        .await;
-                    return;
+                    )
                 }
             };
-            let (piece, thought) = p.feed(&chunk);
-            if piece.is_empty() && thought.is_empty() {
-                continue;
-            }
-            let o = object(&job, Some((&piece, &thought, Vec::new())), false);
-            if tx.send(line(&o)).await.is_err() {
-                tracing::debug!(model = %job.model, "client left: aborting the engine request");
-                return; // dropping the reader closes the engine connection: vLLM aborts
-            }
+            // After streaming began, an error is one last NDJSON line, as Ollama does.
+            let mut o = Map::new();
+            o.insert("error".into(), json!(failure));
+            let _ = tx.send(line(&o)).await;
+            return;
         }
         let calls = p.ollama_tool_calls();
         if !calls.is_empty() && job.kind == Kind::Chat {
@@ -425,6 +420,15 @@ mod tests {
             calls,
             [json!({"function": {"name": "get_weather", "arguments": {"city": "Paris"}}})]
         );
+    }
+
+    #[test]
+    fn tokens_that_decode_to_nothing_still_start_the_clock() {
+        let mut p = Progress::default();
+        p.feed(&json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]}));
+        assert!(p.first_token_at.is_none(), "the role chunk is no token");
+        p.feed(&json!({"choices": [{"delta": {"content": ""}, "token_ids": null}]}));
+        assert!(p.first_token_at.is_some());
     }
 
     #[test]

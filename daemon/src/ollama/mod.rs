@@ -136,6 +136,15 @@ fn str_of<'a>(req: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>,
     }
 }
 
+/// `options.num_ctx`, when a client asks for a context size.
+fn num_ctx_of(req: &Map<String, Value>) -> Option<u32> {
+    req.get("options")?
+        .get("num_ctx")?
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0)
+}
+
 fn bad(e: translate::Invalid) -> Reject {
     Reject(StatusCode::BAD_REQUEST, e.0)
 }
@@ -239,7 +248,7 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
     oai.insert("messages".into(), Value::Array(msgs));
     let lease = daemon
         .scheduler
-        .acquire(&name, keep_alive)
+        .acquire_with_context(&name, keep_alive, num_ctx_of(&req))
         .await
         .map_err(sched)?;
     check_images(images, lease.info(), &raw)?;
@@ -308,7 +317,7 @@ async fn generate(
     };
     let lease = daemon
         .scheduler
-        .acquire(&name, keep_alive)
+        .acquire_with_context(&name, keep_alive, num_ctx_of(&req))
         .await
         .map_err(sched)?;
     check_images(images, lease.info(), &raw_name)?;

@@ -14,6 +14,7 @@
 //! - `FAKE_VLLM_GRANDCHILD=1`: spawn a child `sleep` that, like EngineCore, outlives a
 //!   leader-only kill; its pid goes to `$FAKE_VLLM_STATE_DIR/grandchild.pid`;
 //! - `FAKE_VLLM_TOKEN_MS` (2): delay per generated token;
+//! - `FAKE_VLLM_CUT_STREAM=1`: end streams cleanly after two tokens, without `[DONE]`;
 //! - `FAKE_VLLM_STRICT_BIND=1`: fail like vLLM when `--uds` names an existing file;
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
 //!   body) and `argv.json`.
@@ -508,6 +509,7 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     let delay = fake.token_delay;
     let crash = fake.crash_mid_stream;
+    let cut = std::env::var_os("FAKE_VLLM_CUT_STREAM").is_some();
     let tool = tool_call.clone();
     tokio::spawn(async move {
         let send = |v: Value| Ok(Frame::data(Bytes::from(format!("data: {v}\n\n"))));
@@ -549,6 +551,9 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
         }
         for i in 0..max {
             tokio::time::sleep(delay).await;
+            if cut && i == 2 {
+                return; // the chunked body ends properly, but the events stop
+            }
             if crash && i == 2 {
                 log("ERROR", "Engine core died mid-request");
                 std::process::exit(1);
