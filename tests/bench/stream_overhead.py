@@ -15,7 +15,10 @@ TOKEN_MS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 target = os.environ.get("TARGET", "target/release")
 
 
-async def one(open_conn, request, marker):
+async def one(open_conn, request, marker, skip):
+    """Counts objects by `marker` (one per object, whatever the chunk framing); the first
+    `skip` of them carry no token (SSE's role chunk). Returns (time to first token, tokens
+    plus trailing non-token objects)."""
     reader, writer = await open_conn()
     t0 = time.perf_counter()
     writer.write(request)
@@ -27,20 +30,21 @@ async def one(open_conn, request, marker):
             break
         buf += data
         n = buf.count(marker)
-        if n and first is None:
-            first = time.perf_counter() - t0
         count += n
-        buf = buf[buf.rfind(marker) + len(marker):] if n else buf[-64:]
+        if first is None and count > skip:
+            first = time.perf_counter() - t0
+        buf = buf[buf.rfind(marker) + len(marker):] if n else buf[-len(marker):]
     writer.close()
     return first or 0.0, count
 
 
-async def run(open_conn, request, marker, concurrency):
+async def run(open_conn, request, marker, skip, extra, concurrency):
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(one(open_conn, request, marker) for _ in range(concurrency)))
+    results = await asyncio.gather(*(one(open_conn, request, marker, skip) for _ in range(concurrency)))
     wall = time.perf_counter() - t0
     ttft = sorted(r[0] for r in results)
-    return sum(r[1] for r in results) / wall, ttft
+    tokens = sum(max(0, r[1] - skip - extra) for r in results)
+    return tokens / wall, ttft
 
 
 def rss_mib(pid):
@@ -76,12 +80,11 @@ with tempfile.TemporaryDirectory() as d:
     through = lambda: asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     print(f"fake engine: {TOKENS} tokens per stream, one every {TOKEN_MS} ms ({1000 / TOKEN_MS:.0f} tokens/s per stream)")
     for c in (1, 64, 256):
-        asyncio.run(run(direct, sse_req, b"\n\n", min(c, 8)))  # warm-up
-        d_tps, d_ttft = asyncio.run(run(direct, sse_req, b"\n\n", c))
-        v_tps, v_ttft = asyncio.run(run(through, ollama_req, b"\n", c))
-        # SSE: role chunk + tokens + usage + [DONE]; NDJSON: tokens + final. Count tokens only.
-        d_tps *= TOKENS / (TOKENS + 3)
-        v_tps *= TOKENS / (TOKENS + 1)
+        # SSE objects: a role chunk, the tokens, a usage chunk ("data: [DONE]" has no "{").
+        # NDJSON objects: the tokens, then the final one with the statistics.
+        asyncio.run(run(direct, sse_req, b"data: {", 1, 1, min(c, 8)))  # warm-up
+        d_tps, d_ttft = asyncio.run(run(direct, sse_req, b"data: {", 1, 1, c))
+        v_tps, v_ttft = asyncio.run(run(through, ollama_req, b'"done":', 0, 1, c))
         print(f"c={c:>3}: direct SSE {d_tps:8.0f} tok/s, TTFT p50 {pct(d_ttft, .5):6.1f} ms p99 {pct(d_ttft, .99):6.1f} ms | "
               f"vllamad NDJSON {v_tps:8.0f} tok/s, TTFT p50 {pct(v_ttft, .5):6.1f} ms p99 {pct(v_ttft, .99):6.1f} ms | "
               f"ratio {v_tps / d_tps:.3f}, added TTFT p50 {pct(v_ttft, .5) - pct(d_ttft, .5):+.1f} ms p99 {pct(v_ttft, .99) - pct(d_ttft, .99):+.1f} ms")
