@@ -622,3 +622,43 @@ fn a_stream_that_ends_without_done_gets_an_error_event() {
         resp.body
     );
 }
+
+#[test]
+fn the_tcp_transport_for_vllm_builds_without_uds() {
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default()
+            .set("engine", "transport = \"tcp\"")
+            .fake_model(&fake(), "tcp", &[]),
+    );
+    assert_eq!(chat(&d, "tcp").status, 200);
+    let argv: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(d.fake_state("tcp").join("argv.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(!argv.iter().any(|a| a == "--uds"), "{argv:?}");
+    let host = argv
+        .windows(2)
+        .find(|w| w[0] == "--host")
+        .map(|w| w[1].clone());
+    assert_eq!(
+        host.as_deref(),
+        Some("127.0.0.1"),
+        "engines listen on loopback only"
+    );
+    let port: u16 = argv.windows(2).find(|w| w[0] == "--port").unwrap()[1]
+        .parse()
+        .unwrap();
+    let endpoint = d.engine("tcp:latest").unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(endpoint, format!("http://127.0.0.1:{port}"));
+    // Streaming works over it too.
+    let resp = d.request("POST", "/v1/chat/completions", &chat_body("tcp", 3, true));
+    assert!(
+        resp.body.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        resp.body
+    );
+}
