@@ -1,5 +1,5 @@
 //! The shipped systemd units: `systemd-analyze verify` prints nothing for them (it exits 0
-//! on most problems, so any output fails), the sandbox scores at most 1.5 in
+//! on most problems, so any output fails), the sandbox scores at most 1.6 in
 //! `systemd-analyze security`, and the units agree with the daemon's defaults.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,9 @@ use vllama_testkit::workspace_bin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
 const UNITS: [&str; 3] = ["vllamad.service", "vllamad.socket", "vllamad-admin.socket"];
-const MAX_EXPOSURE: f64 = 1.5;
+/// 1.5 is reachable only by also denying sched_setaffinity/mbind/set_mempolicy/setrlimit,
+/// which vLLM and NCCL use; the unit re-allows those and scores 1.6 (Ollama's unit: 9.2).
+const MAX_EXPOSURE: f64 = 1.6;
 
 fn units_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd")
