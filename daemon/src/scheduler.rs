@@ -608,6 +608,35 @@ impl Scheduler {
         }
     }
 
+    /// Ollama's `keep_alive: 0` on an empty request: unload now if idle, else as soon as the
+    /// requests in flight end (they are not cut off). False when the model was not loaded.
+    pub async fn unload_when_idle(&self, name: &ModelName) -> Result<bool, SchedError> {
+        let canonical = models::lookup(&self.config().config, name)
+            .map(|(n, _)| n)
+            .unwrap_or_else(|_| name.clone());
+        let busy = {
+            let mut slots = self.slots();
+            match slots.get_mut(&canonical) {
+                None => return Ok(false),
+                Some(slot) if slot.pending > 0 => {
+                    slot.keep_alive = KeepAlive::For(Duration::ZERO);
+                    slot.pinned = false;
+                    true
+                }
+                Some(_) => false,
+            }
+        };
+        if busy {
+            tracing::info!(model = %canonical, "will unload once its requests in flight end");
+            return Ok(true);
+        }
+        match self.unload(&canonical).await {
+            Ok(()) => Ok(true),
+            Err(SchedError::NotLoaded(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Starts the models marked `preload`, in the background.
     pub fn preload_configured(&self) {
         let config = self.config();

@@ -260,3 +260,27 @@ fn num_ctx_restarts_an_idle_engine_with_the_larger_context() {
         .log()
         .contains("num_ctx is beyond the model's context length"));
 }
+
+#[test]
+fn keep_alive_0_waits_for_requests_in_flight() {
+    let d = daemon();
+    let slow = json!({"model": "slow", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 20}, "stream": false});
+    let busy = vllama_testkit::spawn_request(d.api, "/api/chat", slow.to_string());
+    assert!(wait_until(Duration::from_secs(5), || d
+        .engine("slow:latest")
+        .is_some_and(|e| e["pending"] == 1)));
+    let resp = d.request(
+        "POST",
+        "/api/generate",
+        &json!({"model": "slow", "keep_alive": 0}).to_string(),
+    );
+    assert_eq!(resp.json()["done_reason"], "unload");
+    // The request in flight is not cut off ...
+    let answer = busy.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["eval_count"], 20);
+    // ... and the model goes right after it.
+    assert!(wait_until(Duration::from_secs(3), || d
+        .engine("slow:latest")
+        .is_none()));
+}

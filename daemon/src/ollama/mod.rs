@@ -163,10 +163,12 @@ async fn load_or_unload(
     started: Instant,
 ) -> Result<Response<Body>, Reject> {
     let reason = if keep_alive == Some(KeepAlive::For(std::time::Duration::ZERO)) {
-        match daemon.scheduler.unload(name).await {
-            Ok(()) | Err(SchedError::NotLoaded(_)) => "unload",
-            Err(e) => return Err(sched(e)),
-        }
+        daemon
+            .scheduler
+            .unload_when_idle(name)
+            .await
+            .map_err(sched)?;
+        "unload"
     } else {
         drop(
             daemon
