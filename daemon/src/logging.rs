@@ -77,7 +77,12 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
     };
     let journald = if format == LogFormat::Journald {
         match tracing_journald::layer() {
-            Ok(layer) => Some(layer.with_syslog_identifier("vllamad".into())),
+            // No field prefix: `journalctl -u vllamad MODEL=qwen2.5:7b` works as documented.
+            Ok(layer) => Some(
+                layer
+                    .with_syslog_identifier("vllamad".into())
+                    .with_field_prefix(None),
+            ),
             Err(e) => {
                 eprintln!("vllamad: journald is not reachable ({e}); logging text to stderr");
                 format = LogFormat::Text;

@@ -151,6 +151,9 @@ pub struct DaemonOptions {
     pub fake_engine: Option<PathBuf>,
     /// config.json (and other files) of fake models: model → [(file, content)].
     pub model_files: BTreeMap<String, Vec<(String, String)>>,
+    /// Log like under systemd: no `--log-format`, and `JOURNAL_STREAM` naming the log file,
+    /// so the daemon logs to journald's socket.
+    pub journal: bool,
 }
 
 impl DaemonOptions {
@@ -308,6 +311,14 @@ impl Daemon {
             ("NOTIFY_SOCKET".into(), notify.path.display().to_string()),
             ("RUST_LOG".into(), "debug".into()),
         ];
+        if options.journal {
+            use std::os::unix::fs::MetadataExt;
+            let meta = log.metadata().expect("log metadata");
+            env.push((
+                "JOURNAL_STREAM".into(),
+                format!("{}:{}", meta.dev(), meta.ino()),
+            ));
+        }
         if let Some(usec) = options.watchdog_usec {
             env.push(("WATCHDOG_USEC".into(), usec.to_string()));
         }
@@ -328,11 +339,11 @@ impl Daemon {
             cmd.envs(env.iter().map(|(k, v)| (k, v)));
             cmd
         };
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--log-format")
-            .arg("text")
-            .stdin(Stdio::null())
+        cmd.arg("--config").arg(&config_path);
+        if !options.journal {
+            cmd.arg("--log-format").arg("text");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         let child = cmd
