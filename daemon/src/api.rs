@@ -16,8 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tracing::Instrument;
+
 use crate::cors;
 use crate::http::{self, Body, BodyError};
+use crate::request_id;
 use crate::state::Daemon;
 
 /// Accepts connections until `shutdown`, then drops the listener (new connections are
@@ -61,7 +64,36 @@ struct Version {
     version: &'static str,
 }
 
-async fn handle(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
+async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let id = request_id::of(req.headers());
+    req.headers_mut()
+        .insert(request_id::HEADER, request_id::value(&id));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        model = tracing::field::Empty,
+    );
+    let access = daemon.config().config.log.access;
+    let mut resp = guarded(req, daemon).instrument(span.clone()).await;
+    resp.headers_mut()
+        .insert(request_id::HEADER, request_id::value(&id));
+    if access {
+        let _in = span.enter();
+        tracing::info!(
+            target: "vllamad::access",
+            status = resp.status().as_u16(),
+            head_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    resp
+}
+
+/// Host and Origin checks (CORS), then the route.
+async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     let config = daemon.config();
     let origin = req
         .headers()

@@ -21,6 +21,7 @@ pub mod ollama;
 pub mod openai;
 pub mod placement;
 pub mod reload;
+pub mod request_id;
 pub mod scheduler;
 pub mod server;
 pub mod sse;

@@ -71,7 +71,10 @@ pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Respon
         );
     };
     let name = match ModelName::parse(requested) {
-        Ok(n) => n,
+        Ok(n) => {
+            tracing::Span::current().record("model", tracing::field::display(&n));
+            n
+        }
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,

@@ -284,3 +284,55 @@ fn keep_alive_0_waits_for_requests_in_flight() {
         .engine("slow:latest")
         .is_none()));
 }
+
+#[test]
+fn request_ids_reach_the_engine_the_logs_and_the_client() {
+    let d = daemon();
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 2}}).to_string();
+    let raw = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Request-Id: test-rid-42\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = parse_responses(&exchange(d.api, raw.as_bytes())).remove(0);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-request-id"), Some("test-rid-42"));
+    let requests = std::fs::read_to_string(d.fake_state("tiny").join("requests.jsonl")).unwrap();
+    let chat: Value = requests
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["path"] == "/v1/chat/completions")
+        .unwrap();
+    assert_eq!(chat["headers"]["x-request-id"], "test-rid-42");
+    // Every line of the request carries the id: the engine start and the access line.
+    let log = d.log();
+    let tagged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request_id=test-rid-42"))
+        .collect();
+    assert!(
+        tagged.iter().any(|l| l.contains("starting engine")),
+        "{log}"
+    );
+    let access = tagged
+        .iter()
+        .find(|l| l.contains("vllamad::access"))
+        .expect("access line");
+    assert!(
+        access.contains("status=200") && access.contains("model=tiny:latest"),
+        "{access}"
+    );
+
+    // Without one (or with a bad one), vllamad makes one; the OpenAI route passes it on too.
+    let resp = d.request(
+        "POST",
+        "/v1/chat/completions",
+        &vllama_testkit::chat_body("tiny", 1, false),
+    );
+    let made = resp.header("x-request-id").unwrap().to_string();
+    assert!(made.starts_with("vl-"), "{made}");
+    let requests = std::fs::read_to_string(d.fake_state("tiny").join("requests.jsonl")).unwrap();
+    assert!(
+        requests.contains(&format!("\"x-request-id\":\"{made}\"")),
+        "{requests}"
+    );
+}

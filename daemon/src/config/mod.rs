@@ -110,6 +110,8 @@ pub struct LogConfig {
     pub filter: String,
     /// Where and how to log.
     pub format: LogFormat,
+    /// One line per public API request (route, model, status, time to the response head).
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -117,6 +119,7 @@ impl Default for LogConfig {
         LogConfig {
             filter: "info".into(),
             format: LogFormat::Auto,
+            access: true,
         }
     }
 }

@@ -39,6 +39,11 @@ pub struct Job {
     pub started: Instant,
 }
 
+tokio::task_local! {
+    /// The request's id, for the engine request's `X-Request-Id`.
+    pub static REQUEST_ID: Option<String>;
+}
+
 pub fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
@@ -257,6 +262,10 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
     }
     req.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(Some(id)) = REQUEST_ID.try_with(Clone::clone) {
+        req.headers_mut()
+            .insert(crate::request_id::HEADER, crate::request_id::value(&id));
+    }
     let sent = Instant::now();
     let resp = match lease.engine().client().send(req).await {
         Ok(r) => r,
@@ -307,57 +316,61 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
     }
 
     let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
-    tokio::spawn(async move {
-        let _lease = lease; // held until the last line is sent
-        let mut p = Progress::default();
-        loop {
-            let event = match reader.next().await {
-                None | Some(Ok(Event::Done)) => break,
-                Some(e) => e,
-            };
-            let failure = match event {
-                Ok(Event::Data(v)) if v.get("error").is_some() => v["error"]["message"]
-                    .as_str()
-                    .unwrap_or("engine error")
-                    .to_string(),
-                Ok(Event::Data(v)) => {
-                    let (piece, thought) = p.feed(&v);
-                    if piece.is_empty() && thought.is_empty() {
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let _lease = lease; // held until the last line is sent
+            let mut p = Progress::default();
+            loop {
+                let event = match reader.next().await {
+                    None | Some(Ok(Event::Done)) => break,
+                    Some(e) => e,
+                };
+                let failure = match event {
+                    Ok(Event::Data(v)) if v.get("error").is_some() => v["error"]["message"]
+                        .as_str()
+                        .unwrap_or("engine error")
+                        .to_string(),
+                    Ok(Event::Data(v)) => {
+                        let (piece, thought) = p.feed(&v);
+                        if piece.is_empty() && thought.is_empty() {
+                            continue;
+                        }
+                        let o = object(&job, Some((&piece, &thought, Vec::new())), false);
+                        if tx.send(line(&o)).await.is_err() {
+                            tracing::debug!(model = %job.model, "client left: aborting the engine request");
+                            return; // dropping the reader closes the engine connection: vLLM aborts
+                        }
                         continue;
                     }
-                    let o = object(&job, Some((&piece, &thought, Vec::new())), false);
-                    if tx.send(line(&o)).await.is_err() {
-                        tracing::debug!(model = %job.model, "client left: aborting the engine request");
-                        return; // dropping the reader closes the engine connection: vLLM aborts
+                    Ok(Event::Done) => break,
+                    Err(e) => {
+                        tracing::error!(model = %job.model, error = %e, "engine stream broke off");
+                        format!(
+                            "the engine for {} stopped in the middle of the response: {e}",
+                            job.model
+                        )
                     }
-                    continue;
-                }
-                Ok(Event::Done) => break,
-                Err(e) => {
-                    tracing::error!(model = %job.model, error = %e, "engine stream broke off");
-                    format!(
-                        "the engine for {} stopped in the middle of the response: {e}",
-                        job.model
-                    )
-                }
-            };
-            // After streaming began, an error is one last NDJSON line, as Ollama does.
-            let mut o = Map::new();
-            o.insert("error".into(), json!(failure));
-            let _ = tx.send(line(&o)).await;
-            return;
-        }
-        let calls = p.ollama_tool_calls();
-        if !calls.is_empty() && job.kind == Kind::Chat {
-            let o = object(&job, Some(("", "", calls)), false);
-            if tx.send(line(&o)).await.is_err() {
+                };
+                // After streaming began, an error is one last NDJSON line, as Ollama does.
+                let mut o = Map::new();
+                o.insert("error".into(), json!(failure));
+                let _ = tx.send(line(&o)).await;
                 return;
             }
-        }
-        let mut o = object(&job, Some(("", "", Vec::new())), true);
-        finish(&job, &mut o, &p, load, sent);
-        let _ = tx.send(line(&o)).await;
-    });
+            let calls = p.ollama_tool_calls();
+            if !calls.is_empty() && job.kind == Kind::Chat {
+                let o = object(&job, Some(("", "", calls)), false);
+                if tx.send(line(&o)).await.is_err() {
+                    return;
+                }
+            }
+            let mut o = object(&job, Some(("", "", Vec::new())), true);
+            finish(&job, &mut o, &p, load, sent);
+            let _ = tx.send(line(&o)).await;
+        },
+        span,
+    ));
     resp
 }
 

@@ -22,6 +22,17 @@ use generation::{Job, Kind};
 
 /// Answers an Ollama or model-listing route, or `None` when the path is not one.
 pub async fn route(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Response<Body>> {
+    let rid = parts
+        .headers
+        .get(crate::request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    generation::REQUEST_ID
+        .scope(rid, route_inner(daemon, parts, body))
+        .await
+}
+
+async fn route_inner(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Response<Body>> {
     let path = parts.uri.path();
     let method = &parts.method;
     let started = Instant::now();
@@ -97,6 +108,7 @@ fn model_of(req: &Map<String, Value>) -> Result<(String, ModelName), Reject> {
     };
     let name =
         ModelName::parse(&raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    tracing::Span::current().record("model", tracing::field::display(&name));
     Ok((raw, name))
 }
 
@@ -404,6 +416,11 @@ async fn embed(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
+    if let Ok(Some(id)) = generation::REQUEST_ID.try_with(Clone::clone) {
+        engine_req
+            .headers_mut()
+            .insert(crate::request_id::HEADER, crate::request_id::value(&id));
+    }
     let resp = lease
         .engine()
         .client()
