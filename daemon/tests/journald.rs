@@ -4,6 +4,8 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vllama_testkit::{is_root, Daemon, DaemonOptions};
@@ -48,7 +50,7 @@ fn logs_natively_to_journald_with_structured_fields() {
     std::fs::create_dir_all("/run/systemd/journal").unwrap();
     let socket = UnixDatagram::bind(JOURNAL).unwrap();
     socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
+        .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     struct Cleanup;
     impl Drop for Cleanup {
@@ -57,6 +59,20 @@ fn logs_natively_to_journald_with_structured_fields() {
         }
     }
     let _cleanup = Cleanup;
+    // Like journald, drain the socket all the time (a full queue blocks the sender).
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    received.lock().unwrap().push(parse(&buf[..n]));
+                }
+            }
+        })
+    };
 
     let d = Daemon::start(
         BIN,
@@ -66,20 +82,18 @@ fn logs_natively_to_journald_with_structured_fields() {
         },
     );
     assert_eq!(d.get("/").status, 200);
-    let mut entries = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
     let end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < end {
-        if let Ok(n) = socket.recv(&mut buf) {
-            entries.push(parse(&buf[..n]));
-        }
-        if entries
+    let has_ready = |entries: &Vec<Vec<(String, String)>>| {
+        entries
             .iter()
             .any(|e| e.iter().any(|(k, v)| k == "MESSAGE" && v == "ready"))
-        {
-            break;
-        }
+    };
+    while Instant::now() < end && !has_ready(&received.lock().unwrap()) {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let entries = received.lock().unwrap().clone();
     let field = |e: &Vec<(String, String)>, key: &str| {
         e.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     };
