@@ -24,6 +24,19 @@ fn pid_of(d: &Daemon, model: &str) -> i32 {
     d.engine(model).and_then(|e| e["pid"].as_i64()).unwrap_or(0) as i32
 }
 
+/// A daemon serving one fake model, `lines` being its extra `[models."name"]` keys.
+fn serve(name: &str, lines: &[&str]) -> Daemon {
+    Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(&fake(), name, lines),
+    )
+}
+
+/// Waits up to `secs` for the model's engine to reach `state`.
+fn wait_state(d: &Daemon, model: &str, state: &str, secs: u64) -> bool {
+    wait_until(Duration::from_secs(secs), || state_of(d, model) == state)
+}
+
 fn state_of(d: &Daemon, model: &str) -> String {
     d.engine(model)
         .map(|e| e["state"].as_str().unwrap_or("").to_string())
@@ -32,14 +45,7 @@ fn state_of(d: &Daemon, model: &str) -> String {
 
 #[test]
 fn concurrent_first_requests_start_one_engine_and_get_the_served_name() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "tiny",
-            &["env = { FAKE_VLLM_STARTUP_MS = \"500\" }"],
-        ),
-    );
+    let d = serve("tiny", &["env = { FAKE_VLLM_STARTUP_MS = \"500\" }"]);
     let handles: Vec<_> = (0..8)
         .map(|_| spawn_request(d.api, "/v1/chat/completions", chat_body("tiny", 2, false)))
         .collect();
@@ -94,14 +100,7 @@ fn concurrent_first_requests_start_one_engine_and_get_the_served_name() {
 
 #[test]
 fn startup_failure_reports_the_engines_last_lines() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "broken",
-            &["env = { FAKE_VLLM_FAIL_STARTUP = \"torch.OutOfMemoryError: CUDA out of memory (fake)\" }"],
-        ),
-    );
+    let d = serve("broken", &["env = { FAKE_VLLM_FAIL_STARTUP = \"torch.OutOfMemoryError: CUDA out of memory (fake)\" }"]);
     let resp = chat(&d, "broken");
     assert_eq!(resp.status, 500, "{}", resp.body);
     let msg = resp.json()["error"]["message"]
@@ -151,14 +150,7 @@ fn load_timeout_fails_the_request_and_kills_the_engine() {
 
 #[test]
 fn crash_mid_stream_gives_an_error_event_and_the_engine_restarts() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "fragile",
-            &["env = { FAKE_VLLM_CRASH_MID_STREAM = \"1\" }"],
-        ),
-    );
+    let d = serve("fragile", &["env = { FAKE_VLLM_CRASH_MID_STREAM = \"1\" }"]);
     let resp = d.request(
         "POST",
         "/v1/chat/completions",
@@ -172,10 +164,7 @@ fn crash_mid_stream_gives_an_error_event_and_the_engine_restarts() {
         last.contains("stopped in the middle of the response"),
         "{last}"
     );
-    assert!(wait_until(Duration::from_secs(5), || state_of(
-        &d,
-        "fragile:latest"
-    ) == "failed"));
+    assert!(wait_state(&d, "fragile:latest", "failed", 5));
     assert_eq!(d.engine("fragile:latest").unwrap()["crashes"], 1);
     // The next request restarts it (non-streaming: this fake crashes only mid-stream).
     let resp = chat(&d, "fragile");
@@ -187,19 +176,9 @@ fn crash_mid_stream_gives_an_error_event_and_the_engine_restarts() {
 
 #[test]
 fn exit_0_is_a_crash_and_restarts_back_off() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "flaky",
-            &["env = { FAKE_VLLM_EXIT_AFTER = \"1\" }"],
-        ),
-    );
+    let d = serve("flaky", &["env = { FAKE_VLLM_EXIT_AFTER = \"1\" }"]);
     assert_eq!(chat(&d, "flaky").status, 200);
-    assert!(wait_until(Duration::from_secs(5), || state_of(
-        &d,
-        "flaky:latest"
-    ) == "failed"));
+    assert!(wait_state(&d, "flaky:latest", "failed", 5));
     let engine = d.engine("flaky:latest").unwrap();
     assert_eq!(engine["crashes"], 1);
     assert!(
@@ -218,10 +197,7 @@ fn exit_0_is_a_crash_and_restarts_back_off() {
         t.elapsed()
     );
     // Second crash: the backoff doubles.
-    assert!(wait_until(Duration::from_secs(5), || state_of(
-        &d,
-        "flaky:latest"
-    ) == "failed"));
+    assert!(wait_state(&d, "flaky:latest", "failed", 5));
     let t = Instant::now();
     assert_eq!(chat(&d, "flaky").status, 200);
     assert!(
@@ -234,13 +210,9 @@ fn exit_0_is_a_crash_and_restarts_back_off() {
 
 #[test]
 fn a_pinned_engine_restarts_by_itself() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "always",
-            &["pinned = true", "env = { FAKE_VLLM_EXIT_AFTER = \"1\" }"],
-        ),
+    let d = serve(
+        "always",
+        &["pinned = true", "env = { FAKE_VLLM_EXIT_AFTER = \"1\" }"],
     );
     // Pinned models start with the daemon.
     assert!(
@@ -292,23 +264,16 @@ fn a_sigterm_ignoring_engine_and_its_grandchild_are_killed_after_the_grace() {
 
 #[test]
 fn a_crash_leaves_no_grandchild_behind() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "orphaner",
-            &["env = { FAKE_VLLM_EXIT_AFTER = \"1\", FAKE_VLLM_GRANDCHILD = \"1\" }"],
-        ),
+    let d = serve(
+        "orphaner",
+        &["env = { FAKE_VLLM_EXIT_AFTER = \"1\", FAKE_VLLM_GRANDCHILD = \"1\" }"],
     );
     assert_eq!(chat(&d, "orphaner").status, 200);
     let grandchild: i32 = std::fs::read_to_string(d.fake_state("orphaner").join("grandchild.pid"))
         .unwrap()
         .parse()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || state_of(
-        &d,
-        "orphaner:latest"
-    ) == "failed"));
+    assert!(wait_state(&d, "orphaner:latest", "failed", 5));
     assert!(
         wait_until(Duration::from_secs(3), || !process_alive(grandchild)),
         "orphan survived the crash"
@@ -318,14 +283,7 @@ fn a_crash_leaves_no_grandchild_behind() {
 #[test]
 fn daemon_sigterm_and_sigkill_leave_no_engine_process() {
     // SIGTERM: every engine is stopped before the daemon exits.
-    let mut d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "m",
-            &["env = { FAKE_VLLM_GRANDCHILD = \"1\" }"],
-        ),
-    );
+    let mut d = serve("m", &["env = { FAKE_VLLM_GRANDCHILD = \"1\" }"]);
     assert_eq!(chat(&d, "m").status, 200);
     let leader = pid_of(&d, "m:latest");
     let grandchild: i32 = std::fs::read_to_string(d.fake_state("m").join("grandchild.pid"))
@@ -468,10 +426,7 @@ fn pinned_models_are_never_evicted() {
             .fake_model(&fake(), "pinned", &["pinned = true"])
             .fake_model(&fake(), "other", &[]),
     );
-    assert!(wait_until(Duration::from_secs(5), || state_of(
-        &d,
-        "pinned:latest"
-    ) == "ready"));
+    assert!(wait_state(&d, "pinned:latest", "ready", 5));
     let resp = chat(&d, "other");
     assert_eq!(resp.status, 503, "{}", resp.body);
     let msg = resp.json()["error"]["message"]
@@ -525,14 +480,7 @@ fn sleep_then_wake_instead_of_a_cold_start() {
 
 #[test]
 fn a_client_that_leaves_aborts_the_engine_request() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "long",
-            &["env = { FAKE_VLLM_TOKEN_MS = \"50\" }"],
-        ),
-    );
+    let d = serve("long", &["env = { FAKE_VLLM_TOKEN_MS = \"50\" }"]);
     assert_eq!(chat(&d, "long").status, 200, "warm up");
     {
         use std::io::{Read, Write};
@@ -561,10 +509,7 @@ fn a_client_that_leaves_aborts_the_engine_request() {
 
 #[test]
 fn unknown_and_invalid_models() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(&fake(), "tiny", &[]),
-    );
+    let d = serve("tiny", &[]);
     let resp = chat(&d, "nothing-here");
     assert_eq!(resp.status, 404);
     assert_eq!(
@@ -582,39 +527,25 @@ fn unknown_and_invalid_models() {
 fn a_restart_after_a_crash_binds_despite_the_stale_socket() {
     // Like real vLLM, the fake does not unlink its socket when it dies; it refuses to start
     // over a leftover file only if the daemon did not clean it up (FAKE_VLLM_STRICT_BIND).
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "rebind",
-            &["env = { FAKE_VLLM_EXIT_AFTER = \"1\", FAKE_VLLM_STRICT_BIND = \"1\" }"],
-        ),
+    let d = serve(
+        "rebind",
+        &["env = { FAKE_VLLM_EXIT_AFTER = \"1\", FAKE_VLLM_STRICT_BIND = \"1\" }"],
     );
     assert_eq!(chat(&d, "rebind").status, 200);
-    assert!(wait_until(Duration::from_secs(5), || state_of(
-        &d,
-        "rebind:latest"
-    ) == "failed"));
+    assert!(wait_state(&d, "rebind:latest", "failed", 5));
     let resp = chat(&d, "rebind");
     assert_eq!(resp.status, 200, "{}", resp.body);
 }
 
 #[test]
 fn a_stream_that_ends_without_done_gets_an_error_event() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "cut",
-            &["env = { FAKE_VLLM_CUT_STREAM = \"1\" }"],
-        ),
-    );
+    let d = serve("cut", &["env = { FAKE_VLLM_CUT_STREAM = \"1\" }"]);
     let resp = d.request("POST", "/v1/chat/completions", &chat_body("cut", 10, true));
     assert_eq!(resp.status, 200);
     let last = resp.body.trim_end().rsplit("\n\n").next().unwrap();
     assert!(last.contains("ended without [DONE]"), "{}", resp.body);
     // A complete stream gets no such event.
-    let d2 = Daemon::start(BIN, DaemonOptions::default().fake_model(&fake(), "ok", &[]));
+    let d2 = serve("ok", &[]);
     let resp = d2.request("POST", "/v1/chat/completions", &chat_body("ok", 3, true));
     assert!(
         resp.body.trim_end().ends_with("data: [DONE]"),
