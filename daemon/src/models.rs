@@ -14,11 +14,12 @@ pub enum ModelError {
     /// Ollama's wording, which clients show to users.
     #[error("model \"{0}\" not found, try pulling it first")]
     NotFound(String),
-    #[error("model \"{name}\": {repo} is not in the model store ({dir}); pull it first: vllamactl pull {name}")]
+    #[error("model \"{name}\": {repo} is not in the model store ({dir}); download it there with `HF_HOME={home} huggingface-cli download {repo}`, or name a local folder as its source in [models]")]
     NotPulled {
         name: String,
         repo: String,
         dir: String,
+        home: String,
     },
     #[error("model \"{name}\": {path} is not a model directory (no config.json)")]
     NotAModelDir { name: String, path: String },
@@ -167,6 +168,7 @@ pub fn resolve_dir(
             name: name.to_string(),
             repo: source.to_string(),
             dir: state_dir.join("hub").display().to_string(),
+            home: state_dir.display().to_string(),
         })?
     };
     if !dir.join("config.json").is_file() {

@@ -520,7 +520,12 @@ fn unknown_and_invalid_models() {
     assert_eq!(resp.status, 400);
     let resp = chat(&d, "Qwen/Qwen2.5-0.5B-Instruct");
     assert_eq!(resp.status, 404);
-    assert!(resp.body.contains("vllamactl pull"), "{}", resp.body);
+    assert!(
+        resp.body
+            .contains("huggingface-cli download Qwen/Qwen2.5-0.5B-Instruct"),
+        "{}",
+        resp.body
+    );
 }
 
 #[test]

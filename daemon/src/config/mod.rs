@@ -276,7 +276,10 @@ pub fn load(
     };
     let mut warnings = Vec::new();
     let mut config = apply_env(config, env, &mut warnings)?;
-    let base = source.path.parent().unwrap_or(Path::new("."));
+    // Relative paths are relative to the file's folder, made absolute: engines run in other
+    // working directories.
+    let absolute = std::path::absolute(&source.path).unwrap_or_else(|_| source.path.clone());
+    let base = absolute.parent().unwrap_or(Path::new("/"));
     validate(&mut config, base, file.as_deref().unwrap_or(&source.path))?;
     Ok(Loaded {
         config,
@@ -717,6 +720,49 @@ mod tests {
                 "{var} missing"
             );
         }
+    }
+
+    #[test]
+    fn relative_paths_become_absolute_even_from_a_relative_config_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("v.toml"),
+            "[paths]\nstate_dir = \"state\"\n",
+        )
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let relative = pathdiff(dir.path(), &cwd);
+        let loaded = load(
+            &ConfigSource {
+                path: relative.join("v.toml"),
+                explicit: true,
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        assert!(
+            loaded.config.paths.state_dir.is_absolute(),
+            "{:?}",
+            loaded.config.paths.state_dir
+        );
+        assert_eq!(loaded.config.paths.state_dir, dir.path().join("state"));
+    }
+
+    /// `to` relative to `from` (both absolute), with `..` as needed.
+    fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+        let common = to
+            .components()
+            .zip(from.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut rel = PathBuf::new();
+        for _ in from.components().skip(common) {
+            rel.push("..");
+        }
+        for c in to.components().skip(common) {
+            rel.push(c);
+        }
+        rel
     }
 
     #[test]
