@@ -336,3 +336,26 @@ fn request_ids_reach_the_engine_the_logs_and_the_client() {
         "{requests}"
     );
 }
+
+#[test]
+fn ps_lists_loaded_models_only() {
+    let d = daemon();
+    let crash = json!({"model": "fragile", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 10}});
+    d.request("POST", "/api/chat", &crash.to_string());
+    assert!(wait_until(Duration::from_secs(5), || d
+        .engine("fragile:latest")
+        .is_some_and(|e| e["state"] == "failed")));
+    let ok = json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 1}, "stream": false});
+    assert_eq!(d.request("POST", "/api/chat", &ok.to_string()).status, 200);
+    let listed: Vec<String> = d.get("/api/ps").json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        ["tiny:latest"],
+        "a failed engine is not a loaded model"
+    );
+}

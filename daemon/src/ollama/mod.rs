@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::engine::Phase;
 use crate::http::{self, Body, Parts, Reject};
 use crate::model_info::ModelInfo;
 use crate::models::{self, ModelName};
@@ -550,6 +551,10 @@ async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
 async fn ps(daemon: &Daemon) -> Result<Response<Body>, Reject> {
     let mut models = Vec::new();
     for view in daemon.scheduler.engines() {
+        // Loaded models only, as Ollama lists them: not failed or stopping engines.
+        if !matches!(view.phase, Phase::Starting | Phase::Ready | Phase::Sleeping) {
+            continue;
+        }
         let Some(info) = view.info.clone() else {
             continue;
         };
