@@ -133,6 +133,10 @@ fn units_agree_with_the_daemon() {
         .all(|l| !l.contains(' ')));
     // No PartOf= on sockets: stopping the service must not close them.
     assert!(!api.contains("PartOf=") && !admin.contains("PartOf="));
+    // LoadCredential=ID:PATH fails the start when PATH is missing: never for an optional file.
+    assert!(!service
+        .lines()
+        .any(|l| l.starts_with("LoadCredential=") && l.contains(":/")));
     // Type=notify-reload would silently become Type=simple on systemd 252.
     assert!(service.contains("Type=notify\n"));
 }
