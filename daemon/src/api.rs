@@ -100,7 +100,7 @@ async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
         .get(ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if loopback(daemon)
+    if daemon.api_on_loopback
         && !cors::host_allowed(req.headers().get(HOST).and_then(|v| v.to_str().ok()))
     {
         return http::error(
@@ -130,16 +130,6 @@ async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
         }
     }
     resp
-}
-
-/// True when the public listener is on a loopback address (then the Host guard applies).
-fn loopback(daemon: &Daemon) -> bool {
-    daemon
-        .listeners
-        .iter()
-        .find(|l| l.name == crate::listeners::API)
-        .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
-        .is_some_and(|a| a.ip().is_loopback())
 }
 
 fn preflight(origin: &str, req: &Request<Incoming>) -> Response<Body> {

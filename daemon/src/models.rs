@@ -180,6 +180,19 @@ pub fn resolve_dir(
     Ok(dir)
 }
 
+/// The model's folder and what it says about the model. Blocking: reads the store.
+pub fn info_of(
+    state_dir: &Path,
+    name: &ModelName,
+    source: &str,
+) -> Result<crate::model_info::ModelInfo, ModelError> {
+    let dir = resolve_dir(state_dir, name, source)?;
+    crate::model_info::ModelInfo::read(&dir).map_err(|e| ModelError::NotAModelDir {
+        name: name.to_string(),
+        path: format!("{} ({e})", dir.display()),
+    })
+}
+
 /// `hub/models--org--name/snapshots/<commit>` for a revision (a ref such as `main`, or a
 /// commit hash), if the store has it.
 pub fn snapshot_dir(hub: &Path, repo: &str, rev: &str) -> Option<PathBuf> {

@@ -59,8 +59,7 @@ struct Slot {
     pinned: bool,
     sleep: bool,
     placement: Option<Placement>,
-    /// Weights on disk, for the host-memory check before sleeping.
-    weights: u64,
+    /// What the folder says: capabilities, context length, weights' size.
     info: Arc<ModelInfo>,
     /// The `--max-model-len` the engine was started with (None: the model's own).
     max_model_len: Option<u32>,
@@ -367,19 +366,12 @@ impl Scheduler {
         let config = &active.config;
         let state_dir = config.paths.state_dir.clone();
         let (n, source) = (name.clone(), model.source.clone());
-        let (dir, weights, info) = tokio::task::spawn_blocking(move || {
-            let dir = models::resolve_dir(&state_dir, &n, &source)?;
-            let weights = models::weights_size(&dir);
-            let info = ModelInfo::read(&dir).map_err(|e| ModelError::NotAModelDir {
-                name: n.to_string(),
-                path: format!("{} ({e})", dir.display()),
-            })?;
-            Ok::<_, ModelError>((dir, weights, Arc::new(info)))
-        })
-        .await
-        .map_err(|e| SchedError::Internal(e.to_string()))??;
+        let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &n, &source))
+            .await
+            .map_err(|e| SchedError::Internal(e.to_string()))??;
+        let (info, dir) = (Arc::new(info.clone()), info.dir);
 
-        let placement = self.make_room(name, &model, weights).await?;
+        let placement = self.make_room(name, &model, info.size).await?;
         let id = format!(
             "{}-{}",
             name.slug(),
@@ -424,7 +416,6 @@ impl Scheduler {
                 pinned: model.pinned,
                 sleep: model.sleep,
                 placement,
-                weights,
                 info: info.clone(),
                 max_model_len: model.max_model_len,
             },
@@ -527,7 +518,7 @@ impl Scheduler {
                 .iter()
                 .filter(|(n, s)| *n != except && s.loaded() && s.evictable())
                 .min_by_key(|(_, s)| s.last_used)
-                .map(|(n, s)| (n.clone(), s.engine.clone(), s.sleep, s.weights))
+                .map(|(n, s)| (n.clone(), s.engine.clone(), s.sleep, s.info.size))
         };
         let Some((victim, engine, sleep, weights)) = victim else {
             return false;

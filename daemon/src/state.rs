@@ -35,6 +35,8 @@ pub struct Daemon {
     pub notifier: Notifier,
     pub log: Option<LogHandle>,
     pub scheduler: Scheduler,
+    /// The public listener is on a loopback address: the DNS-rebinding guard applies.
+    pub api_on_loopback: bool,
     config: watch::Sender<Arc<ActiveConfig>>,
     last_reload_error: Mutex<Option<String>>,
     /// One reload at a time (SIGHUP and the admin route may race).
@@ -50,7 +52,13 @@ impl Daemon {
         log: Option<LogHandle>,
         scheduler: Scheduler,
     ) -> Self {
+        let api_on_loopback = listeners
+            .iter()
+            .find(|l| l.name == crate::listeners::API)
+            .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
+            .is_some_and(|a| a.ip().is_loopback());
         Daemon {
+            api_on_loopback,
             started: Instant::now(),
             started_at: SystemTime::now(),
             source,

@@ -378,7 +378,7 @@ fn the_queue_bound_answers_busy() {
 }
 
 #[test]
-fn eviction_is_lru_and_spares_pinned_and_busy_models() {
+fn eviction_is_lru_and_spares_busy_models() {
     let d = Daemon::start(
         BIN,
         DaemonOptions::default()

@@ -275,14 +275,8 @@ fn real_vllm_end_to_end() {
 
     // 7. Daemon SIGKILL: the leader dies with it (PR_SET_PDEATHSIG); what vLLM orphans is
     //    swept by the next vllamad. (Under systemd the cgroup takes everything at once.)
+    assert_eq!(chat(&d, "tiny-a", false).status, 200); // loads it again after tiny-b
     let a_pid = engine_pid(&d, "tiny-a:latest");
-    let wake = chat(&d, "tiny-a", false);
-    assert_eq!(wake.status, 200);
-    let a_pid = if a_pid == 0 {
-        engine_pid(&d, "tiny-a:latest")
-    } else {
-        a_pid
-    };
     assert!(!group_members(a_pid).is_empty());
     let runtime = d.dir.path().join("run");
     let mut next =

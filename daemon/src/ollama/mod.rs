@@ -474,10 +474,8 @@ async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
             let Ok(n) = ModelName::parse(name) else {
                 continue;
             };
-            if let Ok(dir) = models::resolve_dir(&config.paths.state_dir, &n, &m.source) {
-                if let Ok(info) = ModelInfo::read(&dir) {
-                    out.push((n.to_string(), Arc::new(info)));
-                }
+            if let Ok(info) = models::info_of(&config.paths.state_dir, &n, &m.source) {
+                out.push((n.to_string(), Arc::new(info)));
             }
         }
         for repo in models::store_repos(&config.paths.state_dir.join("hub")) {
@@ -519,8 +517,7 @@ async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
     let (canonical, model) =
         models::lookup(&config, &name).map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
     let info = tokio::task::spawn_blocking(move || {
-        let dir = models::resolve_dir(&config.paths.state_dir, &canonical, &model.source)?;
-        ModelInfo::read(&dir).map_err(|_| models::ModelError::NotFound(canonical.to_string()))
+        models::info_of(&config.paths.state_dir, &canonical, &model.source)
     })
     .await
     .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -562,18 +559,14 @@ async fn ps(daemon: &Daemon) -> Result<Response<Body>, Reject> {
             Some(pid) => daemon.scheduler.gpu_memory_of(pid).await,
             None => 0,
         };
-        // Kept forever: Ollama shows a time far in the future.
-        let expires = view
-            .expires_at
-            .unwrap_or_else(|| UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799));
-        let expires = if view.pending > 0 && view.keep_alive != KeepAlive::Forever {
-            SystemTime::now()
-                + match view.keep_alive {
-                    KeepAlive::For(d) => d,
-                    KeepAlive::Forever => std::time::Duration::ZERO,
-                }
-        } else {
-            expires
+        // Idle: when its timer ends. Busy: keep_alive after now, at the earliest. Kept
+        // forever: a time far in the future, as Ollama shows it.
+        let expires = match (view.expires_at, view.keep_alive) {
+            (Some(at), _) => at,
+            (None, KeepAlive::For(after)) => SystemTime::now() + after,
+            (None, KeepAlive::Forever) => {
+                UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799)
+            }
         };
         models.push(json!({
             "name": view.model, "model": view.model, "size": info.size.max(vram), "digest": info.digest,
