@@ -1,6 +1,7 @@
 //! vllamactl: the operator's tool for vllamad, over the admin socket.
 
 mod client;
+mod pull;
 mod render;
 
 use std::path::PathBuf;
@@ -10,8 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use vllama_proto::{
-    EngineInfo, PreloadEvent, PreloadRequest, ReloadOutcome, Status, UnloadRequest,
-    DEFAULT_ADMIN_SOCKET, ENGINES_PATH, PRELOAD_PATH, RELOAD_PATH, STATUS_PATH, UNLOAD_PATH,
+    EngineInfo, PreloadEvent, PreloadRequest, ReloadOutcome, RemoveRequest, Status, StoredModel,
+    UnloadRequest, DEFAULT_ADMIN_SOCKET, ENGINES_PATH, MODELS_PATH, PRELOAD_PATH, RELOAD_PATH,
+    REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
 };
 
 use client::{AdminClient, ClientError};
@@ -34,11 +36,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show the daemon's state, configuration and listeners
+    /// Show the daemon's state, configuration, listeners, GPUs and engines
     Status {
         /// Print the admin API's JSON as it is
         #[arg(long)]
         json: bool,
+        /// Refresh every SECONDS (default 2) until interrupted
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2", conflicts_with = "json")]
+        watch: Option<f64>,
     },
     /// List the engines: model, state, GPUs, requests, when they unload
     Ps {
@@ -59,12 +64,70 @@ enum Command {
         /// Model name
         model: String,
     },
+    /// Download a model into the store (Ctrl-C detaches; the daemon goes on)
+    Pull {
+        /// Model name: qwen2.5:0.5b, org/name, org/name@revision, or a [models] entry
+        model: String,
+    },
+    /// List the models in the store
+    List {
+        /// Print the admin API's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model (or an alias) from the store
+    Rm {
+        /// Model name
+        model: String,
+        /// Stop the model's engine first if it is loaded
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what the store knows of a model
+    Show {
+        /// Model name
+        model: String,
+        /// Print the admin API's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the configuration file; a broken file is refused and the old one stays
     Reload {
         /// Print the admin API's JSON as it is
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `status --watch`: redraws the status in place until Ctrl-C; a daemon that goes away is
+/// shown as such and watched for again.
+async fn watch_status(client: &AdminClient, every: f64) -> Result<ExitCode, ClientError> {
+    use std::io::{IsTerminal, Write};
+    let every = Duration::try_from_secs_f64(every.max(0.2)).unwrap_or(Duration::from_secs(2));
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let text = match client
+            .request(Method::GET, STATUS_PATH)
+            .await
+            .and_then(|a| a.ok())
+        {
+            Ok(answer) => render::status(&answer.json::<Status>()?),
+            Err(e) => format!("vllamactl: {e}\n"),
+        };
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Home, draw, clear what the last frame left below.
+            let _ = write!(out, "\x1b[H\x1b[2J{text}");
+        } else {
+            let _ = writeln!(out, "{text}");
+        }
+        let _ = out.flush();
+        drop(out);
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -92,7 +155,10 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let timeout = Duration::try_from_secs_f64(cli.timeout).unwrap_or(Duration::from_secs(10));
     let client = AdminClient::new(cli.socket, timeout);
     match cli.command {
-        Command::Status { json } => {
+        Command::Status {
+            watch: Some(every), ..
+        } => watch_status(&client, every).await,
+        Command::Status { json, watch: None } => {
             let answer = client.request(Method::GET, STATUS_PATH).await?.ok()?;
             if json {
                 println!("{}", String::from_utf8_lossy(&answer.body));
@@ -116,6 +182,65 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Preload { model, keep_alive } => preload(&client, model, keep_alive).await,
+        Command::Pull { model } => pull::pull(&client, model).await,
+        Command::List { json } => {
+            let answer = client.request(Method::GET, MODELS_PATH).await?.ok()?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&answer.body));
+            } else {
+                let list: Vec<StoredModel> = answer.json()?;
+                if list.is_empty() {
+                    println!("no models in the store (vllamactl pull MODEL)");
+                } else {
+                    print!("{}", render::stored(&list));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { model, force } => {
+            let body = serde_json::to_vec(&RemoveRequest {
+                model: model.clone(),
+                force,
+            })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let answer = client
+                .request_with(Method::POST, REMOVE_PATH, body.into())
+                .await?
+                .ok()?;
+            let what: serde_json::Value = answer.json()?;
+            println!(
+                "removed {model} ({})",
+                what["removed"].as_str().unwrap_or("")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { model, json } => {
+            let answer = client.request(Method::GET, MODELS_PATH).await?.ok()?;
+            let list: Vec<StoredModel> = answer.json()?;
+            let wanted = model.to_ascii_lowercase();
+            let found = list.into_iter().find(|m| {
+                m.name.eq_ignore_ascii_case(&model)
+                    || m.repo.eq_ignore_ascii_case(&model)
+                    || m.aliases
+                        .iter()
+                        .any(|a| *a == wanted || *a == format!("{wanted}:latest"))
+                    || format!("{}:latest", m.name) == wanted
+            });
+            match found {
+                Some(m) if json => {
+                    println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(m) => {
+                    print!("{}", render::stored_one(&m));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(ClientError::Daemon {
+                    status: hyper::StatusCode::NOT_FOUND,
+                    message: format!("{model} is not in the store (vllamactl list shows what is)"),
+                }),
+            }
+        }
         Command::Unload { model } => {
             let body = serde_json::to_vec(&UnloadRequest {
                 model: model.clone(),

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use vllama_proto::{EngineInfo, ReloadOutcome, Status};
+use vllama_proto::{EngineInfo, GpuStatus, ReloadOutcome, Status, StoredModel};
 
 pub fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
@@ -52,6 +52,14 @@ pub fn status(s: &Status) -> String {
             l.name, l.address, l.source
         );
     }
+    if s.gpus.is_empty() {
+        let _ = writeln!(out, "gpus:      none");
+    } else {
+        let _ = writeln!(out, "gpus:");
+        for g in &s.gpus {
+            let _ = writeln!(out, "  {}", gpu(g));
+        }
+    }
     if s.engines.is_empty() {
         let _ = writeln!(out, "engines:   none loaded");
     } else {
@@ -59,6 +67,141 @@ pub fn status(s: &Status) -> String {
         for line in engines(&s.engines).lines() {
             let _ = writeln!(out, "  {line}");
         }
+    }
+    out
+}
+
+/// One GPU on a line: `0 NVIDIA H100  [######......] 38.2/79.6 GiB  12%  41°C  118 W`.
+pub fn gpu(g: &GpuStatus) -> String {
+    const WIDTH: usize = 20;
+    let share = if g.memory_total_bytes == 0 {
+        0.0
+    } else {
+        g.memory_used_bytes as f64 / g.memory_total_bytes as f64
+    };
+    let filled = ((share * WIDTH as f64).round() as usize).min(WIDTH);
+    let mut line = format!(
+        "{} {:<24} [{}{}] {} / {}",
+        g.index,
+        g.name,
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        bytes(g.memory_used_bytes),
+        bytes(g.memory_total_bytes)
+    );
+    if let Some(u) = g.utilization_percent {
+        let _ = write!(line, "  {u:>3}% busy");
+    }
+    if let Some(t) = g.temperature_celsius {
+        let _ = write!(line, "  {t}°C");
+    }
+    if let Some(w) = g.power_watts {
+        let _ = write!(line, "  {w:.0} W");
+    }
+    line
+}
+
+/// Parameters as Ollama shows them: 494M, 7.6B.
+fn params(n: u64) -> String {
+    match n {
+        0 => "-".into(),
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n => format!("{}M", n / 1_000_000),
+    }
+}
+
+/// `vllamactl list`.
+pub fn stored(models: &[StoredModel]) -> String {
+    let rows: Vec<[String; 6]> = models
+        .iter()
+        .map(|m| {
+            let mut name = m.name.clone();
+            if !m.aliases.is_empty() {
+                name.push_str(&format!(" ({})", m.aliases.join(", ")));
+            }
+            [
+                name,
+                format!("{}@{}", m.repo, m.revision),
+                bytes(m.size_bytes),
+                params(m.parameter_count),
+                m.quantization.clone(),
+                m.modified_at
+                    .get(..19)
+                    .unwrap_or(&m.modified_at)
+                    .replace('T', " "),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "REPOSITORY",
+            "SIZE",
+            "PARAMS",
+            "TYPE",
+            "PULLED (UTC)",
+        ],
+        &rows,
+    )
+}
+
+/// `vllamactl show`.
+pub fn stored_one(m: &StoredModel) -> String {
+    let mut out = String::new();
+    let kind = match (m.embedding, m.vision) {
+        (true, _) => "embedding",
+        (_, true) => "vision + text",
+        _ => "text generation",
+    };
+    for (k, v) in [
+        ("name", m.name.clone()),
+        ("repository", m.repo.clone()),
+        ("revision", format!("{} (commit {})", m.revision, m.commit)),
+        ("size", bytes(m.size_bytes)),
+        ("family", m.family.clone()),
+        ("architecture", m.architecture.clone()),
+        ("parameters", params(m.parameter_count)),
+        ("weights", m.quantization.clone()),
+        (
+            "context",
+            m.context_length.map_or("-".into(), |c| c.to_string()),
+        ),
+        ("kind", kind.into()),
+        (
+            "aliases",
+            if m.aliases.is_empty() {
+                "-".into()
+            } else {
+                m.aliases.join(", ")
+            },
+        ),
+        ("pulled", m.modified_at.clone()),
+    ] {
+        let _ = writeln!(out, "{k:<13} {v}");
+    }
+    out
+}
+
+/// Columns padded to their widest cell.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
     }
     out
 }
@@ -223,9 +366,19 @@ mod tests {
                 load_seconds: Some(80.0),
                 pinned: false,
             }],
+            gpus: vec![GpuStatus {
+                index: 0,
+                name: "NVIDIA H100 80GB HBM3".into(),
+                memory_total_bytes: 80 * 1024 * 1024 * 1024,
+                memory_used_bytes: 20 * 1024 * 1024 * 1024,
+                utilization_percent: Some(12),
+                temperature_celsius: Some(41),
+                power_watts: Some(118.4),
+            }],
         };
         let text = status(&s);
         for needle in [
+            "0 NVIDIA H100 80GB HBM3    [#####...............] 20.0 GiB / 80.0 GiB   12% busy  41°C  118 W",
             "pid 42",
             "up 1m 1s",
             "generation 3",

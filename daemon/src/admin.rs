@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use bytes::Bytes;
 use vllama_proto::{
-    PreloadEvent, PreloadRequest, UnloadRequest, ENGINES_PATH, PRELOAD_PATH, RELOAD_PATH,
-    STATUS_PATH, UNLOAD_PATH,
+    PreloadEvent, PreloadRequest, PullRequest, RemoveRequest, UnloadRequest, ENGINES_PATH,
+    MODELS_PATH, PRELOAD_PATH, PULL_PATH, RELOAD_PATH, REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
 };
 
 use crate::models::ModelName;
@@ -93,13 +93,18 @@ enum Route {
     Reload,
     Preload,
     Unload,
+    Pull,
+    Models,
+    Remove,
 }
 
 impl Route {
     fn needs(self) -> Role {
         match self {
-            Route::Status | Route::Engines => Role::Read,
-            Route::Reload | Route::Preload | Route::Unload => Role::Admin,
+            Route::Status | Route::Engines | Route::Models => Role::Read,
+            Route::Reload | Route::Preload | Route::Unload | Route::Pull | Route::Remove => {
+                Role::Admin
+            }
         }
     }
 
@@ -110,6 +115,9 @@ impl Route {
             RELOAD_PATH => (Route::Reload, Method::POST),
             PRELOAD_PATH => (Route::Preload, Method::POST),
             UNLOAD_PATH => (Route::Unload, Method::POST),
+            PULL_PATH => (Route::Pull, Method::POST),
+            MODELS_PATH => (Route::Models, Method::GET),
+            REMOVE_PATH => (Route::Remove, Method::POST),
             other => {
                 return Err(Reject(
                     StatusCode::NOT_FOUND,
@@ -163,6 +171,21 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role)
             Ok(req) => unload(daemon, req).await,
             Err(reject) => reject.into(),
         },
+        Route::Pull => match parse::<PullRequest>(&body) {
+            Ok(req) => pull(daemon, req).await,
+            Err(reject) => reject.into(),
+        },
+        Route::Models => http::json(StatusCode::OK, &crate::store::ops::list(daemon).await),
+        Route::Remove => match parse::<RemoveRequest>(&body) {
+            Ok(req) => match crate::store::ops::remove(daemon, &req.model, req.force).await {
+                Ok(what) => http::json(
+                    StatusCode::OK,
+                    &serde_json::json!({"model": req.model, "removed": what}),
+                ),
+                Err(e) => store_error(&e),
+            },
+            Err(reject) => reject.into(),
+        },
     }
 }
 
@@ -177,6 +200,34 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {
 
 fn model_name(raw: &str) -> Result<ModelName, Reject> {
     ModelName::parse(raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn store_error(e: &crate::store::StoreError) -> Response<Body> {
+    http::error(e.status(), e.to_string())
+}
+
+/// Streams the pull's progress as NDJSON (one line per change, at most five a second) until
+/// it is done or has failed. A client that leaves detaches: the pull goes on.
+async fn pull(daemon: &Daemon, req: PullRequest) -> Response<Body> {
+    let mut rx = match crate::store::ops::pull(daemon, &req.model).await {
+        Ok(rx) => rx,
+        Err(e) => return store_error(&e),
+    };
+    let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
+    tokio::spawn(async move {
+        loop {
+            let progress = rx.borrow_and_update().clone();
+            let mut line = serde_json::to_vec(&progress).unwrap_or_default();
+            line.push(b'\n');
+            if tx.send(Bytes::from(line)).await.is_err() || progress.phase.finished() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    resp
 }
 
 fn sched_error(e: &SchedError) -> Response<Body> {

@@ -1,5 +1,6 @@
-//! The public HTTP API on the `api` listener. For now the routes every Ollama client probes:
-//! `GET|HEAD /` and `GET /api/version`.
+//! The public HTTP API on the `api` listener: request ids, the Host and Origin guards, and
+//! the routes (`/`, `/api/version`, `/metrics`, the OpenAI pass-through; the Ollama routes in
+//! [`crate::ollama`]). Also the optional `/metrics`-only listener.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tracing::Instrument;
 
 use crate::cors;
 use crate::http::{self, Body, BodyError};
+use crate::observe;
 use crate::request_id;
 use crate::state::Daemon;
 
@@ -31,6 +33,52 @@ pub fn spawn(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    serve(
+        listener,
+        daemon,
+        tracker,
+        shutdown,
+        "api",
+        |req, daemon| async move { handle(req, &daemon).await },
+    );
+}
+
+/// `/metrics` alone, on its own listener (`metrics.listen`).
+pub fn spawn_metrics(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    serve(
+        listener,
+        daemon,
+        tracker,
+        shutdown,
+        "metrics",
+        |req, daemon| async move {
+            match (req.uri().path(), req.method()) {
+                ("/metrics", &Method::GET) => crate::metrics::respond(&daemon).await,
+                _ => http::error(
+                    StatusCode::NOT_FOUND,
+                    "this listener serves GET /metrics only",
+                ),
+            }
+        },
+    );
+}
+
+fn serve<H, F>(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+    name: &'static str,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, Arc<Daemon>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
     let conns = tracker.clone();
     tracker.spawn(async move {
         loop {
@@ -46,16 +94,17 @@ pub fn spawn(
                 }
             };
             let _ = stream.set_nodelay(true);
-            tracing::trace!(%peer, "api connection");
+            tracing::trace!(%peer, listener = name, "connection");
             let daemon = daemon.clone();
             let timeout = daemon.config().config.api.header_read_timeout.0;
+            let handler = handler.clone();
             let service = hyper::service::service_fn(move |req| {
-                let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(handle(req, &daemon).await) }
+                let fut = handler(req, daemon.clone());
+                async move { Ok::<_, Infallible>(fut.await) }
             });
             http::spawn_connection(&conns, shutdown.clone(), stream, timeout, service);
         }
-        tracing::debug!("api listener closed");
+        tracing::debug!(listener = name, "listener closed");
     });
 }
 
@@ -65,7 +114,6 @@ struct Version {
 }
 
 async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
-    let started = std::time::Instant::now();
     let id = request_id::of(req.headers());
     req.headers_mut()
         .insert(request_id::HEADER, request_id::value(&id));
@@ -76,19 +124,23 @@ async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
         path = %req.uri().path(),
         model = tracing::field::Empty,
     );
-    let access = daemon.config().config.log.access;
-    let mut resp = guarded(req, daemon).instrument(span.clone()).await;
+    let config = daemon.config();
+    let observed = observe::Request::new(
+        id.clone(),
+        req.method().clone(),
+        req.uri().path(),
+        span.clone(),
+        config
+            .config
+            .metrics
+            .enabled
+            .then(|| daemon.metrics.clone()),
+        config.config.log.access,
+    );
+    let mut resp = observed.scope(guarded(req, daemon)).instrument(span).await;
     resp.headers_mut()
         .insert(request_id::HEADER, request_id::value(&id));
-    if access {
-        let _in = span.enter();
-        tracing::info!(
-            target: "vllamad::access",
-            status = resp.status().as_u16(),
-            head_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
-    }
+    observed.responded(resp.status().as_u16());
     resp
 }
 
@@ -158,6 +210,17 @@ fn preflight(origin: &str, req: &Request<Incoming>) -> Response<Body> {
     resp
 }
 
+/// `/metrics` is on the API listener unless it is off or has its own.
+fn metrics_here(daemon: &Daemon) -> bool {
+    let m = &daemon.config().config.metrics;
+    m.enabled
+        && m.listen.is_none()
+        && !daemon
+            .listeners
+            .iter()
+            .any(|l| l.name == crate::listeners::METRICS)
+}
+
 async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -186,6 +249,7 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
                 version: crate::VERSION,
             },
         ),
+        ("/metrics", &Method::GET) if metrics_here(daemon) => crate::metrics::respond(daemon).await,
         ("/v1/chat/completions" | "/v1/completions" | "/v1/embeddings", &Method::POST) => {
             crate::openai::forward(daemon, parts, body).await
         }

@@ -107,6 +107,11 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Body) -> Resp
     resp
 }
 
+/// 200 with no body (Ollama's delete and copy).
+pub fn empty_ok() -> Response<Body> {
+    Response::new(empty())
+}
+
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     with_type(status, "text/plain; charset=utf-8", full(body))
 }

@@ -14,9 +14,11 @@ pub mod gpu;
 pub mod http;
 pub mod listeners;
 pub mod logging;
+pub mod metrics;
 pub mod model_info;
 pub mod models;
 pub mod notify;
+pub mod observe;
 pub mod ollama;
 pub mod openai;
 pub mod placement;
@@ -26,6 +28,7 @@ pub mod scheduler;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod store;
 pub mod units;
 
 /// The daemon's version, reported by `/api/version` and the admin API.

@@ -15,6 +15,7 @@ use crate::config::Config;
 
 pub const API: &str = "api";
 pub const ADMIN: &str = "admin";
+pub const METRICS: &str = "metrics";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -28,8 +29,9 @@ pub enum ListenerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot listen on {address}: {source} (api.listen; is another server, e.g. ollama, using the port?)")]
+    #[error("cannot listen on {address}: {source} ({key}; is another server, e.g. ollama, using the port?)")]
     BindTcp {
+        key: &'static str,
         address: String,
         #[source]
         source: io::Error,
@@ -86,9 +88,47 @@ impl ActivatedFds {
 pub struct Listeners {
     pub api: TcpListener,
     pub admin: UnixListener,
+    /// `/metrics` on its own listener (`metrics.listen`, or an activated `metrics` socket).
+    pub metrics: Option<TcpListener>,
     pub info: Vec<ListenerInfo>,
     /// The admin socket file vllamad created itself, removed again at exit.
     pub admin_bound_path: Option<PathBuf>,
+}
+
+/// A TCP listener: the activated one, else bound at `address` (if any).
+fn tcp(
+    name: &str,
+    fd: Option<OwnedFd>,
+    address: Option<std::net::SocketAddr>,
+    key: &'static str,
+    info: &mut Vec<ListenerInfo>,
+) -> Result<Option<TcpListener>, ListenerError> {
+    let (listener, source) = match (fd, address) {
+        (Some(fd), _) => (
+            std::net::TcpListener::from(fd),
+            ListenerSource::SocketActivation,
+        ),
+        (None, Some(address)) => {
+            let listener =
+                std::net::TcpListener::bind(address).map_err(|source| ListenerError::BindTcp {
+                    key,
+                    address: address.to_string(),
+                    source,
+                })?;
+            (listener, ListenerSource::Bound)
+        }
+        (None, None) => return Ok(None),
+    };
+    let address = listener
+        .local_addr()
+        .map_err(|source| wrong_kind(name, &listener, "TCP", source))?;
+    info.push(listener_info(name, address.to_string(), source));
+    listener
+        .set_nonblocking(true)
+        .map_err(ListenerError::Runtime)?;
+    Ok(Some(
+        TcpListener::from_std(listener).map_err(ListenerError::Runtime)?,
+    ))
 }
 
 /// Takes the activated listeners by name and binds the missing ones from the configuration.
@@ -97,44 +137,32 @@ pub fn obtain(mut activated: ActivatedFds, config: &Config) -> Result<Listeners,
     let mut info = Vec::new();
     let api_fd = activated.take(API);
     let admin_fd = activated.take(ADMIN);
+    let metrics_fd = activated.take(METRICS);
     for (fd, name) in activated.fds.drain(..) {
         tracing::warn!(
             fd = ?fd,
             name,
-            "ignoring a socket-activated fd with an unknown name: name the sockets `api` and `admin` with FileDescriptorName="
+            "ignoring a socket-activated fd with an unknown name: name the sockets `api`, `admin` (and `metrics`) with FileDescriptorName="
         );
     }
 
-    let api = match api_fd {
-        Some(fd) => {
-            let listener = std::net::TcpListener::from(fd);
-            let address = listener
-                .local_addr()
-                .map_err(|source| wrong_kind(API, &listener, "TCP", source))?;
-            info.push(listener_info(
-                API,
-                address.to_string(),
-                ListenerSource::SocketActivation,
-            ));
-            listener
-                .set_nonblocking(true)
-                .map_err(ListenerError::Runtime)?;
-            TcpListener::from_std(listener).map_err(ListenerError::Runtime)?
-        }
-        None => {
-            let address = config.api.listen;
-            let listener =
-                std::net::TcpListener::bind(address).map_err(|source| ListenerError::BindTcp {
-                    address: address.to_string(),
-                    source,
-                })?;
-            let bound = listener.local_addr().map_err(ListenerError::Runtime)?;
-            info.push(listener_info(API, bound.to_string(), ListenerSource::Bound));
-            listener
-                .set_nonblocking(true)
-                .map_err(ListenerError::Runtime)?;
-            TcpListener::from_std(listener).map_err(ListenerError::Runtime)?
-        }
+    let api = tcp(
+        API,
+        api_fd,
+        Some(config.api.listen),
+        "api.listen",
+        &mut info,
+    )?
+    .ok_or(ListenerError::Runtime(io::Error::other("no api listener")))?;
+    let metrics = match config.metrics.enabled {
+        true => tcp(
+            METRICS,
+            metrics_fd,
+            config.metrics.listen,
+            "metrics.listen",
+            &mut info,
+        )?,
+        false => None,
     };
 
     let mut admin_bound_path = None;
@@ -179,6 +207,7 @@ pub fn obtain(mut activated: ActivatedFds, config: &Config) -> Result<Listeners,
     Ok(Listeners {
         api,
         admin,
+        metrics,
         info,
         admin_bound_path,
     })

@@ -143,6 +143,11 @@ pub fn lookup(config: &Config, name: &ModelName) -> Result<(ModelName, ModelConf
             return Ok((name.clone(), model.clone()));
         }
     }
+    if let Some(target) = crate::store::aliases::target(name) {
+        if &target != name {
+            return lookup(config, &target);
+        }
+    }
     if name.as_repo().is_some() {
         return Ok((name.clone(), ModelConfig::from_source(name.as_str())));
     }
@@ -208,30 +213,6 @@ pub fn snapshot_dir(hub: &Path, repo: &str, rev: &str) -> Option<PathBuf> {
     };
     let dir = root.join("snapshots").join(commit);
     dir.is_dir().then_some(dir)
-}
-
-/// Repositories in the store (`hub/models--org--name` with a `refs/main`), as `org/name`.
-pub fn store_repos(hub: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(hub) else {
-        return Vec::new();
-    };
-    let mut repos: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e
-                .file_name()
-                .to_str()?
-                .strip_prefix("models--")?
-                .to_string();
-            let (org, model) = name.split_once("--")?;
-            e.path()
-                .join("refs/main")
-                .is_file()
-                .then(|| format!("{org}/{model}"))
-        })
-        .collect();
-    repos.sort();
-    repos
 }
 
 /// Sum of the weight files' sizes in a model directory (safetensors, or .bin without them).

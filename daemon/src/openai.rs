@@ -133,6 +133,7 @@ fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
         LeasedBody {
             inner: body,
             lease: Some(lease),
+            observed: crate::observe::current(),
             sse,
             finished: false,
             saw_done: false,
@@ -154,6 +155,8 @@ fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
 struct LeasedBody {
     inner: Incoming,
     lease: Option<Lease>,
+    /// The request, for its first token and its end (dropped with the body).
+    observed: Option<std::sync::Arc<crate::observe::Request>>,
     sse: bool,
     finished: bool,
     saw_done: bool,
@@ -190,6 +193,9 @@ impl hyper::body::Body for LeasedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if self.sse {
                     if let Some(data) = frame.data_ref() {
+                        if let Some(r) = &self.observed {
+                            r.first_token();
+                        }
                         if data.windows(12).any(|w| w == b"data: [DONE]") {
                             self.saw_done = true;
                         }

@@ -45,6 +45,7 @@ pub async fn reload(daemon: &Daemon) -> ReloadOutcome {
     let result = try_reload(daemon, old.generation + 1).await;
     let outcome = match result {
         Ok(needs_restart) => {
+            daemon.metrics.reload(true);
             let generation = daemon.config().generation;
             tracing::info!(generation, ?needs_restart, "configuration reloaded");
             for key in &needs_restart {
@@ -61,6 +62,7 @@ pub async fn reload(daemon: &Daemon) -> ReloadOutcome {
             }
         }
         Err(e) => {
+            daemon.metrics.reload(false);
             let message = e.to_string();
             tracing::error!(
                 error = %message,
@@ -92,6 +94,9 @@ async fn try_reload(daemon: &Daemon, generation: u64) -> Result<Vec<String>, Rel
     if let Some(log) = &daemon.log {
         log.set_filter(&new.config.log.filter)?;
     }
+    let state_dir = new.config.paths.state_dir.clone();
     daemon.publish(new);
+    // Aliases may have been edited by hand.
+    let _ = tokio::task::spawn_blocking(move || crate::store::aliases::load(&state_dir)).await;
     Ok(needs_restart)
 }

@@ -91,6 +91,7 @@ struct Inner {
     /// Ends keep_alive timers and preloads at shutdown.
     cancel: CancellationToken,
     on_change: Arc<dyn Fn() + Send + Sync>,
+    metrics: Arc<crate::metrics::Metrics>,
     slots: Mutex<HashMap<ModelName, Slot>>,
     /// Engine starts, stops for room, and unloads are decided one at a time, so two of them
     /// never promise the same GPU memory.
@@ -175,6 +176,7 @@ impl Scheduler {
         config: watch::Receiver<Arc<ActiveConfig>>,
         probe: Arc<dyn GpuProbe>,
         tracker: TaskTracker,
+        metrics: Arc<crate::metrics::Metrics>,
         on_change: Arc<dyn Fn() + Send + Sync>,
     ) -> Scheduler {
         Scheduler {
@@ -184,6 +186,7 @@ impl Scheduler {
                 tracker,
                 cancel: CancellationToken::new(),
                 on_change,
+                metrics,
                 slots: Mutex::new(HashMap::new()),
                 placing: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
@@ -194,6 +197,19 @@ impl Scheduler {
 
     fn config(&self) -> Arc<ActiveConfig> {
         self.inner.config.borrow().clone()
+    }
+
+    /// The GPU probe (for the sampler; its calls block).
+    pub fn probe(&self) -> Arc<dyn GpuProbe> {
+        self.inner.probe.clone()
+    }
+
+    /// Every model's engine, for scraping their metrics.
+    pub fn engine_handles(&self) -> Vec<(String, Arc<Engine>)> {
+        self.slots()
+            .iter()
+            .map(|(name, s)| (name.to_string(), s.engine.clone()))
+            .collect()
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ModelName, Slot>> {
@@ -263,6 +279,7 @@ impl Scheduler {
         }
         engine.ready(timeout).await?;
         lease.load_duration = started.elapsed();
+        crate::observe::model(canonical.as_str());
         Ok(lease)
     }
 
@@ -281,6 +298,7 @@ impl Scheduler {
             return Ok(None);
         }
         if slot.pending >= max_queue {
+            self.inner.metrics.rejected(name.as_str(), "busy");
             return Err(SchedError::Busy {
                 model: name.to_string(),
                 limit: max_queue,
@@ -399,7 +417,12 @@ impl Scheduler {
             fraction = placement.as_ref().map(|p| p.fraction),
             "starting engine"
         );
-        let engine = Engine::start(spec, &self.inner.tracker, self.inner.on_change.clone());
+        let (metrics, on_change) = (self.inner.metrics.clone(), self.inner.on_change.clone());
+        let observer: crate::engine::EngineObserver = Arc::new(move |model, event, status| {
+            metrics.engine_event(model, event, status);
+            on_change();
+        });
+        let engine = Engine::start(spec, &self.inner.tracker, observer);
         let keep_alive = keep_alive
             .or(model.keep_alive)
             .unwrap_or(config.engine.keep_alive);

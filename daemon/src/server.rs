@@ -23,6 +23,8 @@ pub enum ServerError {
     Log(#[from] LogError),
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("cannot install a signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -79,6 +81,8 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
             tracing::warn!(count = n, "killed engines left by an earlier vllamad");
         }
     }
+    let state_dir = active.config.paths.state_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::store::aliases::load(&state_dir)).await;
     let probe: Arc<dyn crate::gpu::GpuProbe> =
         match tokio::task::spawn_blocking(crate::gpu::detect).await {
             Ok(probe) => Arc::from(probe),
@@ -92,10 +96,12 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     let status_changed = Arc::new(tokio::sync::Notify::new());
     let changed = status_changed.clone();
     let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(active));
+    let metrics = Arc::new(crate::metrics::Metrics::new()?);
     let scheduler = crate::scheduler::Scheduler::new(
         config_rx,
         probe,
         engine_tasks.clone(),
+        metrics.clone(),
         Arc::new(move || changed.notify_one()),
     );
     let daemon = Arc::new(Daemon::new(
@@ -104,7 +110,11 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
         bound.info,
         notifier.clone(),
         Some(log),
-        scheduler,
+        crate::state::Services {
+            scheduler,
+            metrics,
+            pulls: crate::store::pull::Pulls::new(engine_tasks.clone(), shutdown.clone()),
+        },
     ));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
@@ -113,10 +123,14 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
 
     crate::api::spawn(bound.api, daemon.clone(), &http_tasks, shutdown.clone());
     crate::admin::spawn(bound.admin, daemon.clone(), &http_tasks, shutdown.clone());
+    if let Some(listener) = bound.metrics {
+        crate::api::spawn_metrics(listener, daemon.clone(), &http_tasks, shutdown.clone());
+    }
     notifier.spawn_watchdog(&engine_tasks, shutdown.clone());
     notifier.ready(&daemon.status_line());
     tracing::info!(status = %daemon.status_line(), "ready");
     spawn_status_updates(&daemon, status_changed, &engine_tasks, shutdown.clone());
+    crate::metrics::sampler::spawn(&daemon, &engine_tasks, shutdown.clone());
     daemon.scheduler.preload_configured();
 
     let signal_name = loop {

@@ -25,6 +25,14 @@ pub struct ActiveConfig {
     pub access: AccessPolicy,
 }
 
+/// The daemon's working parts, made before it.
+#[derive(Debug)]
+pub struct Services {
+    pub scheduler: Scheduler,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub pulls: crate::store::pull::Pulls,
+}
+
 /// State shared by every task of the daemon.
 #[derive(Debug)]
 pub struct Daemon {
@@ -35,6 +43,8 @@ pub struct Daemon {
     pub notifier: Notifier,
     pub log: Option<LogHandle>,
     pub scheduler: Scheduler,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub pulls: crate::store::pull::Pulls,
     /// The public listener is on a loopback address: the DNS-rebinding guard applies.
     pub api_on_loopback: bool,
     config: watch::Sender<Arc<ActiveConfig>>,
@@ -50,8 +60,13 @@ impl Daemon {
         listeners: Vec<ListenerInfo>,
         notifier: Notifier,
         log: Option<LogHandle>,
-        scheduler: Scheduler,
+        services: Services,
     ) -> Self {
+        let Services {
+            scheduler,
+            metrics,
+            pulls,
+        } = services;
         let api_on_loopback = listeners
             .iter()
             .find(|l| l.name == crate::listeners::API)
@@ -66,6 +81,8 @@ impl Daemon {
             notifier,
             log,
             scheduler,
+            metrics,
+            pulls,
             config,
             last_reload_error: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -104,6 +121,12 @@ impl Daemon {
             .find(|l| l.name == crate::listeners::API)
             .map_or("?", |l| l.address.as_str());
         let mut line = format!("serving on {api}; {}", self.scheduler.summary());
+        for gpu in self.metrics.gpus() {
+            if gpu.total_bytes > 0 {
+                let used = gpu.used_bytes as f64 / gpu.total_bytes as f64 * 100.0;
+                line.push_str(&format!("; GPU{} {used:.0}% memory", gpu.index));
+            }
+        }
         if self.last_reload_error().is_some() {
             line.push_str("; last reload failed (see vllamactl status)");
         }
@@ -126,6 +149,20 @@ impl Daemon {
             },
             listeners: self.listeners.clone(),
             engines: self.scheduler.engines().iter().map(engine_info).collect(),
+            gpus: self
+                .metrics
+                .gpus()
+                .into_iter()
+                .map(|g| vllama_proto::GpuStatus {
+                    index: g.index,
+                    name: g.name,
+                    memory_total_bytes: g.total_bytes,
+                    memory_used_bytes: g.used_bytes,
+                    utilization_percent: g.utilization_percent,
+                    temperature_celsius: g.temperature_celsius,
+                    power_watts: g.power_milliwatts.map(|mw| f64::from(mw) / 1000.0),
+                })
+                .collect(),
         }
     }
 }

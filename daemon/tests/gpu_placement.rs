@@ -49,7 +49,8 @@ fn setup(dir: &std::path::Path, models: &[(&str, f64)]) -> (Scheduler, Arc<FakeG
     std::mem::forget(_tx); // keep the channel open for the test's life
     let gpus = Arc::new(FakeGpus::new(1, 80 * GIB));
     let tracker = TaskTracker::new();
-    let scheduler = Scheduler::new(rx, gpus.clone(), tracker.clone(), Arc::new(|| {}));
+    let metrics = Arc::new(vllamad::metrics::Metrics::new().unwrap());
+    let scheduler = Scheduler::new(rx, gpus.clone(), tracker.clone(), metrics, Arc::new(|| {}));
     (scheduler, gpus, tracker)
 }
 

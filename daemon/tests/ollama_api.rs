@@ -115,11 +115,10 @@ fn hostile_bodies_get_4xx_never_500() {
     }
     assert_eq!(d.request("POST", "/api/create", "{}").status, 501);
     assert_eq!(d.request("POST", "/api/blobs/sha256:abc", "").status, 501);
-    assert_eq!(
-        d.request("DELETE", "/api/delete", "{\"model\":\"tiny\"}")
-            .status,
-        501
-    );
+    // Deleting through the API is off by default (api.allow_delete).
+    let resp = d.request("DELETE", "/api/delete", "{\"model\":\"tiny\"}");
+    assert_eq!(resp.status, 403);
+    assert!(resp.body.contains("vllamactl rm"), "{}", resp.body);
 }
 
 #[test]

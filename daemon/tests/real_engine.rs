@@ -173,6 +173,28 @@ fn real_vllm_end_to_end() {
         );
     }
 
+    // 2c. /metrics: vLLM's own metrics, renamed and labelled, pass Prometheus's linter.
+    let metrics = d.get("/metrics").body;
+    for series in [
+        "vllm_num_requests_running{model=\"tiny-a:latest\"",
+        "vllm_generation_tokens_total{model=\"tiny-a:latest\"",
+        "vllama_requests_total{model=\"tiny-a:latest\",route=\"/api/chat\",status=\"200\"} ",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    // promtool: the exposition must parse and vllamad's own series must pass its lints;
+    // vLLM's names are vLLM's (it has a histogram named vllm:iteration_tokens_total).
+    if let Some(Err(report)) = vllama_testkit::promtool_check(&metrics) {
+        let ours: Vec<&str> = report
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("vllm_"))
+            .collect();
+        assert!(
+            ours.is_empty(),
+            "promtool on the real engine's metrics: {report}\n{metrics}"
+        );
+    }
+
     // 3. A second model with max_loaded = 1: tiny-a (sleep = true) is put to sleep.
     assert_eq!(chat(&d, "tiny-b", false).status, 200, "{}", d.log());
     assert_eq!(state(&d, "tiny-a:latest"), "sleeping");

@@ -17,6 +17,12 @@ pub const ENGINES_PATH: &str = "/v1/engines";
 pub const PRELOAD_PATH: &str = "/v1/preload";
 /// `POST /v1/unload` with [`UnloadRequest`].
 pub const UNLOAD_PATH: &str = "/v1/unload";
+/// POST [`PullRequest`] → NDJSON stream of [`PullProgress`] until `done` or `failed`.
+pub const PULL_PATH: &str = "/v1/pull";
+/// GET → `Vec<StoredModel>`.
+pub const MODELS_PATH: &str = "/v1/models";
+/// POST [`RemoveRequest`] → [`StoredModel`] (what was removed).
+pub const REMOVE_PATH: &str = "/v1/rm";
 
 /// The daemon's answer to `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -33,6 +39,21 @@ pub struct Status {
     pub listeners: Vec<ListenerInfo>,
     #[serde(default)]
     pub engines: Vec<EngineInfo>,
+    /// The last GPU reading (empty without GPUs).
+    #[serde(default)]
+    pub gpus: Vec<GpuStatus>,
+}
+
+/// One GPU, as the daemon last sampled it (NVML).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuStatus {
+    pub index: u32,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub utilization_percent: Option<u32>,
+    pub temperature_celsius: Option<u32>,
+    pub power_watts: Option<f64>,
 }
 
 /// One engine, as `vllamactl ps` shows it.
@@ -149,4 +170,104 @@ pub struct ReloadOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// Pull a model into the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PullRequest {
+    pub model: String,
+}
+
+/// Where a pull is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPhase {
+    /// Asking the hub for the revision's commit and its files.
+    Resolving,
+    Downloading,
+    /// Writing the snapshot's links and the ref.
+    Linking,
+    Done,
+    Failed,
+}
+
+impl PullPhase {
+    pub fn finished(self) -> bool {
+        matches!(self, PullPhase::Done | PullPhase::Failed)
+    }
+}
+
+/// One file of a pull.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PullFile {
+    pub path: String,
+    /// sha256 (LFS files) or git blob sha1: the blob's name in the store.
+    pub digest: String,
+    pub lfs: bool,
+    pub size: u64,
+    pub done: u64,
+}
+
+/// A pull's progress, as sent to every watcher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PullProgress {
+    pub repo: String,
+    pub revision: String,
+    pub commit: Option<String>,
+    pub phase: PullPhase,
+    pub files: Vec<PullFile>,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Over this pull's downloads so far (resumed bytes not counted).
+    pub rate_bytes_per_second: u64,
+    pub error: Option<String>,
+}
+
+impl PullProgress {
+    pub fn new(repo: &str, revision: &str) -> PullProgress {
+        PullProgress {
+            repo: repo.into(),
+            revision: revision.into(),
+            commit: None,
+            phase: PullPhase::Resolving,
+            files: Vec::new(),
+            bytes_total: 0,
+            bytes_done: 0,
+            rate_bytes_per_second: 0,
+            error: None,
+        }
+    }
+}
+
+/// Remove a model from the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemoveRequest {
+    pub model: String,
+    /// Stop the model's engine first, instead of refusing while it serves.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A model in the store (or an alias of one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredModel {
+    /// The name to use: the catalog's Ollama name when there is one, else `org/name`.
+    pub name: String,
+    pub repo: String,
+    pub revision: String,
+    pub commit: String,
+    /// Bytes of the blobs its snapshot links to.
+    pub size_bytes: u64,
+    /// RFC 3339, when the revision was last pulled.
+    pub modified_at: String,
+    pub family: String,
+    pub architecture: String,
+    pub parameter_count: u64,
+    pub quantization: String,
+    pub context_length: Option<u64>,
+    pub embedding: bool,
+    pub vision: bool,
+    /// Other names that point to it (`/api/copy`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod hub;
+
 /// Polls `check` every 10 ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -643,4 +645,43 @@ pub fn run_as(uid: u32, gid: u32, program: &Path, args: &[&str]) -> std::process
         .args(args)
         .output()
         .expect("run setpriv")
+}
+
+/// `promtool check metrics` (Prometheus's own linter) on an exposition: `None` when promtool
+/// is not installed (`VLLAMA_PROMTOOL` names it; CI sets `VLLAMA_REQUIRE_PROMTOOL=1`, which
+/// makes a missing promtool a failure), else its verdict with its report.
+pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    let bin = std::env::var("VLLAMA_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let child = std::process::Command::new(&bin)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("VLLAMA_REQUIRE_PROMTOOL").is_none(),
+                "promtool ({bin}) is required: {e}"
+            );
+            eprintln!("promtool not installed: the exposition is not checked by it");
+            return None;
+        }
+    };
+    let mut stdin = child.stdin.take()?;
+    let _ = stdin.write_all(text.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().ok()?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() {
+        Ok(())
+    } else {
+        Err(report)
+    })
 }

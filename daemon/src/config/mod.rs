@@ -31,6 +31,8 @@ pub struct Config {
     pub log: LogConfig,
     pub paths: PathsConfig,
     pub engine: EngineConfig,
+    pub metrics: MetricsConfig,
+    pub store: StoreConfig,
     /// The models this daemon serves, by name (`qwen2.5:0.5b`).
     pub models: BTreeMap<String, ModelConfig>,
 }
@@ -48,6 +50,10 @@ pub struct ApiConfig {
     /// Browser origins allowed besides Ollama's defaults (localhost, 127.0.0.1, 0.0.0.0 on
     /// any port, app://, file://, tauri://, vscode-webview://); `*` wildcards.
     pub origins: Vec<String>,
+    /// Clients may pull models (`/api/pull`).
+    pub allow_pull: bool,
+    /// Clients may delete models (`/api/delete`); else only `vllamactl rm` can.
+    pub allow_delete: bool,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +63,8 @@ impl Default for ApiConfig {
             max_request_body: ByteSize(32 * ByteSize::MIB),
             header_read_timeout: HumanDuration::from_secs(30),
             origins: Vec::new(),
+            allow_pull: true,
+            allow_delete: false,
         }
     }
 }
@@ -120,6 +128,46 @@ impl Default for LogConfig {
             filter: "info".into(),
             format: LogFormat::Auto,
             access: true,
+        }
+    }
+}
+
+/// The public Hugging Face Hub, unless `store.endpoint` or `$HF_ENDPOINT` names another.
+pub const DEFAULT_HUB_ENDPOINT: &str = "https://huggingface.co";
+
+/// `[store]`: where pulls come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The hub to pull from (unset: `$HF_ENDPOINT`, else the public hub).
+    pub endpoint: Option<String>,
+    /// A file holding a hub token, for gated and private models (unset: the `hf-token`
+    /// systemd credential, else `$HF_TOKEN`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// Serve it on its own listener at this address instead of the API's (when not
+    /// socket-activated; an activated socket named `metrics` wins).
+    pub listen: Option<SocketAddr>,
+    /// Each engine's own `/metrics` is left out of a scrape when it takes longer.
+    pub engine_timeout: HumanDuration,
+    /// How often GPUs (NVML) and engine memory are read, off the request path.
+    pub sample_interval: HumanDuration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: None,
+            engine_timeout: HumanDuration::from_secs(1),
+            sample_interval: HumanDuration::from_secs(5),
         }
     }
 }
@@ -474,6 +522,12 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
             ));
         }
     }
+    if config.metrics.sample_interval.0 < std::time::Duration::from_millis(100) {
+        return Err(key_err(
+            "metrics.sample_interval",
+            "must be 100ms or more".into(),
+        ));
+    }
     if config.api.max_request_body.0 == 0 {
         return Err(key_err(
             "api.max_request_body",
@@ -513,6 +567,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.admin.socket_mode != new.admin.socket_mode {
         keys.push("admin.socket_mode".to_string());
+    }
+    if old.metrics.listen != new.metrics.listen {
+        keys.push("metrics.listen".to_string());
     }
     if old.log.format != new.log.format {
         keys.push("log.format".to_string());

@@ -6,4 +6,6 @@ mod supervisor;
 
 pub use client::{Endpoint, EngineClient};
 pub use process::Launch;
-pub use supervisor::{Engine, EngineError, EngineSpec, EngineStatus, Phase};
+pub use supervisor::{
+    Engine, EngineError, EngineEvent, EngineObserver, EngineSpec, EngineStatus, ObserverFn, Phase,
+};

@@ -44,6 +44,19 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// What the supervisor tells its observer (metrics, systemd's STATUS=).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A process was spawned (a first start or a restart).
+    Spawned,
+    /// The phase changed.
+    Changed { from: Phase, to: Phase },
+}
+
+/// Called with the model, the event and the status after it; must not block.
+pub type ObserverFn = dyn Fn(&str, EngineEvent, &EngineStatus) + Send + Sync;
+pub type EngineObserver = Arc<ObserverFn>;
+
 /// What an engine is doing now.
 #[derive(Debug, Clone)]
 pub struct EngineStatus {
@@ -126,7 +139,7 @@ impl Engine {
     pub fn start(
         spec: EngineSpec,
         tracker: &TaskTracker,
-        on_change: Arc<dyn Fn() + Send + Sync>,
+        on_change: EngineObserver,
     ) -> Arc<Engine> {
         let (commands, rx) = mpsc::channel(16);
         let engine = Arc::new(Engine {
@@ -249,19 +262,20 @@ impl Engine {
         rx.await.map_err(|_| gone())?
     }
 
-    fn set(&self, on_change: &(dyn Fn() + Send + Sync), update: impl FnOnce(&mut EngineStatus)) {
+    fn set(&self, on_change: &ObserverFn, update: impl FnOnce(&mut EngineStatus)) {
         let mut changed = None;
         self.state.send_modify(|s| {
             let before = s.phase;
             update(s);
             if s.phase != before {
                 s.since = Instant::now();
-                changed = Some((before, s.phase, s.pid));
+                changed = Some((before, s.clone()));
             }
         });
-        if let Some((from, to, pid)) = changed {
-            tracing::info!(model = %self.spec.model, engine = %self.spec.id, pid, %from, %to, "engine state");
-            on_change();
+        if let Some((from, status)) = changed {
+            let to = status.phase;
+            tracing::info!(model = %self.spec.model, engine = %self.spec.id, pid = status.pid, %from, %to, "engine state");
+            on_change(&self.spec.model, EngineEvent::Changed { from, to }, &status);
         }
     }
 
@@ -285,7 +299,7 @@ enum Loaded {
 async fn supervise(
     engine: Arc<Engine>,
     mut commands: mpsc::Receiver<CommandBox>,
-    on_change: Arc<dyn Fn() + Send + Sync>,
+    on_change: EngineObserver,
 ) {
     let spec = &engine.spec;
     let mut backoff = Duration::from_secs(1);
@@ -318,6 +332,7 @@ async fn supervise(
         };
         let pid = process.pid();
         engine.set(&*on_change, |s| s.pid = Some(pid));
+        on_change(&spec.model, EngineEvent::Spawned, &engine.status());
         tracing::info!(model = %spec.model, pid, endpoint = %spec.endpoint, "engine spawned");
 
         let started = Instant::now();
@@ -449,7 +464,7 @@ fn remove_socket(endpoint: &Endpoint) {
     }
 }
 
-async fn stop(engine: &Engine, on_change: &(dyn Fn() + Send + Sync), process: &mut EngineProcess) {
+async fn stop(engine: &Engine, on_change: &ObserverFn, process: &mut EngineProcess) {
     engine.set(on_change, |s| s.phase = Phase::Stopping);
     let graceful = process.stop(engine.spec.stop_grace).await;
     remove_socket(&engine.spec.endpoint);

@@ -39,11 +39,6 @@ pub struct Job {
     pub started: Instant,
 }
 
-tokio::task_local! {
-    /// The request's id, for the engine request's `X-Request-Id`.
-    pub static REQUEST_ID: Option<String>;
-}
-
 pub fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
@@ -205,6 +200,16 @@ fn finish(
     }
 }
 
+/// The request's first token and token counts, for its metrics and access-log line.
+fn observed(request: Option<&crate::observe::Request>, p: &Progress) {
+    if let Some(r) = request {
+        if let Some(at) = p.first_token_at {
+            r.first_token_at(at);
+        }
+        r.tokens(p.prompt_tokens, p.completion_tokens);
+    }
+}
+
 fn line(o: &Map<String, Value>) -> Bytes {
     let mut v = serde_json::to_vec(o).unwrap_or_default();
     v.push(b'\n');
@@ -262,7 +267,7 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
     }
     req.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(Some(id)) = REQUEST_ID.try_with(Clone::clone) {
+    if let Some(id) = crate::observe::request_id() {
         req.headers_mut()
             .insert(crate::request_id::HEADER, crate::request_id::value(&id));
     }
@@ -311,12 +316,14 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
         let calls = p.ollama_tool_calls();
         let mut o = object(&job, Some((&p.text, &p.thinking, calls)), true);
         finish(&job, &mut o, &p, load, sent);
+        observed(crate::observe::current().as_deref(), &p);
         drop(lease);
         return http::json(StatusCode::OK, &o);
     }
 
     let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
     let span = tracing::Span::current();
+    let observe = crate::observe::current();
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let _lease = lease; // held until the last line is sent
@@ -367,6 +374,7 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
             }
             let mut o = object(&job, Some(("", "", Vec::new())), true);
             finish(&job, &mut o, &p, load, sent);
+            observed(observe.as_deref(), &p);
             let _ = tx.send(line(&o)).await;
         },
         span,

@@ -3,6 +3,7 @@
 //! wording, durations in nanoseconds.
 
 pub mod generation;
+mod store;
 pub mod translate;
 
 use std::sync::Arc;
@@ -23,17 +24,6 @@ use generation::{Job, Kind};
 
 /// Answers an Ollama or model-listing route, or `None` when the path is not one.
 pub async fn route(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Response<Body>> {
-    let rid = parts
-        .headers
-        .get(crate::request_id::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    generation::REQUEST_ID
-        .scope(rid, route_inner(daemon, parts, body))
-        .await
-}
-
-async fn route_inner(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Response<Body>> {
     let path = parts.uri.path();
     let method = &parts.method;
     let started = Instant::now();
@@ -49,12 +39,9 @@ async fn route_inner(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Resp
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/v1/models/") => {
             openai_models(daemon, Some(&p["/v1/models/".len()..])).await
         }
-        (&Method::POST, "/api/pull") | (&Method::DELETE, "/api/delete") | (&Method::POST, "/api/copy") => {
-            Err(Reject(
-                StatusCode::NOT_IMPLEMENTED,
-                "pull, delete and copy arrive with vllama's model store; until then, place Hugging Face models under /var/lib/vllama/hub (HF_HOME=/var/lib/vllama huggingface-cli download ORG/NAME) or name a local folder in [models] in /etc/vllama/vllama.toml".into(),
-            ))
-        }
+        (&Method::POST, "/api/pull") => store::pull(daemon, &body).await,
+        (&Method::DELETE, "/api/delete") => store::delete(daemon, &body).await,
+        (&Method::POST, "/api/copy") => store::copy(daemon, &body).await,
         (&Method::POST, "/api/create") | (&Method::POST, "/api/push") => Err(not_supported()),
         (_, p) if p.starts_with("/api/blobs/") => Err(not_supported()),
         _ => return None,
@@ -417,7 +404,7 @@ async fn embed(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
-    if let Ok(Some(id)) = generation::REQUEST_ID.try_with(Clone::clone) {
+    if let Some(id) = crate::observe::request_id() {
         engine_req
             .headers_mut()
             .insert(crate::request_id::HEADER, crate::request_id::value(&id));
@@ -478,17 +465,21 @@ async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
                 out.push((n.to_string(), Arc::new(info)));
             }
         }
-        for repo in models::store_repos(&config.paths.state_dir.join("hub")) {
-            let Some(dir) =
-                models::snapshot_dir(&config.paths.state_dir.join("hub"), &repo, "main")
-            else {
-                continue;
-            };
+        let hub = config.paths.state_dir.join("hub");
+        for m in crate::store::list(&hub) {
+            let dir = crate::store::layout::RepoDir::new(&hub, &m.repo).snapshot(&m.commit);
             if out.iter().any(|(_, i)| i.dir == dir) {
                 continue;
             }
             if let Ok(info) = ModelInfo::read(&dir) {
-                out.push((repo, Arc::new(info)));
+                let name = ModelName::parse(&m.name).map_or(m.name, |n| n.to_string());
+                out.push((name, Arc::new(info)));
+            }
+        }
+        // Aliases (`/api/copy`) are listed under their own names.
+        for (alias, target) in crate::store::aliases::all() {
+            if let Some((_, info)) = out.iter().find(|(n, _)| *n == target).cloned() {
+                out.push((alias, info));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));

@@ -16,6 +16,7 @@
 //! - `FAKE_VLLM_TOKEN_MS` (2): delay per generated token;
 //! - `FAKE_VLLM_CUT_STREAM=1`: end streams cleanly after two tokens, without `[DONE]`;
 //! - `FAKE_VLLM_STRICT_BIND=1`: fail like vLLM when `--uds` names an existing file;
+//! - `FAKE_VLLM_METRICS_MS`: delay `/metrics` answers this long (a stuck exporter);
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
 //!   body) and `argv.json`.
 
@@ -44,6 +45,7 @@ struct Fake {
     exit_after: Option<u64>,
     crash_mid_stream: bool,
     token_delay: Duration,
+    metrics_delay: Duration,
     completions: AtomicU64,
     sleeping: AtomicBool,
     woken: Notify,
@@ -139,6 +141,7 @@ async fn serve(args: Vec<String>) {
         exit_after: env_u64("FAKE_VLLM_EXIT_AFTER"),
         crash_mid_stream: std::env::var_os("FAKE_VLLM_CRASH_MID_STREAM").is_some(),
         token_delay: Duration::from_millis(env_u64("FAKE_VLLM_TOKEN_MS").unwrap_or(2)),
+        metrics_delay: Duration::from_millis(env_u64("FAKE_VLLM_METRICS_MS").unwrap_or(0)),
         completions: AtomicU64::new(0),
         sleeping: AtomicBool::new(false),
         woken: Notify::new(),
@@ -345,7 +348,10 @@ async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
             log("INFO", "woke up");
             full(StatusCode::OK, "application/json", "")
         }
-        "/metrics" => full(StatusCode::OK, "text/plain; version=0.0.4", metrics(&fake)),
+        "/metrics" => {
+            tokio::time::sleep(fake.metrics_delay).await;
+            full(StatusCode::OK, "text/plain; version=0.0.4", metrics(&fake))
+        }
         "/v1/chat/completions" | "/v1/completions" => complete(&path, parsed, fake).await,
         "/v1/embeddings" => {
             let inputs = match &parsed["input"] {

@@ -1,0 +1,153 @@
+//! One public request, observed: its id, route and span, the model that served it, its first
+//! token and token counts. When the last holder lets go (the handler, or the task streaming
+//! the response), the request is over: its access-log line is written and its metrics
+//! counted, so streams are logged with their whole duration, as nginx logs them.
+//!
+//! Handlers reach the record of the request they serve through a task-local ([`current`]);
+//! a task that streams the response takes a clone along.
+
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
+
+tokio::task_local! {
+    static CURRENT: Arc<Request>;
+}
+
+/// A request in flight.
+#[derive(Debug)]
+pub struct Request {
+    pub id: String,
+    route: &'static str,
+    method: hyper::Method,
+    path: String,
+    started: Instant,
+    span: tracing::Span,
+    /// None when metrics are off (`metrics.enabled = false`).
+    metrics: Option<Arc<Metrics>>,
+    access_log: bool,
+    status: AtomicU16,
+    /// The canonical name of the model that served it (set once a model is leased, so the
+    /// label's values are bounded by the models configured or stored).
+    model: OnceLock<String>,
+    first_token: OnceLock<Duration>,
+    tokens: Mutex<Option<(u64, u64)>>,
+    /// Time to the response head.
+    head: AtomicU64,
+}
+
+impl Request {
+    pub fn new(
+        id: String,
+        method: hyper::Method,
+        path: &str,
+        span: tracing::Span,
+        metrics: Option<Arc<Metrics>>,
+        access_log: bool,
+    ) -> Arc<Request> {
+        Arc::new(Request {
+            id,
+            route: crate::metrics::route_label(path),
+            method,
+            path: path.to_string(),
+            started: Instant::now(),
+            span,
+            metrics,
+            access_log,
+            status: AtomicU16::new(0),
+            model: OnceLock::new(),
+            first_token: OnceLock::new(),
+            tokens: Mutex::new(None),
+            head: AtomicU64::new(0),
+        })
+    }
+
+    /// Runs the handler with this request as [`current`].
+    pub async fn scope<F: std::future::Future>(self: &Arc<Self>, f: F) -> F::Output {
+        CURRENT.scope(self.clone(), f).await
+    }
+
+    /// The response head is out with this status.
+    pub fn responded(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+        let micros = self.started.elapsed().as_micros();
+        self.head
+            .store(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let status = self.status.load(Ordering::Relaxed);
+        let model = self.model.get().map_or("", String::as_str);
+        let tokens = *self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(metrics) = &self.metrics {
+            metrics.request_done(self.route, model, status, elapsed);
+            if let Some(ttft) = self.first_token.get() {
+                metrics.first_token(self.route, model, *ttft);
+            }
+            if let Some((prompt, generated)) = tokens {
+                metrics.tokens(model, prompt, generated);
+            }
+        }
+        if self.access_log {
+            let _in = self.span.enter();
+            tracing::info!(
+                target: "vllamad::access",
+                method = %self.method,
+                path = %self.path,
+                status,
+                head_ms = self.head.load(Ordering::Relaxed) as f64 / 1000.0,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                ttft_ms = self.first_token.get().map(|d| d.as_secs_f64() * 1000.0),
+                prompt_tokens = tokens.map(|t| t.0),
+                eval_tokens = tokens.map(|t| t.1),
+                "request"
+            );
+        }
+    }
+}
+
+/// The request this task serves, if any.
+pub fn current() -> Option<Arc<Request>> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The id of the request this task serves.
+pub fn request_id() -> Option<String> {
+    CURRENT.try_with(|r| r.id.clone()).ok()
+}
+
+impl Request {
+    /// The model that serves this request (its canonical name).
+    pub fn model(&self, name: &str) {
+        let _ = self.model.set(name.to_string());
+        self.span.record("model", name);
+    }
+
+    /// The first token is out (only the first call counts).
+    pub fn first_token(&self) {
+        self.first_token_at(Instant::now());
+    }
+
+    /// The first token was out at `at`.
+    pub fn first_token_at(&self, at: Instant) {
+        let _ = self
+            .first_token
+            .set(at.saturating_duration_since(self.started));
+    }
+
+    pub fn tokens(&self, prompt: u64, generated: u64) {
+        *self.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some((prompt, generated));
+    }
+}
+
+/// [`Request::model`] on the current request.
+pub fn model(name: &str) {
+    if let Some(r) = current() {
+        r.model(name);
+    }
+}

@@ -1,0 +1,114 @@
+//! Store operations as the APIs ask for them (admin and Ollama): pull, remove, copy, list.
+//! They take the daemon (configuration, scheduler, pulls in progress) and keep the disk work
+//! off the async threads.
+
+use tokio::sync::watch;
+use vllama_proto::{PullProgress, StoredModel};
+
+use super::{aliases, StoreError};
+use crate::models::{self, ModelName};
+use crate::state::Daemon;
+
+fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        path: "(store)".into(),
+        message: e.to_string(),
+    }
+}
+
+/// Starts (or joins) the pull of a model; the receiver follows its progress.
+pub async fn pull(daemon: &Daemon, raw: &str) -> Result<watch::Receiver<PullProgress>, StoreError> {
+    let name = ModelName::parse(raw)?;
+    let config = daemon.config().config.clone();
+    let (repo, revision) = super::source_of(&config, &name)?;
+    let hub_dir = config.paths.state_dir.join("hub");
+    // Reads the token file.
+    let hub = tokio::task::spawn_blocking(move || super::hub_for(&config))
+        .await
+        .map_err(blocking_failed)??;
+    Ok(daemon.pulls.start(hub, hub_dir, &repo, &revision))
+}
+
+/// Waits for a pull to end; its last progress.
+pub async fn finished(mut rx: watch::Receiver<PullProgress>) -> PullProgress {
+    let _ = rx.wait_for(|p| p.phase.finished()).await;
+    let last = rx.borrow().clone();
+    last
+}
+
+pub async fn list(daemon: &Daemon) -> Vec<StoredModel> {
+    let hub = daemon.config().config.paths.state_dir.join("hub");
+    tokio::task::spawn_blocking(move || super::list(&hub))
+        .await
+        .unwrap_or_default()
+}
+
+/// Removes a model (or an alias) from the store. A model an engine serves is refused unless
+/// `force`, which stops the engine first.
+pub async fn remove(daemon: &Daemon, raw: &str, force: bool) -> Result<String, StoreError> {
+    let name = ModelName::parse(raw)?;
+    let state_dir = daemon.config().config.paths.state_dir.clone();
+    // An alias goes alone; the model stays.
+    if aliases::target(&name).is_some_and(|t| t != name) {
+        let target = name.clone();
+        tokio::task::spawn_blocking(move || aliases::update(&state_dir, None, &target))
+            .await
+            .map_err(blocking_failed)?
+            .map_err(|e| StoreError::Io {
+                path: "aliases.json".into(),
+                message: e.to_string(),
+            })?;
+        return Ok(format!("alias {name}"));
+    }
+    let config = daemon.config().config.clone();
+    let (canonical, _) = models::lookup(&config, &name)?;
+    let (repo, revision) = super::source_of(&config, &canonical)?;
+    if daemon.scheduler.engine_of(&canonical).is_some() {
+        if !force {
+            return Err(StoreError::InUse(canonical.to_string()));
+        }
+        tracing::info!(model = %canonical, "removing a loaded model: stopping its engine first");
+        let _ = daemon.scheduler.unload(&canonical).await;
+    }
+    let hub = state_dir.join("hub");
+    let (r, v, c) = (repo.clone(), revision.clone(), canonical.clone());
+    tokio::task::spawn_blocking(move || {
+        super::remove(&hub, &r, &v)?;
+        aliases::update(&state_dir, None, &c).map_err(|e| StoreError::Io {
+            path: "aliases.json".into(),
+            message: e.to_string(),
+        })
+    })
+    .await
+    .map_err(blocking_failed)??;
+    tracing::info!(model = %canonical, repo, revision, "removed from the store");
+    Ok(format!("{repo}@{revision}"))
+}
+
+/// Ollama's copy: `destination` becomes another name for `source`.
+pub async fn copy(daemon: &Daemon, source: &str, destination: &str) -> Result<(), StoreError> {
+    let source = ModelName::parse(source)?;
+    let destination = ModelName::parse(destination)?;
+    let config = daemon.config().config.clone();
+    let (canonical, model) = models::lookup(&config, &source)?;
+    let state_dir = config.paths.state_dir.clone();
+    let (c, s) = (canonical.clone(), model.source.clone());
+    // The source must exist: in the store, or as a folder.
+    tokio::task::spawn_blocking(move || {
+        models::resolve_dir(&state_dir, &c, &s)?;
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .map_err(blocking_failed)??;
+    let state_dir = config.paths.state_dir.clone();
+    let (d, c) = (destination.clone(), canonical.clone());
+    tokio::task::spawn_blocking(move || aliases::update(&state_dir, Some(&d), &c))
+        .await
+        .map_err(blocking_failed)?
+        .map_err(|e| StoreError::Io {
+            path: "aliases.json".into(),
+            message: e.to_string(),
+        })?;
+    tracing::info!(alias = %destination, model = %canonical, "alias created");
+    Ok(())
+}
