@@ -1,5 +1,6 @@
 //! vllamactl: the operator's tool for vllamad, over the admin socket.
 
+mod bench;
 mod client;
 mod pull;
 mod render;
@@ -30,8 +31,39 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
 
+    /// Print the man page or a shell completion script and exit (used to build packages).
+    #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
+    generate: Option<Generate>,
+
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+}
+
+/// Prints the man page (section 1) or a completion script of `vllamactl`.
+fn generate(what: Generate) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generate::Man => return clap_mangen::Man::new(cmd).section("1").render(&mut out),
+        Generate::CompleteBash => Shell::Bash,
+        Generate::CompleteZsh => Shell::Zsh,
+        Generate::CompleteFish => Shell::Fish,
+    };
+    // Into memory first: clap_complete panics when the writer fails (a closed pipe).
+    let mut text = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "vllamactl", &mut text);
+    std::io::Write::write_all(&mut out, &text)
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,12 +123,124 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load an Ollama- or OpenAI-compatible endpoint and measure it (no admin socket needed)
+    Bench {
+        /// Base URL of the endpoint (vllamad, vLLM, Ollama…)
+        #[arg(long, default_value = "http://127.0.0.1:11434")]
+        url: String,
+        /// Which API to speak
+        #[arg(long, value_enum, default_value = "ollama")]
+        api: bench::Api,
+        /// Model name, as the endpoint knows it
+        #[arg(long, short)]
+        model: String,
+        /// A file of prompts, one per line (default: eight built-in questions)
+        #[arg(long, value_name = "FILE")]
+        prompts: Option<PathBuf>,
+        /// Concurrency levels, run one after the other
+        #[arg(long, short, value_delimiter = ',', default_value = "1")]
+        concurrency: Vec<usize>,
+        /// Requests per level, after the warm-up
+        #[arg(long, short = 'n', default_value_t = 100)]
+        requests: usize,
+        /// Run each level for this many seconds instead of a number of requests
+        #[arg(long, value_name = "SECONDS", conflicts_with = "requests")]
+        duration: Option<f64>,
+        /// Tokens to generate per request
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        /// Ask for whole answers instead of streams (no time to first token then)
+        #[arg(long)]
+        no_stream: bool,
+        /// Unmeasured requests per worker before each level
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Give up on one request after this many seconds
+        #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+        request_timeout: f64,
+        /// Print the results as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the configuration file; a broken file is refused and the old one stays
     Reload {
         /// Print the admin API's JSON as it is
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `vllamactl bench`, on a multi-threaded runtime (the load generator must not be the
+/// bottleneck).
+fn run_bench(command: Command) -> ExitCode {
+    let Command::Bench {
+        url,
+        api,
+        model,
+        prompts,
+        concurrency,
+        requests,
+        duration,
+        max_tokens,
+        no_stream,
+        warmup,
+        request_timeout,
+        json,
+    } = command
+    else {
+        return ExitCode::from(2);
+    };
+    let prompts = match bench::Plan::prompts_from(prompts.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vllamactl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan = bench::Plan {
+        url,
+        api,
+        model,
+        prompts,
+        concurrency,
+        requests,
+        duration: duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
+        max_tokens,
+        stream: !no_stream,
+        warmup,
+        timeout: Duration::try_from_secs_f64(request_timeout).unwrap_or(Duration::from_secs(600)),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vllamactl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench::run(&plan, json)) {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", bench::table(&report));
+            }
+            if report.levels.iter().any(|l| l.ok == 0) {
+                eprintln!("vllamactl: a level had no successful request");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vllamactl: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `status --watch`: redraws the status in place until Ctrl-C; a daemon that goes away is
@@ -131,7 +275,24 @@ async fn watch_status(client: &AdminClient, every: f64) -> Result<ExitCode, Clie
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        return match generate(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vllamactl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(command) = cli.command.take() else {
+        use clap::CommandFactory;
+        let _ = Cli::command().print_help();
+        return ExitCode::from(2);
+    };
+    if let Command::Bench { .. } = command {
+        return run_bench(command);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,7 +303,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vllamactl: {e}");
@@ -151,10 +312,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
+async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
     let timeout = Duration::try_from_secs_f64(cli.timeout).unwrap_or(Duration::from_secs(10));
     let client = AdminClient::new(cli.socket, timeout);
-    match cli.command {
+    match command {
         Command::Status {
             watch: Some(every), ..
         } => watch_status(&client, every).await,
@@ -183,6 +344,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         }
         Command::Preload { model, keep_alive } => preload(&client, model, keep_alive).await,
         Command::Pull { model } => pull::pull(&client, model).await,
+        Command::Bench { .. } => Ok(ExitCode::from(2)), // run before the admin client
         Command::List { json } => {
             let answer = client.request(Method::GET, MODELS_PATH).await?.ok()?;
             if json {

@@ -24,6 +24,37 @@ pub struct Args {
     /// Read and validate the configuration, print it as TOML and exit.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Print the man page or a shell completion script and exit (used to build packages).
+    #[arg(long, value_name = "WHAT", hide = true)]
+    pub generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+}
+
+/// Prints the man page (section 8) or a completion script of `vllamad`.
+pub fn generate(what: Generate) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut cmd = Args::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generate::Man => return clap_mangen::Man::new(cmd).section("8").render(&mut out),
+        Generate::CompleteBash => Shell::Bash,
+        Generate::CompleteZsh => Shell::Zsh,
+        Generate::CompleteFish => Shell::Fish,
+    };
+    // Into memory first: clap_complete panics when the writer fails (a closed pipe).
+    let mut text = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "vllamad", &mut text);
+    std::io::Write::write_all(&mut out, &text)
 }
 
 impl Args {

@@ -7,6 +7,15 @@ use vllamad::listeners::ActivatedFds;
 fn main() -> ExitCode {
     let args = Args::parse();
     let source = args.config_source();
+    if let Some(what) = args.generate {
+        return match vllamad::cli::generate(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vllamad: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
 
     if args.check_config {
         return match vllamad::config::load(&source, std::env::vars()) {

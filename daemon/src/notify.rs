@@ -7,6 +7,9 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Set (to anything) in the environment, enables test-only hooks (see `spawn_watchdog`).
+pub const TEST_HOOKS: &str = "VLLAMA_TEST_HOOKS";
+
 /// Sends state changes to the service manager. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Notifier {
@@ -67,12 +70,28 @@ impl Notifier {
         let period = (timeout / 2).max(Duration::from_millis(10));
         tracing::info!(timeout = ?timeout, period = ?period, "systemd watchdog enabled");
         let notifier = self.clone();
+        // Test hook (the end-to-end test under real systemd): with VLLAMA_TEST_HOOKS=1,
+        // SIGUSR2 stops the pings, as a hung daemon would, so the watchdog can be seen to act.
+        let mut stall = std::env::var_os(TEST_HOOKS).and_then(|_| {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok()
+        });
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let stalled = async {
+                match stall.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(stalled);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    _ = &mut stalled => {
+                        tracing::warn!("test hook: SIGUSR2, watchdog pings stopped");
+                        break;
+                    }
                     _ = tick.tick() => notifier.send(&[NotifyState::Watchdog]),
                 }
             }

@@ -20,7 +20,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/vllama/vllama.toml";
 /// Environment variables with this prefix override configuration keys.
 pub const ENV_PREFIX: &str = "VLLAMA_";
 /// `VLLAMA_*` variables that are not configuration keys.
-const ENV_NOT_KEYS: &[&str] = &["VLLAMA_CONFIG"];
+const ENV_NOT_KEYS: &[&str] = &["VLLAMA_CONFIG", crate::notify::TEST_HOOKS];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]

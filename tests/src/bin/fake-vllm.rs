@@ -226,6 +226,8 @@ async fn serve(args: Vec<String>) {
         );
         loop {
             if let Ok((stream, _)) = listener.accept().await {
+                // As uvicorn does: tokens are small writes, Nagle would hold them back.
+                let _ = stream.set_nodelay(true);
                 spawn_conn(TokioIo::new(stream), fake.clone());
             }
         }

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# vllama's package under a real systemd: boots a Debian rootfs (tests/e2e/rootfs.sh) with
+# systemd-nspawn, installs the .deb, and checks what a user of `apt install vllama` gets:
+# socket activation, READY, the admin socket's permissions, reload (good and broken
+# config), the journal's fields, a restart under load without a refused connection, the
+# watchdog, an engine (the fake vLLM installed as `vllm`) gone with the service, DeviceAllow,
+# upgrade, remove and purge. Prints PASS/FAIL per check and the figures; exits 1 on a FAIL.
+#
+#   sudo tests/e2e/nspawn.sh target/packages/vllama_*.deb target/release/fake-vllm [SUITE]
+set -uo pipefail
+DEB=$(realpath "${1:?the .deb}")
+FAKE=$(realpath "${2:?the fake-vllm binary}")
+SUITE=${3:-bookworm}
+[ "$(id -u)" = 0 ] || { echo "needs root (systemd-nspawn)"; exit 2; }
+cd "$(dirname "$0")/../.."
+
+PASS=0; FAIL=0
+ok()   { PASS=$((PASS+1)); echo "  PASS  $*"; }
+bad()  { FAIL=$((FAIL+1)); echo "  FAIL  $*"; }
+info() { echo "  ....  $*"; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+TAR=$(bash tests/e2e/rootfs.sh "$SUITE") || exit 2
+WORK=$(mktemp -d /var/tmp/vllama-e2e.XXXX)
+ART=${VLLAMA_E2E_ARTIFACTS:-$WORK/artifacts}
+mkdir -p "$WORK/root" "$WORK/pkgs" "$ART"
+tar -C "$WORK/root" -xf "$TAR"
+cp "$DEB" "$WORK/pkgs/vllama.deb"
+cp "$FAKE" "$WORK/pkgs/fake-vllm"
+
+# Pure cgroup v2 and bpf() allowed in the container: DeviceAllow= is really enforced.
+SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -D "$WORK/root" --boot --register=no \
+  --keep-unit --machine="vllama-e2e-$$" --console=read-only --private-network \
+  --system-call-filter=bpf --bind-ro="$WORK/pkgs":/pkgs > "$ART/console.log" 2>&1 &
+NSPID=$!
+CPID=
+cleanup() {
+  if [ -n "$CPID" ] && kill -0 "$CPID" 2>/dev/null; then
+    nsenter -t "$CPID" -a journalctl -b --no-pager -o short-monotonic > "$ART/journal.txt" 2>&1
+    nsenter -t "$CPID" -a systemctl poweroff >/dev/null 2>&1
+  fi
+  for _ in $(seq 100); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$NSPID" 2>/dev/null
+  wait "$NSPID" 2>/dev/null
+  rm -rf "$WORK/root" "$WORK/pkgs"
+  # Artifacts (journal, console, install log) are kept when something failed or were asked for.
+  [ "$FAIL" = 0 ] && [ -z "${VLLAMA_E2E_ARTIFACTS:-}" ] && rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+state=
+for _ in $(seq 600); do
+  kill -0 "$NSPID" 2>/dev/null || { echo "systemd-nspawn exited:"; tail -20 "$ART/console.log"; exit 1; }
+  CPID=$(pgrep -P "$NSPID" | head -1)
+  if [ -n "$CPID" ]; then
+    state=$(nsenter -t "$CPID" -a systemctl is-system-running 2>/dev/null)
+    case "$state" in running|degraded) break ;; esac
+  fi
+  sleep 0.1
+done
+IN="nsenter -t $CPID -a"
+info "booted: $($IN systemctl --version | head -1), state $state"
+
+api() { $IN curl -sS -m 10 -H 'Host: localhost' "http://127.0.0.1:11434$1" "${@:2}"; }
+show() { $IN systemctl show -p "$1" --value vllamad.service; }
+
+echo "== install"
+t0=$(now_ms)
+$IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /pkgs/vllama.deb' > "$ART/install.log" 2>&1 \
+  && ok "dpkg -i (maintainer scripts under real systemd)" || { bad "dpkg -i"; cat "$ART/install.log"; exit 1; }
+$IN getent passwd vllama >/dev/null && $IN getent group vllama-admin >/dev/null \
+  && ok "user vllama and group vllama-admin exist" || bad "sysusers did not run"
+for s in vllamad.socket vllamad-admin.socket; do
+  [ "$($IN systemctl is-enabled $s)" = enabled ] && [ "$($IN systemctl is-active $s)" = active ] \
+    && ok "$s enabled and listening" || bad "$s: $($IN systemctl is-enabled $s) $($IN systemctl is-active $s)"
+done
+[ "$($IN systemctl is-active vllamad.service)" = inactive ] && ok "vllamad.service not started yet (socket-activated)" || bad "service already running"
+out=$(api /api/version) && t1=$(now_ms) && echo "$out" | grep -q '"version"' \
+  && ok "first request starts it: $out" || bad "first request: $out"
+info "FIGURE: dpkg -i to first answered request: $((t1 - t0)) ms"
+[ "$(show ActiveState)" = active ] && ok "service active" || bad "service $(show ActiveState)"
+status_text=$(show StatusText)
+echo "$status_text" | grep -q "serving on" && ok "READY=1 and STATUS= reached PID 1: '$status_text'" || bad "StatusText '$status_text'"
+out=$($IN systemd-analyze verify --man=no vllamad.service vllamad.socket vllamad-admin.socket 2>&1)
+[ -z "$out" ] && ok "systemd-analyze verify: silent" || bad "systemd-analyze verify: $out"
+exposure=$($IN systemd-analyze security --no-pager vllamad.service 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+awk "BEGIN{exit !($exposure <= 1.6)}" && ok "exposure $exposure <= 1.6" || bad "exposure $exposure"
+info "FIGURE: systemd-analyze security exposure $exposure"
+
+echo "== admin socket"
+$IN vllamactl status > "$ART/status-root.txt" 2>&1 && ok "vllamactl status as root" || bad "vllamactl status as root: $(cat "$ART/status-root.txt")"
+out=$($IN setpriv --reuid=65534 --regid=65534 --clear-groups vllamactl status 2>&1)
+[ $? = 3 ] && echo "$out" | grep -qi "permission denied" && ok "refused to nobody (EACCES): ${out:0:70}" || bad "nobody: $out"
+$IN useradd -M -G vllama alice 2>/dev/null
+out=$($IN setpriv --reuid=alice --regid=alice --init-groups vllamactl status 2>&1) \
+  && ok "a member of group vllama can read the status" || bad "member of vllama: $out"
+out=$($IN setpriv --reuid=alice --regid=alice --init-groups vllamactl reload 2>&1)
+echo "$out" | grep -q "vllama-admin" && ok "...but not reload (needs vllama-admin)" || bad "alice reload: $out"
+
+echo "== reload"
+pid=$(show MainPID)
+$IN sed -i 's/^#filter = "info"/filter = "debug"/' /etc/vllama/vllama.toml
+$IN systemctl reload vllamad && ok "systemctl reload (good config)" || bad "reload failed"
+[ "$(show MainPID)" = "$pid" ] && ok "same MainPID after reload" || bad "MainPID changed"
+$IN vllamactl status | grep -q "generation 2" && ok "generation 2 in force" || bad "$($IN vllamactl status | grep config)"
+$IN cp /etc/vllama/vllama.toml /root/good.toml
+$IN sed -i 's/^\[daemon\]$/[daemon]\nnot_a_key = 1/' /etc/vllama/vllama.toml
+$IN systemctl reload vllamad 2>/dev/null && bad "reload of a broken config succeeded" || ok "systemctl reload fails on a broken config"
+out=$(api /api/version) && ok "still serving after the refused reload" || bad "not serving: $out"
+$IN journalctl -u vllamad -o cat --no-pager | grep -q "reload refused" && ok "the journal says why" || bad "no reason in the journal"
+$IN cp /root/good.toml /etc/vllama/vllama.toml
+$IN systemctl reload vllamad || bad "reload back"
+
+echo "== journal"
+api /api/version -H 'X-Request-Id: e2e-journal-1' >/dev/null
+sleep 0.3
+$IN journalctl -u vllamad -o json --no-pager > "$ART/journal.json"
+grep -q '"REQUEST_ID":"e2e-journal-1"' "$ART/journal.json" && ok "REQUEST_ID field on the access line" || bad "no REQUEST_ID"
+grep -q '"SYSLOG_IDENTIFIER":"vllamad"' "$ART/journal.json" && grep -q '"LISTENER":"api"' "$ART/journal.json" \
+  && ok "SYSLOG_IDENTIFIER=vllamad, LISTENER=api" || bad "fields missing"
+$IN journalctl -u vllamad -o cat --no-pager TARGET=vllamad::access 2>/dev/null | grep -q . || true
+
+echo "== restart under load"
+# A client loop (a new connection per request); the restart is issued once 100 requests
+# have been answered, and must end before the loop does.
+$IN sh -c 'ok=0; fail=0; for i in $(seq 1500); do if curl -s -m 10 -o /dev/null -H "Host: localhost" http://127.0.0.1:11434/api/version; then ok=$((ok+1)); else fail=$((fail+1)); fi; [ $i = 100 ] && touch /root/load.100; done; echo "$ok $fail $(date +%s%N)" > /root/load.txt' &
+LOAD=$!
+for _ in $(seq 200); do $IN test -e /root/load.100 && break; sleep 0.05; done
+pid=$(show MainPID)
+$IN systemctl restart vllamad.service
+restarted=$(date +%s%N)
+wait $LOAD
+read -r good failed ended < <($IN cat /root/load.txt)
+[ "$(show MainPID)" != "$pid" ] && [ "${ended:-0}" -gt "$restarted" ] && ok "the restart happened inside the client loop" || bad "the loop did not overlap the restart"
+[ "${failed:-1}" = 0 ] && ok "restart under load: $good requests, 0 refused" || bad "restart under load: $failed of $((good + failed)) failed"
+info "FIGURE: connection failures during restart: ${failed:-?} of $((good + failed))"
+
+echo "== watchdog"
+$IN mkdir -p /run/systemd/system/vllamad.service.d
+$IN sh -c 'printf "[Service]\nWatchdogSec=2s\nEnvironment=VLLAMA_TEST_HOOKS=1\n" > /run/systemd/system/vllamad.service.d/e2e-watchdog.conf'
+$IN systemctl daemon-reload; $IN systemctl restart vllamad
+n0=$(show NRestarts); t=$(now_ms)
+$IN systemctl kill -s USR2 --kill-who=main vllamad
+for _ in $(seq 100); do [ "$(show NRestarts)" -gt "$n0" ] && break; sleep 0.1; done
+[ "$(show NRestarts)" -gt "$n0" ] && ok "a hung daemon is restarted by the watchdog ($(( $(now_ms) - t )) ms)" || bad "no watchdog restart"
+seen=
+for _ in $(seq 30); do $IN journalctl -u vllamad -o cat --no-pager | grep -q "Watchdog timeout" && seen=1 && break; sleep 0.1; done
+[ -n "$seen" ] && ok "journal: Watchdog timeout" || bad "no watchdog line"
+$IN rm -rf /run/systemd/system/vllamad.service.d; $IN systemctl daemon-reload; $IN systemctl reset-failed vllamad
+
+echo "== an engine, and nothing left after stop"
+$IN install -D -m 755 /pkgs/fake-vllm /var/lib/vllama/venv/bin/vllm
+$IN mkdir -p /var/lib/vllama/models/tiny
+$IN sh -c 'echo "{\"model_type\":\"llama\"}" > /var/lib/vllama/models/tiny/config.json; chown -R vllama:vllama /var/lib/vllama'
+$IN sh -c 'printf "[models.\"tiny\"]\nsource = \"/var/lib/vllama/models/tiny\"\nenv = { FAKE_VLLM_GRANDCHILD = \"1\" }\n" >> /etc/vllama/vllama.toml'
+$IN systemctl restart vllamad
+out=$(api /api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false}')
+echo "$out" | grep -q '"done":true' && ok "chat through an engine under systemd" || bad "chat: $out"
+n=$($IN pgrep -u vllama -c -f . 2>/dev/null)
+info "processes of user vllama while serving: $n"
+$IN systemctl stop vllamad.service
+left=$($IN pgrep -u vllama -a -f . 2>/dev/null)
+[ -z "$left" ] && ok "systemctl stop leaves no process behind" || bad "left behind: $left"
+
+# Without a driver, /proc/devices names no nvidia major, so `char-nvidia*` matches nothing
+# here: the explicit /dev/nvidiactl rule is what lets the fake node through. (On a GPU host
+# the driver registers "nvidia", "nvidiactl", "nvidia-uvm"…: tests/gpu/results.)
+echo "== DeviceAllow (fake /dev/nvidia* nodes: ENXIO = let through, EPERM = blocked)"
+$IN sh -c 'mknod -m 666 /dev/nvidia0 c 195 0; mknod -m 666 /dev/nvidiactl c 195 255; mknod -m 666 /dev/e2e-other c 10 200' 2>/dev/null
+$IN mkdir -p /run/systemd/system/vllamad.service.d
+$IN sh -c 'cat > /run/systemd/system/vllamad.service.d/e2e-dev.conf' <<'UNIT'
+[Service]
+ExecStartPost=/bin/sh -c 'for d in /dev/nvidia0 /dev/nvidiactl /dev/e2e-other; do m=$$( (exec 3<>$$d) 2>&1 ); echo "devprobe $$d: $${m:-opened}"; done'
+UNIT
+$IN systemctl daemon-reload; $IN systemctl start vllamad; sleep 0.3
+probes=$($IN journalctl -u vllamad -o cat --no-pager | grep devprobe | tail -3)
+echo "$probes" | sed 's/^/        /'
+echo "$probes" | grep "nvidiactl" | grep -q "No such device" && ok "/dev/nvidiactl let through by the device cgroup" || bad "/dev/nvidiactl blocked"
+$IN systemctl show -p DeviceAllow --value vllamad | grep -q "char-nvidia\*" && ok "char-nvidia* in DeviceAllow" || bad "no char-nvidia* rule"
+echo "$probes" | grep "e2e-other" | grep -q "not permitted" && ok "another device blocked (DevicePolicy=closed)" || bad "other device not blocked"
+$IN rm -rf /run/systemd/system/vllamad.service.d; $IN systemctl daemon-reload
+
+echo "== upgrade, remove, purge"
+api /api/version >/dev/null
+pid=$(show MainPID)
+$IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /pkgs/vllama.deb' >> "$ART/install.log" 2>&1 && ok "upgrade (reinstall)" || bad "upgrade"
+[ "$(show MainPID)" != "$pid" ] && [ "$(show ActiveState)" = active ] && ok "the running daemon was restarted" || bad "daemon not restarted: $pid -> $(show MainPID) $(show ActiveState)"
+$IN grep -q "tiny" /etc/vllama/vllama.toml && ok "the edited conffile was kept" || bad "conffile replaced"
+$IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -r vllama' >> "$ART/install.log" 2>&1 && ok "dpkg -r" || bad "dpkg -r"
+for u in vllamad.service vllamad.socket vllamad-admin.socket; do
+  [ "$($IN systemctl is-active $u)" != active ] && ok "$u stopped" || bad "$u still active"
+done
+api /api/version >/dev/null 2>&1 && bad "port 11434 still answers" || ok "port 11434 closed"
+[ -z "$($IN pgrep -u vllama -a -f . 2>/dev/null)" ] && ok "no vllama process after remove" || bad "processes left"
+$IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -P vllama' >> "$ART/install.log" 2>&1 && ok "dpkg -P" || bad "dpkg -P"
+left=$($IN sh -c 'ls /etc/vllama /var/lib/vllama /var/cache/vllama 2>/dev/null; find /etc/systemd/system -name "vllamad*" 2>/dev/null')
+[ -z "$left" ] && ok "purge left no config, state or enablement links" || bad "left after purge: $left"
+
+echo "== $PASS passed, $FAIL failed (artifacts: $ART)"
+[ "$FAIL" = 0 ]
