@@ -170,6 +170,28 @@ enum Command {
     },
 }
 
+/// A listing route: its JSON as it is, or rendered, or `empty` when there is nothing.
+async fn list<T: serde::de::DeserializeOwned>(
+    client: &AdminClient,
+    path: &str,
+    json: bool,
+    empty: &str,
+    render: fn(&[T]) -> String,
+) -> Result<ExitCode, ClientError> {
+    let answer = client.request(Method::GET, path).await?.ok()?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+    } else {
+        let items: Vec<T> = answer.json()?;
+        if items.is_empty() {
+            println!("{empty}");
+        } else {
+            print!("{}", render(&items));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `vllamactl bench`, on a multi-threaded runtime (the load generator must not be the
 /// bottleneck).
 fn run_bench(command: Command) -> ExitCode {
@@ -329,35 +351,21 @@ async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ps { json } => {
-            let answer = client.request(Method::GET, ENGINES_PATH).await?.ok()?;
-            if json {
-                println!("{}", String::from_utf8_lossy(&answer.body));
-            } else {
-                let list: Vec<EngineInfo> = answer.json()?;
-                if list.is_empty() {
-                    println!("no engines loaded");
-                } else {
-                    print!("{}", render::engines(&list));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            list::<EngineInfo>(
+                &client,
+                ENGINES_PATH,
+                json,
+                "no engines loaded",
+                render::engines,
+            )
+            .await
         }
         Command::Preload { model, keep_alive } => preload(&client, model, keep_alive).await,
         Command::Pull { model } => pull::pull(&client, model).await,
         Command::Bench { .. } => Ok(ExitCode::from(2)), // run before the admin client
         Command::List { json } => {
-            let answer = client.request(Method::GET, MODELS_PATH).await?.ok()?;
-            if json {
-                println!("{}", String::from_utf8_lossy(&answer.body));
-            } else {
-                let list: Vec<StoredModel> = answer.json()?;
-                if list.is_empty() {
-                    println!("no models in the store (vllamactl pull MODEL)");
-                } else {
-                    print!("{}", render::stored(&list));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let empty = "no models in the store (vllamactl pull MODEL)";
+            list::<StoredModel>(&client, MODELS_PATH, json, empty, render::stored).await
         }
         Command::Rm { model, force } => {
             let body = serde_json::to_vec(&RemoveRequest {

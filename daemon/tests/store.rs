@@ -493,3 +493,58 @@ fn ollama_pull_copy_delete_and_huggingface_hub_offline() {
     let resp = d.request("POST", "/v1/chat/completions", &chat_body("mine", 1, false));
     assert_eq!(resp.status, 200, "{}", resp.body);
 }
+
+#[test]
+fn a_file_the_hub_does_not_have_fails_the_pull_by_name() {
+    let hub = hub_with(&[("acme/tiny", tiny_model(COMMIT, MIB))], None);
+    hub.set_faults(Faults {
+        missing: vec!["tokenizer.json".into()],
+        ..Faults::default()
+    });
+    let d = daemon(&hub, &[]);
+    let last = pull(&d, "acme/tiny");
+    assert_eq!(last["phase"], "failed");
+    let error = last["error"].as_str().unwrap();
+    assert!(error.contains("tokenizer.json was not found at"), "{error}");
+    assert!(!hub_dir(&d).join("models--acme--tiny/refs").exists());
+}
+
+/// The disk check before a pull, on a 2 MiB tmpfs as the store (root only: it mounts).
+#[test]
+fn a_pull_that_cannot_fit_is_refused_before_downloading() {
+    if !vllama_testkit::is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let hub = hub_with(&[("acme/tiny", tiny_model(COMMIT, 4 * MIB))], None);
+    let small = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.path());
+    let d = daemon(
+        &hub,
+        &[(
+            "paths",
+            &format!("state_dir = \"{}\"", small.path().display()),
+        )],
+    );
+    let last = pull(&d, "acme/tiny");
+    assert_eq!(last["phase"], "failed", "{last}");
+    let error = last["error"].as_str().unwrap();
+    assert!(error.contains("not enough disk space"), "{error}");
+    assert!(
+        hub.served().is_empty(),
+        "nothing downloaded: {:?}",
+        hub.served()
+    );
+}

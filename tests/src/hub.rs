@@ -136,6 +136,8 @@ pub struct Faults {
     pub redirect: Option<&'static str>,
     /// Bytes per second per download (None: as fast as it goes).
     pub rate: Option<u64>,
+    /// Listed in the tree, but 404 when downloaded.
+    pub missing: Vec<String>,
 }
 
 /// A download the hub served.
@@ -376,6 +378,12 @@ async fn handle(req: Request<hyper::body::Incoming>, state: &Mutex<State>) -> Re
         return json(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"error": "Access to model is restricted"}),
+        );
+    }
+    if s.faults.missing.contains(&file_path) {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "Entry not found"}),
         );
     }
     let Some(file) = repo.files.iter().find(|f| f.path == file_path).cloned() else {

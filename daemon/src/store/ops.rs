@@ -16,6 +16,21 @@ fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
     }
 }
 
+/// Writes an alias change (see [`aliases::update`]) off the async threads.
+async fn update_aliases(
+    state_dir: std::path::PathBuf,
+    alias: Option<ModelName>,
+    target: ModelName,
+) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(move || aliases::update(&state_dir, alias.as_ref(), &target))
+        .await
+        .map_err(blocking_failed)?
+        .map_err(|e| StoreError::Io {
+            path: "aliases.json".into(),
+            message: e.to_string(),
+        })
+}
+
 /// Starts (or joins) the pull of a model; the receiver follows its progress.
 pub async fn pull(daemon: &Daemon, raw: &str) -> Result<watch::Receiver<PullProgress>, StoreError> {
     let name = ModelName::parse(raw)?;
@@ -50,14 +65,7 @@ pub async fn remove(daemon: &Daemon, raw: &str, force: bool) -> Result<String, S
     let state_dir = daemon.config().config.paths.state_dir.clone();
     // An alias goes alone; the model stays.
     if aliases::target(&name).is_some_and(|t| t != name) {
-        let target = name.clone();
-        tokio::task::spawn_blocking(move || aliases::update(&state_dir, None, &target))
-            .await
-            .map_err(blocking_failed)?
-            .map_err(|e| StoreError::Io {
-                path: "aliases.json".into(),
-                message: e.to_string(),
-            })?;
+        update_aliases(state_dir, None, name.clone()).await?;
         return Ok(format!("alias {name}"));
     }
     let config = daemon.config().config.clone();
@@ -71,16 +79,11 @@ pub async fn remove(daemon: &Daemon, raw: &str, force: bool) -> Result<String, S
         let _ = daemon.scheduler.unload(&canonical).await;
     }
     let hub = state_dir.join("hub");
-    let (r, v, c) = (repo.clone(), revision.clone(), canonical.clone());
-    tokio::task::spawn_blocking(move || {
-        super::remove(&hub, &r, &v)?;
-        aliases::update(&state_dir, None, &c).map_err(|e| StoreError::Io {
-            path: "aliases.json".into(),
-            message: e.to_string(),
-        })
-    })
-    .await
-    .map_err(blocking_failed)??;
+    let (r, v) = (repo.clone(), revision.clone());
+    tokio::task::spawn_blocking(move || super::remove(&hub, &r, &v))
+        .await
+        .map_err(blocking_failed)??;
+    update_aliases(state_dir, None, canonical.clone()).await?;
     tracing::info!(model = %canonical, repo, revision, "removed from the store");
     Ok(format!("{repo}@{revision}"))
 }
@@ -100,15 +103,12 @@ pub async fn copy(daemon: &Daemon, source: &str, destination: &str) -> Result<()
     })
     .await
     .map_err(blocking_failed)??;
-    let state_dir = config.paths.state_dir.clone();
-    let (d, c) = (destination.clone(), canonical.clone());
-    tokio::task::spawn_blocking(move || aliases::update(&state_dir, Some(&d), &c))
-        .await
-        .map_err(blocking_failed)?
-        .map_err(|e| StoreError::Io {
-            path: "aliases.json".into(),
-            message: e.to_string(),
-        })?;
+    update_aliases(
+        config.paths.state_dir.clone(),
+        Some(destination.clone()),
+        canonical.clone(),
+    )
+    .await?;
     tracing::info!(alias = %destination, model = %canonical, "alias created");
     Ok(())
 }
