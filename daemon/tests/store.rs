@@ -548,3 +548,39 @@ fn a_pull_that_cannot_fit_is_refused_before_downloading() {
         hub.served()
     );
 }
+
+/// Ctrl-C in `vllamactl pull` detaches: the daemon goes on, and the model arrives.
+#[test]
+fn ctrl_c_detaches_vllamactl_pull_and_the_daemon_goes_on() {
+    let hub = hub_with(&[("acme/tiny", tiny_model(COMMIT, 2 * MIB))], None);
+    hub.set_faults(Faults {
+        rate: Some(2 * MIB as u64),
+        ..Faults::default()
+    });
+    let d = daemon(&hub, &[]);
+    let child = Command::new(workspace_bin(BIN, "vllamactl"))
+        .arg("--socket")
+        .arg(&d.admin)
+        .args(["pull", "acme/tiny"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("detached"), "{err}");
+    assert!(
+        vllama_testkit::wait_until(Duration::from_secs(15), || {
+            d.admin("GET", "/v1/models", "")
+                .json()
+                .as_array()
+                .is_some_and(|l| l.len() == 1)
+        }),
+        "the pull did not finish after the client left:\n{}",
+        d.log()
+    );
+}
