@@ -124,44 +124,7 @@ enum Command {
         json: bool,
     },
     /// Load an Ollama- or OpenAI-compatible endpoint and measure it (no admin socket needed)
-    Bench {
-        /// Base URL of the endpoint (vllamad, vLLM, Ollama…)
-        #[arg(long, default_value = "http://127.0.0.1:11434")]
-        url: String,
-        /// Which API to speak
-        #[arg(long, value_enum, default_value = "ollama")]
-        api: bench::Api,
-        /// Model name, as the endpoint knows it
-        #[arg(long, short)]
-        model: String,
-        /// A file of prompts, one per line (default: eight built-in questions)
-        #[arg(long, value_name = "FILE")]
-        prompts: Option<PathBuf>,
-        /// Concurrency levels, run one after the other
-        #[arg(long, short, value_delimiter = ',', default_value = "1")]
-        concurrency: Vec<usize>,
-        /// Requests per level, after the warm-up
-        #[arg(long, short = 'n', default_value_t = 100)]
-        requests: usize,
-        /// Run each level for this many seconds instead of a number of requests
-        #[arg(long, value_name = "SECONDS", conflicts_with = "requests")]
-        duration: Option<f64>,
-        /// Tokens to generate per request
-        #[arg(long, default_value_t = 128)]
-        max_tokens: u32,
-        /// Ask for whole answers instead of streams (no time to first token then)
-        #[arg(long)]
-        no_stream: bool,
-        /// Unmeasured requests per worker before each level
-        #[arg(long, default_value_t = 1)]
-        warmup: usize,
-        /// Give up on one request after this many seconds
-        #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
-        request_timeout: f64,
-        /// Print the results as JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(bench::Args),
     /// Re-read the configuration file; a broken file is refused and the old one stays
     Reload {
         /// Print the admin API's JSON as it is
@@ -190,79 +153,6 @@ async fn list<T: serde::de::DeserializeOwned>(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `vllamactl bench`, on a multi-threaded runtime (the load generator must not be the
-/// bottleneck).
-fn run_bench(command: Command) -> ExitCode {
-    let Command::Bench {
-        url,
-        api,
-        model,
-        prompts,
-        concurrency,
-        requests,
-        duration,
-        max_tokens,
-        no_stream,
-        warmup,
-        request_timeout,
-        json,
-    } = command
-    else {
-        return ExitCode::from(2);
-    };
-    let prompts = match bench::Plan::prompts_from(prompts.as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("vllamactl: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let plan = bench::Plan {
-        url,
-        api,
-        model,
-        prompts,
-        concurrency,
-        requests,
-        duration: duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
-        max_tokens,
-        stream: !no_stream,
-        warmup,
-        timeout: Duration::try_from_secs_f64(request_timeout).unwrap_or(Duration::from_secs(600)),
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vllamactl: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench::run(&plan, json)) {
-        Ok(report) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else {
-                print!("{}", bench::table(&report));
-            }
-            if report.levels.iter().any(|l| l.ok == 0) {
-                eprintln!("vllamactl: a level had no successful request");
-                return ExitCode::FAILURE;
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("vllamactl: {e}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 /// `status --watch`: redraws the status in place until Ctrl-C; a daemon that goes away is
@@ -312,13 +202,12 @@ fn main() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::from(2);
     };
-    if let Command::Bench { .. } = command {
-        return run_bench(command);
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // bench drives many connections: the load generator must not be the bottleneck.
+    let mut builder = match command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vllamactl: cannot start the async runtime: {e}");
@@ -362,7 +251,7 @@ async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
         }
         Command::Preload { model, keep_alive } => preload(&client, model, keep_alive).await,
         Command::Pull { model } => pull::pull(&client, model).await,
-        Command::Bench { .. } => Ok(ExitCode::from(2)), // run before the admin client
+        Command::Bench(args) => Ok(bench::main(args).await),
         Command::List { json } => {
             let empty = "no models in the store (vllamactl pull MODEL)";
             list::<StoredModel>(&client, MODELS_PATH, json, empty, render::stored).await

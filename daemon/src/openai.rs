@@ -134,6 +134,7 @@ fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
             inner: body,
             lease: Some(lease),
             observed: crate::observe::current(),
+            saw_first: false,
             sse,
             finished: false,
             saw_done: false,
@@ -157,6 +158,8 @@ struct LeasedBody {
     lease: Option<Lease>,
     /// The request, for its first token and its end (dropped with the body).
     observed: Option<std::sync::Arc<crate::observe::Request>>,
+    /// The first data frame was seen (its time is the request's first token).
+    saw_first: bool,
     sse: bool,
     finished: bool,
     saw_done: bool,
@@ -193,8 +196,11 @@ impl hyper::body::Body for LeasedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if self.sse {
                     if let Some(data) = frame.data_ref() {
-                        if let Some(r) = &self.observed {
-                            r.first_token();
+                        if !self.saw_first {
+                            self.saw_first = true;
+                            if let Some(r) = &self.observed {
+                                r.first_token();
+                            }
                         }
                         if data.windows(12).any(|w| w == b"data: [DONE]") {
                             self.saw_done = true;

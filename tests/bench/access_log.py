@@ -9,17 +9,12 @@ import http.client, os, signal, socket, statistics, subprocess, sys, tempfile, t
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 target = os.environ.get("TARGET", "target/release")
-ticks = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / ticks
+from procs import cpu_seconds, free_port
 
 
 def run(access):
     with tempfile.TemporaryDirectory() as d:
-        s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+        port = free_port()
         cfg = os.path.join(d, "v.toml")
         open(cfg, "w").write(f'[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{d}/a.sock"\n'
                              f'[log]\nfilter = "info"\nformat = "text"\naccess = {"true" if access else "false"}\n')

@@ -13,16 +13,11 @@ scrapes = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
 target = os.environ.get("TARGET", "target/release")
 fake = os.path.abspath(os.path.join(target, "fake-vllm"))
-ticks = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / ticks
+from procs import cpu_seconds, free_port
 
 
 def start(d, on, models):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    port = free_port()
     cfg = os.path.join(d, "v.toml")
     text = (f'[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{d}/a.sock"\n'
             f'[paths]\nstate_dir = "{d}/state"\nruntime_dir = "{d}/run"\ncache_dir = "{d}/cache"\n'

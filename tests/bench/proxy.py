@@ -15,11 +15,7 @@ LEVELS = [(1, 100), (64, 1280), (256, 2560)]
 target = os.path.abspath(os.environ.get("TARGET", "target/release"))
 ctl = os.path.join(target, "vllamactl")
 fake = os.path.join(target, "fake-vllm")
-ticks = os.sysconf("SC_CLK_TCK")
-
-
-def port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+from procs import cpu_seconds as cpu, free_port as port, rss_mib
 
 
 def wait_port(p):
@@ -29,15 +25,6 @@ def wait_port(p):
         except OSError:
             time.sleep(0.02)
     raise SystemExit(f"port {p} never opened")
-
-
-def cpu(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / ticks
-
-
-def rss_mib(pid):
-    return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")) / 1024
 
 
 def nginx_cpu():

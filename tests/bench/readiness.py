@@ -5,13 +5,14 @@ forwards the first request to it. Uses the fake engine, which records both times
 usage: tests/bench/readiness.py [TARGET_DIR] [RUNS]     (TARGET_DIR: target/release)
 """
 import json, os, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+from procs import free_port
 
 target = sys.argv[1] if len(sys.argv) > 1 else "target/release"
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 vllamad, fake = os.path.join(target, "vllamad"), os.path.join(target, "fake-vllm")
 
 with tempfile.TemporaryDirectory() as d:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    port = free_port()
     model = os.path.join(d, "model"); os.makedirs(model)
     open(os.path.join(model, "config.json"), "w").write("{}")
     state = os.path.join(d, "fake")

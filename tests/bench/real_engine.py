@@ -11,6 +11,7 @@
    streamed). Prints medians, p90 and the ratio.
 """
 import http.client, json, os, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+from procs import free_port
 
 runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 vllm, model = os.environ["VLLAMA_REAL_VLLM"], os.environ["VLLAMA_TINY_MODEL"]
@@ -91,7 +92,7 @@ def load(make_conn, path, body, concurrency, per_worker):
 with tempfile.TemporaryDirectory() as d:
     direct = [direct_cold_start(d) for _ in range(runs)]
 
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    port = free_port()
     cfg = os.path.join(d, "v.toml")
     with open(cfg, "w") as f:
         f.write(f'''[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{d}/admin.sock"

@@ -7,12 +7,11 @@ measures the time from fork/exec to the READY=1 datagram, reads VmRSS once ready
 after 100 requests, then stops it with SIGTERM. Prints median/min/max.
 """
 import os, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+from procs import free_port
 
 binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/vllamad"
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:

@@ -9,6 +9,7 @@ and (b) as Ollama NDJSON from /api/chat through vllamad; time to first token p50
 vllamad's RSS at the end of the 256-stream run. The client is asyncio on raw sockets.
 """
 import asyncio, json, os, signal, socket, statistics, subprocess, sys, tempfile, time
+from procs import free_port, rss_mib
 
 TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 100
 TOKEN_MS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -47,18 +48,12 @@ async def run(open_conn, request, marker, skip, extra, concurrency):
     return tokens / wall, ttft
 
 
-def rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-
-
 def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
 with tempfile.TemporaryDirectory() as d:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    port = free_port()
     model = os.path.join(d, "model"); os.makedirs(model)
     open(os.path.join(model, "config.json"), "w").write("{}")
     cfg = os.path.join(d, "v.toml")

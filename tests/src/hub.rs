@@ -242,6 +242,11 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
+/// The hub's error answer: `{"error": message}`.
+fn hub_error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, serde_json::json!({ "error": message }))
+}
+
 fn split_repo(rest: &str) -> Option<(String, &str)> {
     let mut parts = rest.splitn(3, '/');
     let (org, name, tail) = (parts.next()?, parts.next()?, parts.next().unwrap_or(""));
@@ -271,22 +276,13 @@ async fn handle(req: Request<hyper::body::Incoming>, state: &Mutex<State>) -> Re
 
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let Some((repo_name, tail)) = split_repo(rest) else {
-            return json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "Not Found"}),
-            );
+            return hub_error(StatusCode::NOT_FOUND, "Not Found");
         };
         let Some(repo) = s.repos.get(&repo_name).cloned() else {
-            return json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "Repository not found"}),
-            );
+            return hub_error(StatusCode::NOT_FOUND, "Repository not found");
         };
         if !authorized(&s, &repo) {
-            return json(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"error": "Access to model is restricted"}),
-            );
+            return hub_error(StatusCode::UNAUTHORIZED, "Access to model is restricted");
         }
         if let Some(rev) = tail.strip_prefix("revision/") {
             if rev != "main" && rev != repo.commit {
@@ -335,10 +331,7 @@ async fn handle(req: Request<hyper::body::Incoming>, state: &Mutex<State>) -> Re
             }
             return r;
         }
-        return json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "Not Found"}),
-        );
+        return hub_error(StatusCode::NOT_FOUND, "Not Found");
     }
 
     // /{org}/{name}/resolve/{rev}/{path} and the CDN's /cdn/{org}/{name}/{path}
@@ -347,16 +340,10 @@ async fn handle(req: Request<hyper::body::Incoming>, state: &Mutex<State>) -> Re
         None => (false, path.trim_start_matches('/')),
     };
     let Some((repo_name, tail)) = split_repo(rest) else {
-        return json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "Not Found"}),
-        );
+        return hub_error(StatusCode::NOT_FOUND, "Not Found");
     };
     let Some(repo) = s.repos.get(&repo_name).cloned() else {
-        return json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "Repository not found"}),
-        );
+        return hub_error(StatusCode::NOT_FOUND, "Repository not found");
     };
     let file_path = if cdn {
         tail.to_string()
@@ -366,31 +353,17 @@ async fn handle(req: Request<hyper::body::Incoming>, state: &Mutex<State>) -> Re
             .and_then(|t| t.split_once('/'))
         {
             Some((_rev, p)) => p.to_string(),
-            None => {
-                return json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": "Not Found"}),
-                )
-            }
+            None => return hub_error(StatusCode::NOT_FOUND, "Not Found"),
         }
     };
     if !cdn && !authorized(&s, &repo) {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "Access to model is restricted"}),
-        );
+        return hub_error(StatusCode::UNAUTHORIZED, "Access to model is restricted");
     }
     if s.faults.missing.contains(&file_path) {
-        return json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "Entry not found"}),
-        );
+        return hub_error(StatusCode::NOT_FOUND, "Entry not found");
     }
     let Some(file) = repo.files.iter().find(|f| f.path == file_path).cloned() else {
-        return json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "Entry not found"}),
-        );
+        return hub_error(StatusCode::NOT_FOUND, "Entry not found");
     };
     if !cdn {
         if let Some(mode) = s.faults.redirect {
@@ -425,10 +398,7 @@ async fn handle(req: Request<hyper::body::Incoming>, state: &Mutex<State>) -> Re
             status: 500,
             authorization: auth,
         });
-        return json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"error": "Internal Error"}),
-        );
+        return hub_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error");
     }
     let content = if s.faults.corrupt.contains(&file_path) {
         let mut changed = file.content.to_vec();

@@ -8,6 +8,8 @@ mod stats;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +32,96 @@ const BUILT_IN: &[&str] = &[
     "Give a short Rust function that reverses a string.",
     "What does HTTP status 429 mean and how should a client react?",
 ];
+
+/// `vllamactl bench`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Base URL of the endpoint (vllamad, vLLM, Ollama…)
+    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    pub url: String,
+    /// Which API to speak
+    #[arg(long, value_enum, default_value = "ollama")]
+    pub api: Api,
+    /// Model name, as the endpoint knows it
+    #[arg(long, short)]
+    pub model: String,
+    /// A file of prompts, one per line (default: eight built-in questions)
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Concurrency levels, run one after the other
+    #[arg(long, short, value_delimiter = ',', default_value = "1")]
+    pub concurrency: Vec<usize>,
+    /// Requests per level, after the warm-up
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub requests: usize,
+    /// Run each level for this many seconds instead of a number of requests
+    #[arg(long, value_name = "SECONDS", conflicts_with = "requests")]
+    pub duration: Option<f64>,
+    /// Tokens to generate per request
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: u32,
+    /// Ask for whole answers instead of streams (no time to first token then)
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Unmeasured requests per worker before each level
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Give up on one request after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    pub request_timeout: f64,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vllamactl bench`: runs the plan, prints the table (or JSON); exit 1 when a level had no
+/// successful request, 2 when the arguments are wrong.
+pub async fn main(args: Args) -> ExitCode {
+    let prompts = match Plan::prompts_from(args.prompts.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vllamactl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan = Plan {
+        url: args.url,
+        api: args.api,
+        model: args.model,
+        prompts,
+        concurrency: args.concurrency,
+        requests: args.requests,
+        duration: args
+            .duration
+            .and_then(|d| Duration::try_from_secs_f64(d).ok()),
+        max_tokens: args.max_tokens,
+        stream: !args.no_stream,
+        warmup: args.warmup,
+        timeout: Duration::try_from_secs_f64(args.request_timeout)
+            .unwrap_or(Duration::from_secs(600)),
+    };
+    match run(&plan, args.json).await {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", table(&report));
+            }
+            if report.levels.iter().any(|l| l.ok == 0) {
+                eprintln!("vllamactl: a level had no successful request");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vllamactl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]

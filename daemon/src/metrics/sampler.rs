@@ -87,12 +87,24 @@ mod tests {
 
     #[test]
     fn samples_engines_and_gpus() {
-        let me = std::process::id();
-        let s = sample(&NoGpu, &[("m".into(), me)]);
+        use std::os::unix::process::CommandExt;
+        // An "engine": a process group of its own, like the supervisor makes.
+        let mut engine = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let s = sample(&NoGpu, &[("m".into(), engine.id())]);
+        let _ = engine.kill();
+        let _ = engine.wait();
         assert!(s.gpus.is_empty());
-        // This test process is not a group leader of its own group necessarily; the group
-        // of `me` may be empty, but a reading is returned for the engine either way.
         assert_eq!(s.engines.len(), 1);
+        assert_eq!(s.engines[0].model, "m");
+        assert!(s.engines[0].resident_bytes > 0, "{:?}", s.engines[0]);
+        assert_eq!(s.engines[0].gpu_bytes, 0, "no GPU, no NVML question");
+        // A group that is gone reads as nothing, not as an error.
+        let gone = sample(&NoGpu, &[("m".into(), engine.id())]);
+        assert_eq!(gone.engines[0].resident_bytes, 0);
         let s = sample(&FakeGpus::new(2, 1 << 30), &[]);
         assert_eq!(s.gpus.len(), 2);
     }

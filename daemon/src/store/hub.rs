@@ -109,13 +109,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A client of `endpoint` (`https://…` or `http://…`, no trailing slash needed).
     pub fn new(endpoint: &str, token: Option<String>) -> Result<Hub, String> {
-        let roots = rustls_native_roots();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = tls_config()?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(15)));
@@ -307,6 +301,23 @@ impl Hub {
         }
         Err(HubError::Redirects { url })
     }
+}
+
+/// The TLS configuration, built once per process: reading the system's CA store is a few
+/// hundred files, which every pull would otherwise read again. (New CA certificates take
+/// effect at the next start.)
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    static TLS: std::sync::OnceLock<Result<rustls::ClientConfig, String>> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(rustls_native_roots())
+            .with_no_client_auth())
+    })
+    .clone()
 }
 
 fn rustls_native_roots() -> rustls::RootCertStore {
