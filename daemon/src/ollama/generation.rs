@@ -55,9 +55,18 @@ struct Progress {
     first_token_at: Option<Instant>,
     prompt_ids: Vec<Value>,
     token_ids: Vec<Value>,
+    /// Streaming: each piece goes out as it comes, so the whole text is not kept.
+    streaming: bool,
 }
 
 impl Progress {
+    fn streaming() -> Progress {
+        Progress {
+            streaming: true,
+            ..Progress::default()
+        }
+    }
+
     /// Takes one chunk; returns the new content and thinking text in it.
     fn feed(&mut self, chunk: &Value) -> (String, String) {
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
@@ -118,8 +127,10 @@ impl Progress {
         if is_token && self.first_token_at.is_none() {
             self.first_token_at = Some(Instant::now());
         }
-        self.text.push_str(&piece);
-        self.thinking.push_str(&thought);
+        if !self.streaming {
+            self.text.push_str(&piece);
+            self.thinking.push_str(&thought);
+        }
         (piece, thought)
     }
 
@@ -327,7 +338,7 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let _lease = lease; // held until the last line is sent
-            let mut p = Progress::default();
+            let mut p = Progress::streaming();
             loop {
                 let event = match reader.next().await {
                     None | Some(Ok(Event::Done)) => break,
@@ -412,6 +423,21 @@ mod tests {
         assert_eq!(pieces.len(), 3);
         assert_eq!(p.text, pieces.concat());
         assert_eq!(p.finish.as_deref(), Some("length"));
+        assert_eq!((p.prompt_tokens, p.completion_tokens), (9, 3));
+        assert!(p.first_token_at.is_some());
+    }
+
+    #[test]
+    fn a_streamed_answer_is_not_kept_but_still_counted() {
+        let mut p = Progress::streaming();
+        let mut pieces = 0;
+        for e in events("chat-stream.sse") {
+            if !p.feed(&e).0.is_empty() {
+                pieces += 1;
+            }
+        }
+        assert_eq!(pieces, 3, "the pieces still come out");
+        assert!(p.text.is_empty() && p.thinking.is_empty());
         assert_eq!((p.prompt_tokens, p.completion_tokens), (9, 3));
         assert!(p.first_token_at.is_some());
     }
