@@ -3,7 +3,7 @@
 //! the client wants one JSON object; chunks become Ollama NDJSON lines as they arrive.
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -337,60 +337,78 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
     let observe = crate::observe::current();
     tokio::spawn(tracing::Instrument::instrument(
         async move {
-            let _lease = lease; // held until the last line is sent
-            let mut p = Progress::streaming();
-            loop {
-                let event = match reader.next().await {
-                    None | Some(Ok(Event::Done)) => break,
-                    Some(e) => e,
-                };
-                let failure = match event {
-                    Ok(Event::Data(v)) if v.get("error").is_some() => v["error"]["message"]
-                        .as_str()
-                        .unwrap_or("engine error")
-                        .to_string(),
-                    Ok(Event::Data(v)) => {
-                        let (piece, thought) = p.feed(&v);
-                        if piece.is_empty() && thought.is_empty() {
-                            continue;
-                        }
-                        let o = object(&job, Some((&piece, &thought, Vec::new())), false);
-                        if tx.send(line(&o)).await.is_err() {
-                            tracing::debug!(model = %job.model, "client left: aborting the engine request");
-                            return; // dropping the reader closes the engine connection: vLLM aborts
-                        }
-                        continue;
-                    }
-                    Ok(Event::Done) => break,
-                    Err(e) => {
-                        tracing::error!(model = %job.model, error = %e, "engine stream broke off");
-                        format!(
-                            "the engine for {} stopped in the middle of the response: {e}",
-                            job.model
-                        )
-                    }
-                };
-                // After streaming began, an error is one last NDJSON line, as Ollama does.
-                let mut o = Map::new();
-                o.insert("error".into(), json!(failure));
-                let _ = tx.send(line(&o)).await;
-                return;
-            }
-            let calls = p.ollama_tool_calls();
-            if !calls.is_empty() && job.kind == Kind::Chat {
-                let o = object(&job, Some(("", "", calls)), false);
-                if tx.send(line(&o)).await.is_err() {
-                    return;
-                }
-            }
-            let mut o = object(&job, Some(("", "", Vec::new())), true);
-            finish(&job, &mut o, &p, load, sent);
-            observed(observe.as_deref(), &p);
-            let _ = tx.send(line(&o)).await;
+            stream(&job, reader, &tx, observe.as_deref(), load, sent).await;
+            // The lease is held until the last line is sent. The record goes before the
+            // channel closes: the access line and the metrics are written by the time the
+            // client sees the end of the stream.
+            drop(lease);
+            drop(observe);
+            drop(tx);
         },
         span,
     ));
     resp
+}
+
+/// Sends the engine's stream to the client as NDJSON lines, ending with the `done` line or
+/// an error line.
+async fn stream(
+    job: &Job,
+    mut reader: SseReader,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    observe: Option<&crate::observe::Request>,
+    load: Duration,
+    sent: Instant,
+) {
+    let mut p = Progress::streaming();
+    loop {
+        let event = match reader.next().await {
+            None | Some(Ok(Event::Done)) => break,
+            Some(e) => e,
+        };
+        let failure = match event {
+            Ok(Event::Data(v)) if v.get("error").is_some() => v["error"]["message"]
+                .as_str()
+                .unwrap_or("engine error")
+                .to_string(),
+            Ok(Event::Data(v)) => {
+                let (piece, thought) = p.feed(&v);
+                if piece.is_empty() && thought.is_empty() {
+                    continue;
+                }
+                let o = object(job, Some((&piece, &thought, Vec::new())), false);
+                if tx.send(line(&o)).await.is_err() {
+                    tracing::debug!(model = %job.model, "client left: aborting the engine request");
+                    return; // dropping the reader closes the engine connection: vLLM aborts
+                }
+                continue;
+            }
+            Ok(Event::Done) => break,
+            Err(e) => {
+                tracing::error!(model = %job.model, error = %e, "engine stream broke off");
+                format!(
+                    "the engine for {} stopped in the middle of the response: {e}",
+                    job.model
+                )
+            }
+        };
+        // After streaming began, an error is one last NDJSON line, as Ollama does.
+        let mut o = Map::new();
+        o.insert("error".into(), json!(failure));
+        let _ = tx.send(line(&o)).await;
+        return;
+    }
+    let calls = p.ollama_tool_calls();
+    if !calls.is_empty() && job.kind == Kind::Chat {
+        let o = object(job, Some(("", "", calls)), false);
+        if tx.send(line(&o)).await.is_err() {
+            return;
+        }
+    }
+    let mut o = object(job, Some(("", "", Vec::new())), true);
+    finish(job, &mut o, &p, load, sent);
+    observed(observe, &p);
+    let _ = tx.send(line(&o)).await;
 }
 
 #[cfg(test)]
