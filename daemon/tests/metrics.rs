@@ -60,10 +60,22 @@ fn counters_move_with_requests_engines_and_reloads() {
         d.request("POST", "/api/chat", &body.to_string()).status,
         200
     );
-    // An OpenAI pass-through, streamed.
+    // OpenAI pass-throughs: streamed (with usage asked for), and not; their token counts come
+    // from the engine's usage objects.
+    let streamed = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}});
     assert_eq!(
-        d.request("POST", "/v1/chat/completions", &chat_body("tiny", 3, true))
+        d.request("POST", "/v1/chat/completions", &streamed.to_string())
             .status,
+        200
+    );
+    assert_eq!(
+        d.request(
+            "POST",
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "hi", "max_tokens": 4}).to_string()
+        )
+        .status,
         200
     );
     // An unknown model: counted, without a model label.
@@ -123,10 +135,15 @@ fn counters_move_with_requests_engines_and_reloads() {
     );
     assert_eq!(
         sample(&text, &format!("vllama_generated_tokens_total{{{m}}}")),
-        Some(5.0),
+        Some(5.0 + 3.0 + 4.0),
         "{text}"
     );
-    assert!(sample(&text, &format!("vllama_prompt_tokens_total{{{m}}}")).unwrap_or(0.0) > 0.0);
+    // The fake engine counts 5 prompt tokens a message and a prompt's words + 1.
+    assert_eq!(
+        sample(&text, &format!("vllama_prompt_tokens_total{{{m}}}")),
+        Some(5.0 + 5.0 + 2.0),
+        "{text}"
+    );
     assert_eq!(
         sample(&text, &format!("vllama_engine_starts_total{{{m}}}")),
         Some(1.0),

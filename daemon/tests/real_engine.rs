@@ -182,6 +182,22 @@ fn real_vllm_end_to_end() {
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }
+    // The OpenAI pass-through's token counts come from vLLM's usage object.
+    let log = d.log();
+    let openai = log
+        .lines()
+        .rfind(|l| {
+            l.contains("vllamad::access")
+                && l.contains("path=/v1/chat/completions")
+                && l.contains("status=200")
+        })
+        .unwrap_or_else(|| panic!("no access line for the OpenAI chat:\n{log}"));
+    let eval: u64 = openai
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("eval_tokens="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no eval_tokens: {openai}"));
+    assert!((1..=8).contains(&eval), "{openai}");
     // promtool: the exposition must parse and vllamad's own series must pass its lints;
     // vLLM's names are vLLM's (it has a histogram named vllm:iteration_tokens_total).
     if let Some(Err(report)) = vllama_testkit::promtool_check(&metrics) {

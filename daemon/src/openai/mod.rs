@@ -13,6 +13,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+mod usage;
+
 use crate::engine::EngineError;
 use crate::http::{self, Body};
 use crate::models::{ModelError, ModelName};
@@ -138,6 +140,7 @@ fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
             sse,
             finished: false,
             saw_done: false,
+            usage: usage::UsageScan::default(),
         }
         .boxed(),
     );
@@ -163,6 +166,8 @@ struct LeasedBody {
     sse: bool,
     finished: bool,
     saw_done: bool,
+    /// Token counts, from the response's `usage` object.
+    usage: usage::UsageScan,
 }
 
 impl LeasedBody {
@@ -194,15 +199,16 @@ impl hyper::body::Body for LeasedBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
-                if self.sse {
-                    if let Some(data) = frame.data_ref() {
+                if let Some(data) = frame.data_ref() {
+                    self.usage.feed(data);
+                    if self.sse {
                         if !self.saw_first {
                             self.saw_first = true;
                             if let Some(r) = &self.observed {
                                 r.first_token();
                             }
                         }
-                        if data.windows(12).any(|w| w == b"data: [DONE]") {
+                        if memchr::memmem::find(data, b"data: [DONE]").is_some() {
                             self.saw_done = true;
                         }
                     }
@@ -214,6 +220,9 @@ impl hyper::body::Body for LeasedBody {
                 if self.sse && !self.saw_done {
                     let event = self.error_event("its stream ended without [DONE]");
                     return Poll::Ready(Some(Ok(event)));
+                }
+                if let (Some(r), Some(u)) = (&self.observed, self.usage.usage()) {
+                    r.tokens(u.prompt_tokens, u.completion_tokens);
                 }
                 self.lease = None;
                 Poll::Ready(None)

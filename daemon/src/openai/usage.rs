@@ -1,0 +1,222 @@
+//! Token counts of a passed-through OpenAI response, read from its `usage` object as the bytes
+//! go by. The relay stays byte-transparent: nothing is buffered but the usage object itself
+//! (a few hundred bytes) and the last few bytes of each frame, in case the key is split
+//! between two frames.
+//!
+//! vLLM writes compact JSON: `"usage":{"prompt_tokens":…}` in a non-streamed answer, and in
+//! the last event of a stream when the client asked for it (`stream_options.include_usage`;
+//! with `continuous_usage_stats` every event has one, and the last one counts). The key with
+//! its quotes cannot occur inside a JSON string (quotes there are escaped), so a match is
+//! always the real field.
+
+use memchr::memmem;
+use serde::Deserialize;
+
+const KEY: &[u8] = b"\"usage\":{";
+/// A usage object longer than this is not one (it is dropped, not buffered further).
+const MAX_OBJECT: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    /// Absent from embeddings' usage.
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+/// Follows one response body.
+#[derive(Debug, Default)]
+pub struct UsageScan {
+    /// Outside an object: the last `KEY.len() - 1` bytes seen. Inside: the object so far.
+    buf: Vec<u8>,
+    object: Option<ObjectState>,
+    last: Option<Usage>,
+}
+
+#[derive(Debug, Default)]
+struct ObjectState {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl UsageScan {
+    /// The last usage object seen whole.
+    pub fn usage(&self) -> Option<Usage> {
+        self.last
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            data = match self.object {
+                Some(_) => self.capture(data),
+                None => self.search(data),
+            };
+        }
+    }
+
+    /// Looks for the key; returns what follows its `{` (that brace included), or nothing.
+    fn search<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        // A key split between the previous frame and this one.
+        if !self.buf.is_empty() {
+            let kept = self.buf.len();
+            self.buf
+                .extend_from_slice(&data[..data.len().min(KEY.len() - 1)]);
+            if let Some(at) = memmem::find(&self.buf, KEY) {
+                return self.open(&data[at + KEY.len() - 1 - kept..]);
+            }
+            if data.len() < KEY.len() - 1 {
+                // A small frame: what was kept and the frame are the new tail.
+                self.keep_tail();
+                return &[];
+            }
+            self.buf.clear();
+        }
+        if let Some(at) = memmem::find(data, KEY) {
+            return self.open(&data[at + KEY.len() - 1..]);
+        }
+        self.buf
+            .extend_from_slice(&data[data.len().saturating_sub(KEY.len() - 1)..]);
+        self.keep_tail();
+        &[]
+    }
+
+    fn keep_tail(&mut self) {
+        let excess = self.buf.len().saturating_sub(KEY.len() - 1);
+        self.buf.drain(..excess);
+    }
+
+    fn open<'a>(&mut self, from_brace: &'a [u8]) -> &'a [u8] {
+        self.buf.clear();
+        self.object = Some(ObjectState::default());
+        from_brace
+    }
+
+    /// Takes bytes of the object until its closing brace; returns what follows it.
+    fn capture<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let Some(state) = self.object.as_mut() else {
+            return data;
+        };
+        let mut end = None;
+        for (i, &b) in data.iter().enumerate() {
+            if state.in_string {
+                match b {
+                    _ if state.escaped => state.escaped = false,
+                    b'\\' => state.escaped = true,
+                    b'"' => state.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => state.in_string = true,
+                b'{' => state.depth += 1,
+                b'}' => {
+                    state.depth = state.depth.saturating_sub(1);
+                    if state.depth == 0 {
+                        end = Some(i + 1);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let taken = end.unwrap_or(data.len());
+        if self.buf.len() + taken > MAX_OBJECT {
+            self.object = None;
+            self.buf.clear();
+            return &data[taken..];
+        }
+        self.buf.extend_from_slice(&data[..taken]);
+        if end.is_some() {
+            self.object = None;
+            if let Ok(usage) = serde_json::from_slice::<Usage>(&self.buf) {
+                self.last = Some(usage);
+            }
+            self.buf.clear();
+        }
+        &data[taken..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &[u8] = b"data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\":{ }\"}}],\"usage\":null}\n\n\
+data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"total_tokens\":19,\"completion_tokens\":7,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n\
+data: [DONE]\n\n";
+
+    fn scan(frames: &[&[u8]]) -> Option<Usage> {
+        let mut s = UsageScan::default();
+        for f in frames {
+            s.feed(f);
+        }
+        s.usage()
+    }
+
+    #[test]
+    fn finds_the_usage_whatever_the_framing() {
+        let want = Some(Usage {
+            prompt_tokens: 12,
+            completion_tokens: 7,
+        });
+        assert_eq!(scan(&[STREAM]), want);
+        for cut in 0..=STREAM.len() {
+            let (a, b) = STREAM.split_at(cut);
+            assert_eq!(scan(&[a, b]), want, "cut at {cut}");
+        }
+        for size in 1..=KEY.len() + 2 {
+            let frames: Vec<&[u8]> = STREAM.chunks(size).collect();
+            assert_eq!(scan(&frames), want, "frames of {size}");
+        }
+    }
+
+    #[test]
+    fn the_last_usage_counts_and_null_or_quoted_ones_do_not() {
+        let continuous = b"data: {\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}\n\n\
+data: {\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
+        assert_eq!(
+            scan(&[continuous]),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 2
+            })
+        );
+        assert_eq!(
+            scan(&[b"{\"usage\":null,\"text\":\"\\\"usage\\\":{1}\"}"]),
+            None
+        );
+        // Embeddings: no completion tokens.
+        assert_eq!(
+            scan(&[b"{\"data\":[],\"usage\":{\"prompt_tokens\":4,\"total_tokens\":4}}"]),
+            Some(Usage {
+                prompt_tokens: 4,
+                completion_tokens: 0
+            })
+        );
+    }
+
+    #[test]
+    fn braces_in_strings_and_oversized_objects() {
+        let tricky =
+            b"{\"usage\":{\"note\":\"}{\\\"\",\"prompt_tokens\":1,\"completion_tokens\":3}}";
+        assert_eq!(
+            scan(&[tricky]),
+            Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 3
+            })
+        );
+        let mut huge = b"{\"usage\":{\"pad\":\"".to_vec();
+        huge.extend(std::iter::repeat_n(b'x', 2 * MAX_OBJECT));
+        huge.extend_from_slice(b"\",\"prompt_tokens\":1}}");
+        assert_eq!(scan(&[&huge]), None);
+        // ... and the scan goes on after it.
+        let after = b"{\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":2}}";
+        let mut s = UsageScan::default();
+        s.feed(&huge);
+        s.feed(after);
+        assert_eq!(s.usage().map(|u| u.prompt_tokens), Some(2));
+    }
+}
