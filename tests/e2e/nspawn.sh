@@ -4,13 +4,16 @@
 # socket activation, READY, the admin socket's permissions, reload (good and broken
 # config), the journal's fields, a restart under load without a refused connection, the
 # watchdog, an engine (the fake vLLM installed as `vllm`) gone with the service, DeviceAllow,
-# upgrade, remove and purge. Prints PASS/FAIL per check and the figures; exits 1 on a FAIL.
+# upgrade, remove and purge. Then, given the .rpm, the same machine installs that (Debian's
+# rpm, its scriptlets under the same systemd): sockets, first request, upgrade, erase.
+# Prints PASS/FAIL per check and the figures; exits 1 on a FAIL.
 #
-#   sudo tests/e2e/nspawn.sh target/packages/vllama_*.deb target/release/fake-vllm [SUITE]
+#   sudo tests/e2e/nspawn.sh target/packages/vllama_*.deb target/release/fake-vllm [SUITE [RPM]]
 set -uo pipefail
 DEB=$(realpath "${1:?the .deb}")
 FAKE=$(realpath "${2:?the fake-vllm binary}")
 SUITE=${3:-bookworm}
+RPM=${4:+$(realpath "$4")}
 [ "$(id -u)" = 0 ] || { echo "needs root (systemd-nspawn)"; exit 2; }
 cd "$(dirname "$0")/../.."
 
@@ -27,6 +30,7 @@ mkdir -p "$WORK/root" "$WORK/pkgs" "$ART"
 tar -C "$WORK/root" -xf "$TAR"
 cp "$DEB" "$WORK/pkgs/vllama.deb"
 cp "$FAKE" "$WORK/pkgs/fake-vllm"
+[ -n "$RPM" ] && cp "$RPM" "$WORK/pkgs/vllama.rpm"
 
 # Pure cgroup v2 and bpf() allowed in the container: DeviceAllow= is really enforced.
 SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -D "$WORK/root" --boot --register=no \
@@ -197,6 +201,40 @@ api /api/version >/dev/null 2>&1 && bad "port 11434 still answers" || ok "port 1
 $IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -P vllama' >> "$ART/install.log" 2>&1 && ok "dpkg -P" || bad "dpkg -P"
 left=$($IN sh -c 'ls /etc/vllama /var/lib/vllama /var/cache/vllama 2>/dev/null; find /etc/systemd/system -name "vllamad*" 2>/dev/null')
 [ -z "$left" ] && ok "purge left no config, state or enablement links" || bad "left after purge: $left"
+
+if [ -n "$RPM" ]; then
+  echo "== the .rpm on the same machine (rpm's database is its own: --nodeps)"
+  # Debian 12's rpm refuses to install without --force-debian; Debian 13's has no such option.
+  debian_flag=$($IN rpm --help 2>/dev/null | grep -o -- --force-debian | head -1)
+  rpm_() { $IN rpm $debian_flag --nodeps "$@" >> "$ART/rpm.log" 2>&1; }
+  # The .deb's purge keeps the user and groups (by design); remove them so %post must make them.
+  $IN sh -c 'userdel alice; userdel vllama; groupdel vllama-admin; groupdel vllama' 2>/dev/null
+  $IN getent passwd vllama >/dev/null && bad "user vllama still there before rpm -i"
+  rpm_ -i /pkgs/vllama.rpm && ok "rpm -i (scriptlets under real systemd)" || { bad "rpm -i"; cat "$ART/rpm.log"; }
+  $IN getent passwd vllama >/dev/null && $IN getent group vllama-admin >/dev/null \
+    && ok "%post: user vllama and group vllama-admin exist" || bad "%post: sysusers did not run"
+  [ "$($IN stat -c %U:%G /var/lib/vllama 2>/dev/null)" = vllama:vllama ] && ok "%post: /var/lib/vllama is vllama's" || bad "/var/lib/vllama: $($IN stat -c %U:%G /var/lib/vllama 2>&1)"
+  for s in vllamad.socket vllamad-admin.socket; do
+    [ "$($IN systemctl is-enabled $s)" = enabled ] && [ "$($IN systemctl is-active $s)" = active ] \
+      && ok "%post: $s enabled and listening" || bad "$s: $($IN systemctl is-enabled $s) $($IN systemctl is-active $s)"
+  done
+  [ "$($IN systemctl is-active vllamad.service)" = inactive ] && ok "vllamad.service not started yet" || bad "service already running"
+  out=$(api /api/version) && echo "$out" | grep -q '"version"' && ok "first request starts it: $out" || bad "first request: $out"
+  $IN vllamactl status > "$ART/status-rpm.txt" 2>&1 && ok "vllamactl status" || bad "vllamactl status: $(cat "$ART/status-rpm.txt")"
+  $IN sed -i 's/^#filter = "info"/filter = "debug"/' /etc/vllama/vllama.toml
+  pid=$(show MainPID)
+  rpm_ -U --replacepkgs /pkgs/vllama.rpm && ok "rpm -U (upgrade)" || bad "rpm -U"
+  [ "$(show MainPID)" != "$pid" ] && [ "$(show ActiveState)" = active ] && ok "%postun: the running daemon was restarted" \
+    || bad "daemon not restarted: $pid -> $(show MainPID) $(show ActiveState)"
+  $IN grep -q '^filter = "debug"' /etc/vllama/vllama.toml && ok "the edited config file was kept (%config(noreplace))" || bad "config replaced"
+  rpm_ -e vllama && ok "rpm -e" || bad "rpm -e"
+  for u in vllamad.service vllamad.socket vllamad-admin.socket; do
+    [ "$($IN systemctl is-active $u)" != active ] && ok "%preun: $u stopped" || bad "$u still active"
+  done
+  api /api/version >/dev/null 2>&1 && bad "port 11434 still answers" || ok "port 11434 closed"
+  left=$($IN sh -c 'ls /usr/bin/vllamad /usr/lib/systemd/system/vllamad* 2>/dev/null; find /etc/systemd/system -name "vllamad*" 2>/dev/null')
+  [ -z "$left" ] && ok "erase left no binaries, units or enablement links" || bad "left after erase: $left"
+fi
 
 echo "== $PASS passed, $FAIL failed (artifacts: $ART)"
 [ "$FAIL" = 0 ]

@@ -5,8 +5,11 @@
 #   tests/e2e/rootfs.sh [SUITE]        # bookworm (systemd 252) by default
 set -euo pipefail
 suite=${1:-bookworm}
+# rpm: the .rpm's scriptlets are run for real too (Debian's rpm, with its own database).
+include=systemd,systemd-sysv,dbus,libpam-systemd,procps,adduser,curl,iproute2,ca-certificates,socat,util-linux,rpm
 cache=${VLLAMA_E2E_CACHE:-/var/cache/vllama/e2e}
-tar=$cache/rootfs-$suite.tar.zst
+# The package list is part of the name: changing it builds a new rootfs.
+tar=$cache/rootfs-$suite-$(echo "$include" | sha256sum | cut -c1-8).tar.zst
 if [ -f "$tar" ]; then
   echo "$tar"
   exit 0
@@ -20,8 +23,7 @@ mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/rootfs-$suite.XXXX")
 trap 'rm -rf "$tmp"' EXIT
 echo "== debootstrap $suite into $tmp (about a minute)" >&2
-debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,dbus,libpam-systemd,procps,adduser,curl,iproute2,ca-certificates,socat,util-linux \
+debootstrap --variant=minbase --include="$include" \
   "$suite" "$tmp/root" "$(mirror)" > "$cache/debootstrap-$suite.log" 2>&1 ||
   { tail -20 "$cache/debootstrap-$suite.log" >&2; exit 2; }
 echo "e2e-$suite" > "$tmp/root/etc/hostname"
@@ -29,4 +31,5 @@ chroot "$tmp/root" passwd -d root >/dev/null
 chroot "$tmp/root" apt-get clean
 tar -C "$tmp/root" --zstd -cf "$tar.tmp" .
 mv "$tar.tmp" "$tar"
+for old in "$cache/rootfs-$suite"*.tar.zst; do [ "$old" = "$tar" ] || rm -f "$old"; done
 echo "$tar"
