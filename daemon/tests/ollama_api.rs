@@ -320,6 +320,11 @@ fn request_ids_reach_the_engine_the_logs_and_the_client() {
         access.contains("status=200") && access.contains("model=tiny:latest"),
         "{access}"
     );
+    // Each field once: the span's model is not recorded again at the lease, and the access
+    // event does not repeat the span's method and path (journald would get two of each).
+    for field in ["model=", "path=", "method="] {
+        assert_eq!(access.matches(field).count(), 1, "{field} in {access}");
+    }
 
     // Without one (or with a bad one), vllamad makes one; the OpenAI route passes it on too.
     let resp = d.request(

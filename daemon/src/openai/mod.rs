@@ -11,8 +11,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
+mod body;
 mod usage;
 
 use crate::engine::EngineError;
@@ -55,26 +56,19 @@ pub fn classify(e: &SchedError) -> (StatusCode, &'static str) {
 
 /// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
 pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Response<Body> {
-    let mut json: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
+    let request = match body::RequestBody::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "the request body must be a JSON object",
+                e.to_string(),
                 "invalid_request_error",
             )
         }
     };
-    let Some(requested) = json.get("model").and_then(Value::as_str) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "`model` is required",
-            "invalid_request_error",
-        );
-    };
-    let name = match ModelName::parse(requested) {
+    let name = match ModelName::parse(request.model()) {
         Ok(n) => {
-            tracing::Span::current().record("model", tracing::field::display(&n));
+            crate::observe::requested(&n.to_string());
             n
         }
         Err(e) => {
@@ -92,17 +86,7 @@ pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Respon
             return error(status, e.to_string(), kind);
         }
     };
-    json["model"] = Value::String(lease.served_name().to_string());
-    let body = match serde_json::to_vec(&json) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-                "internal_error",
-            )
-        }
-    };
+    let body = request.with_model(lease.served_name());
     let mut req = Request::new(http::full(body));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
