@@ -127,7 +127,6 @@ async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     let config = daemon.config();
     let observed = observe::Request::new(
         id.clone(),
-        req.method().clone(),
         req.uri().path(),
         span.clone(),
         config

@@ -21,8 +21,6 @@ tokio::task_local! {
 pub struct Request {
     pub id: String,
     route: &'static str,
-    method: hyper::Method,
-    path: String,
     started: Instant,
     span: tracing::Span,
     /// None when metrics are off (`metrics.enabled = false`).
@@ -32,6 +30,8 @@ pub struct Request {
     /// The canonical name of the model that served it (set once a model is leased, so the
     /// label's values are bounded by the models configured or stored).
     model: OnceLock<String>,
+    /// The model name the client asked for, once it parsed.
+    requested: OnceLock<String>,
     first_token: OnceLock<Duration>,
     tokens: Mutex<Option<(u64, u64)>>,
     /// Time to the response head.
@@ -41,7 +41,6 @@ pub struct Request {
 impl Request {
     pub fn new(
         id: String,
-        method: hyper::Method,
         path: &str,
         span: tracing::Span,
         metrics: Option<Arc<Metrics>>,
@@ -50,14 +49,13 @@ impl Request {
         Arc::new(Request {
             id,
             route: crate::metrics::route_label(path),
-            method,
-            path: path.to_string(),
             started: Instant::now(),
             span,
             metrics,
             access_log,
             status: AtomicU16::new(0),
             model: OnceLock::new(),
+            requested: OnceLock::new(),
             first_token: OnceLock::new(),
             tokens: Mutex::new(None),
             head: AtomicU64::new(0),
@@ -97,8 +95,6 @@ impl Drop for Request {
             let _in = self.span.enter();
             tracing::info!(
                 target: "vllamad::access",
-                method = %self.method,
-                path = %self.path,
                 status,
                 head_ms = self.head.load(Ordering::Relaxed) as f64 / 1000.0,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -122,10 +118,19 @@ pub fn request_id() -> Option<String> {
 }
 
 impl Request {
-    /// The model that serves this request (its canonical name).
+    /// The model the client asked for (a valid name): the span's `model` from here on.
+    pub fn requested(&self, name: &str) {
+        let _ = self.requested.set(name.to_string());
+        self.span.record("model", tracing::field::display(name));
+    }
+
+    /// The model that serves this request (its canonical name). The span gets it too when it
+    /// differs from the name asked for (an alias); a field recorded twice is written twice.
     pub fn model(&self, name: &str) {
         let _ = self.model.set(name.to_string());
-        self.span.record("model", name);
+        if self.requested.get().map(String::as_str) != Some(name) {
+            self.span.record("model", tracing::field::display(name));
+        }
     }
 
     /// The first token is out (only the first call counts).
@@ -149,5 +154,12 @@ impl Request {
 pub fn model(name: &str) {
     if let Some(r) = current() {
         r.model(name);
+    }
+}
+
+/// [`Request::requested`] on the current request.
+pub fn requested(name: &str) {
+    if let Some(r) = current() {
+        r.requested(name);
     }
 }

@@ -96,7 +96,7 @@ fn model_of(req: &Map<String, Value>) -> Result<(String, ModelName), Reject> {
     };
     let name =
         ModelName::parse(&raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    tracing::Span::current().record("model", tracing::field::display(&name));
+    crate::observe::requested(&name.to_string());
     Ok((raw, name))
 }
 
