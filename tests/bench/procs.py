@@ -21,7 +21,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def rss_mib(pid):
-    """Resident memory of a process, MiB."""
+def rss_mib(pid, field="VmRSS"):
+    """Resident memory of a process, MiB (VmHWM: its peak)."""
     with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024

@@ -4,14 +4,23 @@
 (c) through vllamad's Ollama NDJSON translation, (d) through nginx proxying to the engine,
 at c = 1, 64, 256; ratios against (a) and (d); vllamad's RSS and CPU time per request.
 
+`latency` instead measures what each proxy adds alone: one-token answers, not streamed, from
+an engine that does not wait (c = 1 and 64), so the latencies are the proxies' and the
+client's, and (b) − (a) and (d) − (a) are the added time.
+
 usage: cargo build --release --workspace && sudo tests/bench/proxy.py [TOKENS] [TOKEN_MS]
+       sudo tests/bench/proxy.py latency
 (installs nginx from apt when missing)
 """
 import json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
-TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-TOKEN_MS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-LEVELS = [(1, 100), (64, 1280), (256, 2560)]
+LATENCY = sys.argv[1:2] == ["latency"]
+if LATENCY:
+    TOKENS, TOKEN_MS, STREAM, LEVELS = 1, 0, False, [(1, 4000), (64, 40000)]
+else:
+    TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    TOKEN_MS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    STREAM, LEVELS = True, [(1, 100), (64, 1280), (256, 2560)]
 target = os.path.abspath(os.environ.get("TARGET", "target/release"))
 ctl = os.path.join(target, "vllamactl")
 fake = os.path.join(target, "fake-vllm")
@@ -34,7 +43,8 @@ def nginx_cpu():
 
 def bench(url, api, model, c, n):
     out = subprocess.run([ctl, "bench", "--url", url, "--api", api, "--model", model, "-c", str(c),
-                          "-n", str(n), "--max-tokens", str(TOKENS), "--warmup", "1", "--json"],
+                          "-n", str(n), "--max-tokens", str(TOKENS), "--warmup", "1", "--json"]
+                         + ([] if STREAM else ["--no-stream"]),
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"bench failed: {out.stderr}")
@@ -95,7 +105,8 @@ http {{ access_log off; upstream engine {{ server 127.0.0.1:{ep}; keepalive 512;
         cpu_o = (cpu(vd.pid) - c0) / max(o["requests"] + c, 1) * 1e6
         rows.append((c, a, b, o, d, cpu_b, cpu_o, cpu_d, rss_mib(vd.pid)))
 
-    print(f"fake engine: {TOKENS} tokens per stream, one every {TOKEN_MS} ms; streamed; `vllamactl bench`")
+    print(f"fake engine: {TOKENS} tokens per request, one every {TOKEN_MS} ms; "
+          f"{'streamed' if STREAM else 'not streamed'}; `vllamactl bench`")
     print(f"vllamad RSS idle {rss_idle:.1f} MiB")
     hdr = f"{'c':>4} {'path':<26} {'req/s':>8} {'tok/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ttft p50':>9} {'ttft p99':>9} {'errors':>6}"
     print(hdr)
@@ -103,15 +114,15 @@ http {{ access_log off; upstream engine {{ server 127.0.0.1:{ep}; keepalive 512;
         for name, r in (("(a) engine direct", a), ("(b) vllamad OpenAI", b), ("(c) vllamad Ollama NDJSON", o), ("(d) nginx", d)):
             t = r["ttft_ms"] or {"p50": 0, "p99": 0}
             print(f"{c:>4} {name:<26} {r['requests_per_second']:>8.1f} {r['output_tokens_per_second']:>9.0f} "
-                  f"{r['latency_ms']['p50']:>8.1f} {r['latency_ms']['p99']:>8.1f} {t['p50']:>9.2f} {t['p99']:>9.2f} "
+                  f"{r['latency_ms']['p50']:>8.3f} {r['latency_ms']['p99']:>8.3f} {t['p50']:>9.2f} {t['p99']:>9.2f} "
                   f"{sum(r['errors'].values()):>6}")
         add = lambda x, y, k: x["latency_ms"][k] - y["latency_ms"][k]
         print(f"     ratios tok/s: b/a {b['output_tokens_per_second'] / a['output_tokens_per_second']:.3f}  "
               f"c/a {o['output_tokens_per_second'] / a['output_tokens_per_second']:.3f}  "
               f"b/d {b['output_tokens_per_second'] / d['output_tokens_per_second']:.3f}  "
               f"d/a {d['output_tokens_per_second'] / a['output_tokens_per_second']:.3f}")
-        print(f"     added latency vs (a): vllamad p50 {add(b, a, 'p50'):+.2f} ms p99 {add(b, a, 'p99'):+.2f} ms; "
-              f"nginx p50 {add(d, a, 'p50'):+.2f} ms p99 {add(d, a, 'p99'):+.2f} ms")
+        print(f"     added latency vs (a): vllamad p50 {add(b, a, 'p50') * 1000:+.0f} µs p99 {add(b, a, 'p99') * 1000:+.0f} µs; "
+              f"nginx p50 {add(d, a, 'p50') * 1000:+.0f} µs p99 {add(d, a, 'p99') * 1000:+.0f} µs")
         print(f"     CPU per request: vllamad OpenAI {cpu_b:.0f} µs, vllamad Ollama {cpu_o:.0f} µs, "
               f"nginx (master + workers) {cpu_d:.0f} µs; vllamad RSS after {rss:.1f} MiB")
 finally:

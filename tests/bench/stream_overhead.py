@@ -2,17 +2,20 @@
 """Ollama streaming through vllamad against the engine's own SSE stream, consumed directly.
 
   cargo build --release && tests/bench/stream_overhead.py [TOKENS] [TOKEN_MS]
+  LEVELS=1000 tests/bench/stream_overhead.py 100 100
 
-The fake engine emits TOKENS tokens per stream, one every TOKEN_MS ms. For 1, 64 and 256
-concurrent streams: total tokens/s (a) straight from the engine's SSE over its Unix socket
-and (b) as Ollama NDJSON from /api/chat through vllamad; time to first token p50/p99; and
-vllamad's RSS at the end of the 256-stream run. The client is asyncio on raw sockets.
+The fake engine emits TOKENS tokens per stream, one every TOKEN_MS ms. For each number of
+concurrent streams in LEVELS (default 1,64,256): total tokens/s (a) straight from the
+engine's SSE over its Unix socket and (b) as Ollama NDJSON from /api/chat through vllamad;
+time to first token p50/p99; vllamad's RSS after each level and its peak (VmHWM) over the
+run. The client is asyncio on raw sockets.
 """
 import asyncio, json, os, signal, socket, statistics, subprocess, sys, tempfile, time
 from procs import free_port, rss_mib
 
 TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 100
 TOKEN_MS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+LEVELS = [int(c) for c in os.environ.get("LEVELS", "1,64,256").split(",")]
 target = os.environ.get("TARGET", "target/release")
 
 
@@ -59,7 +62,7 @@ with tempfile.TemporaryDirectory() as d:
     cfg = os.path.join(d, "v.toml")
     open(cfg, "w").write(f'''[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{d}/a.sock"
 [paths]\nstate_dir = "{d}/s"\nruntime_dir = "{d}/r"\ncache_dir = "{d}/c"\n[log]\nfilter = "warn"
-[engine]\nvllm = "{os.path.abspath(os.path.join(target, "fake-vllm"))}"\nkeep_alive = -1\nmax_queue = 1024
+[engine]\nvllm = "{os.path.abspath(os.path.join(target, "fake-vllm"))}"\nkeep_alive = -1\nmax_queue = 4096
 [models."m"]\nsource = "{model}"\nenv = {{ FAKE_VLLM_TOKEN_MS = "{TOKEN_MS}", FAKE_VLLM_STARTUP_MS = "50" }}\n''')
     daemon = subprocess.Popen([os.path.join(target, "vllamad"), "--config", cfg], stderr=subprocess.DEVNULL)
     time.sleep(0.3)
@@ -74,7 +77,8 @@ with tempfile.TemporaryDirectory() as d:
     direct = lambda: asyncio.open_unix_connection(engine_sock, limit=1 << 20)
     through = lambda: asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     print(f"fake engine: {TOKENS} tokens per stream, one every {TOKEN_MS} ms ({1000 / TOKEN_MS:.0f} tokens/s per stream)")
-    for c in (1, 64, 256):
+    print(f"vllamad RSS idle, model loaded: {rss_mib(daemon.pid):.1f} MiB")
+    for c in LEVELS:
         # SSE objects: a role chunk, the tokens, a usage chunk ("data: [DONE]" has no "{").
         # NDJSON objects: the tokens, then the final one with the statistics.
         asyncio.run(run(direct, sse_req, b"data: {", 1, 1, min(c, 8)))  # warm-up
@@ -83,7 +87,7 @@ with tempfile.TemporaryDirectory() as d:
         print(f"c={c:>3}: direct SSE {d_tps:8.0f} tok/s, TTFT p50 {pct(d_ttft, .5):6.1f} ms p99 {pct(d_ttft, .99):6.1f} ms | "
               f"vllamad NDJSON {v_tps:8.0f} tok/s, TTFT p50 {pct(v_ttft, .5):6.1f} ms p99 {pct(v_ttft, .99):6.1f} ms | "
               f"ratio {v_tps / d_tps:.3f}, added TTFT p50 {pct(v_ttft, .5) - pct(d_ttft, .5):+.1f} ms p99 {pct(v_ttft, .99) - pct(d_ttft, .99):+.1f} ms")
-        if c == 256:
-            print(f"vllamad RSS after 256 streams: {rss_mib(daemon.pid):.1f} MiB")
+        print(f"vllamad RSS after {c} streams: {rss_mib(daemon.pid):.1f} MiB, "
+              f"peak so far {rss_mib(daemon.pid, 'VmHWM'):.1f} MiB")
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(30)
