@@ -138,10 +138,9 @@ pub const CATALOG: &[(&str, &str)] = &[
 
 /// What the configuration says about a requested name: its settings, and its canonical name.
 pub fn lookup(config: &Config, name: &ModelName) -> Result<(ModelName, ModelConfig), ModelError> {
-    for (key, model) in &config.models {
-        if ModelName::parse(key).is_ok_and(|k| &k == name) {
-            return Ok((name.clone(), model.clone()));
-        }
+    // Configured names are canonical (config validation made them so).
+    if let Some(model) = config.models.get(name.as_str()) {
+        return Ok((name.clone(), model.clone()));
     }
     if let Some(target) = crate::store::aliases::target(name) {
         if &target != name {
@@ -285,10 +284,12 @@ mod tests {
 
     #[test]
     fn lookup_order_config_then_repo_then_catalog() {
+        // Keys as config validation leaves them: canonical.
         let mut config = Config::default();
-        config
-            .models
-            .insert("tiny".into(), ModelConfig::from_source("/models/tiny"));
+        config.models.insert(
+            "tiny:latest".into(),
+            ModelConfig::from_source("/models/tiny"),
+        );
         let tiny = ModelName::parse("tiny:latest").unwrap();
         assert_eq!(lookup(&config, &tiny).unwrap().1.source, "/models/tiny");
         let qwen = ModelName::parse("qwen2.5:0.5b").unwrap();

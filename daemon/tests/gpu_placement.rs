@@ -35,7 +35,9 @@ fn setup(dir: &std::path::Path, models: &[(&str, f64)]) -> (Scheduler, Arc<FakeG
             dir.join("fake").join(name).display().to_string(),
         );
         m.env.insert("FAKE_VLLM_STARTUP_MS".into(), "50".into());
-        config.models.insert(name.to_string(), m);
+        config
+            .models
+            .insert(ModelName::parse(name).unwrap().to_string(), m); // canonical, as validation makes them
     }
     let access = AccessPolicy::resolve(&config.admin);
     let active = ActiveConfig {

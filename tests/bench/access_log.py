@@ -5,11 +5,11 @@ logging text to a file as under a plain service manager. Runs each mode 3 times,
 
 usage: cargo build --release && tests/bench/access_log.py [REQUESTS]
 """
-import http.client, os, signal, socket, statistics, subprocess, sys, tempfile, time
+import http.client, os, signal, socket, subprocess, sys, tempfile, time
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 target = os.environ.get("TARGET", "target/release")
-from procs import cpu_seconds, free_port
+from procs import cpu_seconds, free_port, on_off
 
 
 def run(access):
@@ -32,13 +32,4 @@ def run(access):
         return cpu / n * 1e6, n / wall
 
 
-results = {True: [], False: []}
-for _ in range(3):
-    for mode in (False, True):
-        results[mode].append(run(mode))
-for mode in (False, True):
-    us = statistics.median(r[0] for r in results[mode])
-    rps = statistics.median(r[1] for r in results[mode])
-    print(f"access log {'on ' if mode else 'off'}: {us:.1f} µs vllamad CPU per request, {rps:.0f} requests/s (median of 3 x {n})")
-on, off = (statistics.median(r[0] for r in results[m]) for m in (True, False))
-print(f"ratio on/off CPU per request: {on / off:.2f}")
+on_off(run, "access log", n)

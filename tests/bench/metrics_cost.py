@@ -13,7 +13,7 @@ scrapes = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
 target = os.environ.get("TARGET", "target/release")
 fake = os.path.abspath(os.path.join(target, "fake-vllm"))
-from procs import cpu_seconds, free_port
+from procs import cpu_seconds, free_port, on_off
 
 
 def start(d, on, models):
@@ -77,15 +77,4 @@ def run(on):
         return cpu / n * 1e6, n / wall
 
 
-results = {True: [], False: []}
-for _ in range(3):
-    for mode in (False, True):
-        results[mode].append(run(mode))
-for mode in (False, True):
-    us = statistics.median(r[0] for r in results[mode])
-    rps = statistics.median(r[1] for r in results[mode])
-    print(f"metrics + access log {'on ' if mode else 'off'}: {us:.1f} µs vllamad CPU per request, "
-          f"{rps:.0f} requests/s (median of 3 x {n})")
-on, off = (statistics.median(r[0] for r in results[m]) for m in (True, False))
-ron, roff = (statistics.median(r[1] for r in results[m]) for m in (True, False))
-print(f"ratio on/off: CPU per request {on / off:.2f}, requests/s {ron / roff:.3f}")
+on_off(run, "metrics + access log", n)

@@ -1,7 +1,8 @@
-"""What the benchmark scripts share: a free loopback port, and a process's CPU time and
-resident memory from /proc."""
+"""What the benchmark scripts share: a free loopback port, a process's CPU time and
+resident memory from /proc, and an on/off comparison."""
 import os
 import socket
+import statistics
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -25,3 +26,19 @@ def rss_mib(pid, field="VmRSS"):
     """Resident memory of a process, MiB (VmHWM: its peak)."""
     with open(f"/proc/{pid}/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024
+
+
+def on_off(run, label, n, repeat=3):
+    """Runs `run(on)` `repeat` times each way, alternating; `run` returns (µs of CPU per
+    request, requests/s). Prints the medians and the on/off ratios."""
+    results = {True: [], False: []}
+    for _ in range(repeat):
+        for on in (False, True):
+            results[on].append(run(on))
+    med = {on: (statistics.median(r[0] for r in results[on]), statistics.median(r[1] for r in results[on]))
+           for on in (False, True)}
+    for on in (False, True):
+        print(f"{label} {'on ' if on else 'off'}: {med[on][0]:.1f} µs vllamad CPU per request, "
+              f"{med[on][1]:.0f} requests/s (median of {repeat} x {n})")
+    print(f"ratio on/off: CPU per request {med[True][0] / med[False][0]:.2f}, "
+          f"requests/s {med[True][1] / med[False][1]:.3f}")

@@ -33,7 +33,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub metrics: MetricsConfig,
     pub store: StoreConfig,
-    /// The models this daemon serves, by name (`qwen2.5:0.5b`).
+    /// The models this daemon serves, by canonical name (`qwen2.5:0.5b`, `tiny:latest`).
     pub models: BTreeMap<String, ModelConfig>,
 }
 
@@ -506,9 +506,19 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
             "too long for engine socket paths (at most 45 bytes)".into(),
         ));
     }
-    for (name, model) in &config.models {
+    // Keys become canonical names (`tiny` → `tiny:latest`), so a request's name finds its
+    // model with one map lookup.
+    let mut models = BTreeMap::new();
+    for (name, model) in std::mem::take(&mut config.models) {
         let key = format!("models.\"{name}\"");
-        crate::models::ModelName::parse(name).map_err(|e| key_err(&key, e.to_string()))?;
+        let canonical =
+            crate::models::ModelName::parse(&name).map_err(|e| key_err(&key, e.to_string()))?;
+        if models.contains_key(canonical.as_str()) {
+            return Err(key_err(
+                &key,
+                format!("names the same model as another entry ({canonical})"),
+            ));
+        }
         if model.source.trim().is_empty() {
             return Err(key_err(
                 &format!("{key}.source"),
@@ -521,7 +531,9 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
                 "must be 1 or more".into(),
             ));
         }
+        models.insert(canonical.to_string(), model);
     }
+    config.models = models;
     if config.metrics.sample_interval.0 < std::time::Duration::from_millis(100) {
         return Err(key_err(
             "metrics.sample_interval",
@@ -640,6 +652,26 @@ mod tests {
         assert_eq!(c.api.max_request_body, ByteSize(1024));
         assert_eq!(c.admin.socket_mode, SocketMode(0o600));
         assert_eq!(c.daemon.shutdown_grace, HumanDuration::from_secs(120));
+    }
+
+    #[test]
+    fn model_names_are_made_canonical_and_must_differ() {
+        let valid = |text: &str| {
+            let mut c = p(text)?;
+            let file = Path::new("/etc/vllama/vllama.toml");
+            validate(&mut c, Path::new("/etc/vllama"), file).map(|()| c)
+        };
+        let c =
+            valid("[models.\"tiny\"]\nsource = \"/m/a\"\n[models.\"Org/B\"]\nsource = \"/m/b\"\n")
+                .unwrap();
+        let names: Vec<&str> = c.models.keys().map(String::as_str).collect();
+        assert_eq!(names, ["Org/B", "tiny:latest"]);
+        let err = valid(
+            "[models.\"tiny\"]\nsource = \"/m/a\"\n[models.\"tiny:latest\"]\nsource = \"/m/b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("names the same model"), "{err}");
     }
 
     #[test]

@@ -36,10 +36,13 @@ pub fn read_self() -> ProcessReading {
     let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
     ProcessReading {
         resident_bytes,
-        start_time_seconds: start_time().unwrap_or(0.0),
+        start_time_seconds: *START_TIME.get_or_init(|| start_time().unwrap_or(0.0)),
         open_fds,
     }
 }
+
+/// It does not change: read once, not on every scrape.
+static START_TIME: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// Boot time plus the process's start in clock ticks (field 22 of /proc/self/stat).
 fn start_time() -> Option<f64> {
