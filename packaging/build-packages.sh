@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools=${VLLAMA_CARGO_TOOLS:-/var/cache/vllama/cargo-tools}
-[ -w "$(dirname "$tools")" ] || tools=${XDG_CACHE_HOME:-$HOME/.cache}/vllama/cargo-tools
+tools=${VLLAMA_CARGO_TOOLS:-${VLLAMA_CACHE_ROOT:-/var/cache/vllama}/cargo-tools}
+mkdir -p "$tools" 2>/dev/null || true
+[ -w "$tools" ] || { tools=${XDG_CACHE_HOME:-$HOME/.cache}/vllama/cargo-tools; mkdir -p "$tools"; }
 export PATH="$tools/bin:$PATH"
 for tool in cargo-deb:cargo-deb cargo-generate-rpm:cargo-generate-rpm; do
   if ! command -v "${tool%%:*}" >/dev/null; then

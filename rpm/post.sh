@@ -13,4 +13,7 @@ if [ "$1" -eq 1 ]; then
     if [ -d /run/systemd/system ]; then
         systemctl start vllamad.socket vllamad-admin.socket >/dev/null 2>&1 || :
     fi
+    if [ ! -e /var/lib/vllama/venv/bin/vllm ]; then
+        echo "vllama: no vLLM engine is installed yet; next step: sudo vllamactl engine install (then: vllamactl doctor)"
+    fi
 fi

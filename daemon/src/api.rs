@@ -241,13 +241,15 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
         Err(e @ BodyError::Read(_)) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     match (path.as_str(), &method) {
-        ("/", &Method::GET | &Method::HEAD) => http::text(StatusCode::OK, "Ollama is running"),
-        ("/api/version", &Method::GET | &Method::HEAD) => http::json(
+        ("/", &Method::GET | &Method::HEAD) => {
+            with_version(http::text(StatusCode::OK, "Ollama is running"))
+        }
+        ("/api/version", &Method::GET | &Method::HEAD) => with_version(http::json(
             StatusCode::OK,
             &Version {
                 version: crate::VERSION,
             },
-        ),
+        )),
         ("/metrics", &Method::GET) if metrics_here(daemon) => crate::metrics::respond(daemon).await,
         ("/v1/chat/completions" | "/v1/completions" | "/v1/embeddings", &Method::POST) => {
             crate::openai::forward(daemon, parts, body).await
@@ -264,4 +266,12 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
             ),
         },
     }
+}
+
+/// `X-Vllama-Version` on the probe routes: how `vllamactl doctor` (and a person with curl)
+/// tells vllama from an Ollama holding the same port.
+fn with_version(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert("x-vllama-version", HeaderValue::from_static(crate::VERSION));
+    resp
 }

@@ -19,20 +19,39 @@ pub struct GpuInfo {
     pub power_milliwatts: Option<u32>,
 }
 
+/// The NVIDIA driver, as NVML reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverInfo {
+    pub version: String,
+    /// The newest CUDA version the driver supports, (major, minor).
+    pub cuda: (u32, u32),
+}
+
 pub trait GpuProbe: Send + Sync + std::fmt::Debug {
     /// Every GPU; empty without a GPU or driver.
     fn gpus(&self) -> Vec<GpuInfo>;
+    /// The driver, or why there is none (NVML missing, no device).
+    fn driver(&self) -> Result<DriverInfo, String>;
     /// GPU memory used by these processes, summed over all GPUs.
     fn process_memory(&self, pids: &[u32]) -> u64;
 }
 
-/// A machine without (usable) GPUs.
+/// A machine without (usable) GPUs, and why.
 #[derive(Debug, Default)]
-pub struct NoGpu;
+pub struct NoGpu {
+    pub reason: String,
+}
 
 impl GpuProbe for NoGpu {
     fn gpus(&self) -> Vec<GpuInfo> {
         Vec::new()
+    }
+    fn driver(&self) -> Result<DriverInfo, String> {
+        Err(if self.reason.is_empty() {
+            "no NVIDIA driver".into()
+        } else {
+            self.reason.clone()
+        })
     }
     fn process_memory(&self, _: &[u32]) -> u64 {
         0
@@ -62,12 +81,28 @@ pub fn detect() -> Box<dyn GpuProbe> {
         }
         Err(e) => {
             tracing::info!(reason = %e, "no NVIDIA GPU (NVML unavailable): engines run without GPU placement");
-            Box::new(NoGpu)
+            Box::new(NoGpu {
+                reason: format!("NVML is unavailable ({e})"),
+            })
         }
     }
 }
 
 impl GpuProbe for Nvml {
+    fn driver(&self) -> Result<DriverInfo, String> {
+        let version = self.0.sys_driver_version().map_err(|e| e.to_string())?;
+        let cuda = self
+            .0
+            .sys_cuda_driver_version()
+            .map_err(|e| e.to_string())?;
+        // NVML encodes CUDA 12.4 as 12040.
+        let cuda = (cuda / 1000, (cuda % 1000) / 10);
+        Ok(DriverInfo {
+            version,
+            cuda: (cuda.0.max(0) as u32, cuda.1.max(0) as u32),
+        })
+    }
+
     fn gpus(&self) -> Vec<GpuInfo> {
         let count = match self.0.device_count() {
             Ok(n) => n,
@@ -128,6 +163,8 @@ impl GpuProbe for Nvml {
 #[derive(Debug, Default)]
 pub struct FakeGpus {
     gpus: Mutex<Vec<GpuInfo>>,
+    /// The driver's CUDA version (default 12.4).
+    pub cuda: Option<(u32, u32)>,
 }
 
 impl FakeGpus {
@@ -147,6 +184,7 @@ impl FakeGpus {
             .collect();
         FakeGpus {
             gpus: Mutex::new(gpus),
+            cuda: Some((12, 4)),
         }
     }
 
@@ -160,6 +198,16 @@ impl FakeGpus {
 }
 
 impl GpuProbe for FakeGpus {
+    fn driver(&self) -> Result<DriverInfo, String> {
+        match self.cuda {
+            Some(cuda) => Ok(DriverInfo {
+                version: "550.0-fake".into(),
+                cuda,
+            }),
+            None => Err("fake: no driver".into()),
+        }
+    }
+
     fn gpus(&self) -> Vec<GpuInfo> {
         self.gpus.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

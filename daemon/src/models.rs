@@ -12,14 +12,14 @@ pub enum ModelError {
     #[error("invalid model name `{name}`: {why}")]
     InvalidName { name: String, why: &'static str },
     /// Ollama's wording, which clients show to users.
-    #[error("model \"{0}\" not found, try pulling it first")]
+    #[error("model \"{0}\" not found, try pulling it first (vllamactl pull {0})")]
     NotFound(String),
-    #[error("model \"{name}\": {repo} is not in the model store ({dir}); download it there with `HF_HOME={home} huggingface-cli download {repo}`, or name a local folder as its source in [models]")]
+    /// Ollama's wording first (its CLI pulls on "not found"), then where it was looked for.
+    #[error("model \"{name}\" not found, try pulling it first (vllamactl pull {name}): {repo} is not in the model store ({dir})")]
     NotPulled {
         name: String,
         repo: String,
         dir: String,
-        home: String,
     },
     #[error("model \"{name}\": {path} is not a model directory (no config.json)")]
     NotAModelDir { name: String, path: String },
@@ -172,7 +172,6 @@ pub fn resolve_dir(
             name: name.to_string(),
             repo: source.to_string(),
             dir: state_dir.join("hub").display().to_string(),
-            home: state_dir.display().to_string(),
         })?
     };
     if !dir.join("config.json").is_file() {
@@ -302,7 +301,7 @@ mod tests {
         let unknown = ModelName::parse("nothing:here").unwrap();
         assert_eq!(
             lookup(&config, &unknown).unwrap_err().to_string(),
-            "model \"nothing:here\" not found, try pulling it first"
+            "model \"nothing:here\" not found, try pulling it first (vllamactl pull nothing:here)"
         );
     }
 

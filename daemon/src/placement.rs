@@ -27,7 +27,7 @@ pub struct Placement {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not enough GPU memory: need {} on each of {gpus} GPU(s), {} free at most", ByteSize(*need), ByteSize(*best_free))]
+#[error("not enough GPU memory: need {} on each of {gpus} GPU(s), {} free at most; free some (vllamactl ps, vllamactl unload MODEL; nvidia-smi shows other programs) or lower the model's gpu_memory or max_model_len", ByteSize(*need), ByteSize(*best_free))]
 pub struct Shortfall {
     pub need: u64,
     pub gpus: u32,

@@ -86,7 +86,7 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     let probe: Arc<dyn crate::gpu::GpuProbe> =
         match tokio::task::spawn_blocking(crate::gpu::detect).await {
             Ok(probe) => Arc::from(probe),
-            Err(_) => Arc::new(crate::gpu::NoGpu),
+            Err(_) => Arc::new(crate::gpu::NoGpu::default()),
         };
 
     // HTTP connections drain first; engines (and their timers) stop after them.
@@ -114,6 +114,8 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
             scheduler,
             metrics,
             pulls: crate::store::pull::Pulls::new(engine_tasks.clone(), shutdown.clone()),
+            installer: crate::install::Installer::new(engine_tasks.clone(), shutdown.clone()),
+            tasks: http_tasks.clone(),
         },
     ));
 

@@ -31,6 +31,9 @@ pub struct Services {
     pub scheduler: Scheduler,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub pulls: crate::store::pull::Pulls,
+    pub installer: crate::install::Installer,
+    /// Background work started by requests (progress streams); shutdown waits for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// State shared by every task of the daemon.
@@ -45,6 +48,8 @@ pub struct Daemon {
     pub scheduler: Scheduler,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub pulls: crate::store::pull::Pulls,
+    pub installer: crate::install::Installer,
+    pub tasks: tokio_util::task::TaskTracker,
     /// The public listener is on a loopback address: the DNS-rebinding guard applies.
     pub api_on_loopback: bool,
     config: watch::Sender<Arc<ActiveConfig>>,
@@ -66,6 +71,8 @@ impl Daemon {
             scheduler,
             metrics,
             pulls,
+            installer,
+            tasks,
         } = services;
         let api_on_loopback = listeners
             .iter()
@@ -83,6 +90,8 @@ impl Daemon {
             scheduler,
             metrics,
             pulls,
+            installer,
+            tasks,
             config,
             last_reload_error: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),

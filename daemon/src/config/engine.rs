@@ -44,8 +44,11 @@ pub enum Transport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// The `vllm` executable.
+    /// The `vllm` executable. `vllamactl engine install` installs it when it is
+    /// `<venv>/bin/vllm` (`<venv>` becomes a link to the build it made).
     pub vllm: PathBuf,
+    /// The Python `vllamactl engine install` makes the engine's venv with.
+    pub python: PathBuf,
     /// Extra arguments for every `vllm serve`.
     pub args: Vec<String>,
     /// Extra environment for every engine.
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             vllm: "/var/lib/vllama/venv/bin/vllm".into(),
+            python: "python3".into(),
             args: Vec::new(),
             env: BTreeMap::new(),
             load_timeout: HumanDuration::from_secs(600),

@@ -491,11 +491,14 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
         ("paths.runtime_dir", &mut config.paths.runtime_dir),
         ("paths.cache_dir", &mut config.paths.cache_dir),
         ("engine.vllm", &mut config.engine.vllm),
+        ("engine.python", &mut config.engine.python),
     ] {
         if path.as_os_str().is_empty() {
             return Err(key_err(key, "must not be empty".into()));
         }
-        if path.is_relative() && (key != "engine.vllm" || path.components().count() > 1) {
+        // A bare program name (`vllm`, `python3`) is looked up in PATH.
+        let program = matches!(key, "engine.vllm" | "engine.python");
+        if path.is_relative() && (!program || path.components().count() > 1) {
             *path = normalize(&base.join(&*path));
         }
     }

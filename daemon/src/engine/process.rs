@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
 
 /// How many output lines are kept for error reports.
@@ -254,28 +254,26 @@ pub fn level_of(line: &str) -> tracing::Level {
         "INFO" => tracing::Level::INFO,
         "WARNING" | "WARN" => tracing::Level::WARN,
         "ERROR" | "CRITICAL" | "FATAL" => tracing::Level::ERROR,
-        t if t.len() > 4 && t[1..5].bytes().all(|b| b.is_ascii_digit()) => match &t[..1] {
-            "W" => tracing::Level::WARN,
-            "E" | "F" => tracing::Level::ERROR,
-            _ => tracing::Level::INFO,
-        },
+        // Bytes, not string slices: a first word may be any UTF-8 (`█▌ warming up`).
+        t if t.len() > 4
+            && t.as_bytes()
+                .get(1..5)
+                .is_some_and(|d| d.iter().all(u8::is_ascii_digit)) =>
+        {
+            match t.as_bytes().first() {
+                Some(b'W') => tracing::Level::WARN,
+                Some(b'E' | b'F') => tracing::Level::ERROR,
+                _ => tracing::Level::INFO,
+            }
+        }
         _ => tracing::Level::INFO,
     }
 }
 
+/// Reads one of the engine's streams forever (bounded lines: `crate::lines`), mapping each
+/// line to a tracing event at vLLM's level and keeping it for error reports.
 async fn pump(stream: impl AsyncRead + Unpin, model: String, pid: i32, output: Output) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-        if line.is_empty() {
-            continue;
-        }
+    crate::lines::for_each_line(stream, |line| {
         match level_of(&line) {
             tracing::Level::ERROR => tracing::error!(target: "vllm", model, pid, "{line}"),
             tracing::Level::WARN => tracing::warn!(target: "vllm", model, pid, "{line}"),
@@ -283,7 +281,8 @@ async fn pump(stream: impl AsyncRead + Unpin, model: String, pid: i32, output: O
             _ => tracing::info!(target: "vllm", model, pid, "{line}"),
         }
         output.push(line);
-    }
+    })
+    .await;
 }
 
 /// Every live process in process group `pgid` (an engine and its EngineCore/Workers), for
@@ -352,6 +351,20 @@ pub fn sweep_orphans(runtime_dir: &Path) -> usize {
 mod tests {
     use super::*;
     use tracing::Level;
+
+    #[test]
+    fn odd_first_words_do_not_panic() {
+        for line in [
+            "█▌ warming up",
+            "W█▌12 x",
+            "é1234",
+            "W1\u{e9}34",
+            "\u{fffd}\u{fffd}\u{fffd}",
+        ] {
+            assert_eq!(level_of(line), tracing::Level::INFO, "{line}");
+        }
+        assert_eq!(level_of("W1127 16:11:31.835 torch"), tracing::Level::WARN);
+    }
 
     #[test]
     fn vllm_levels() {

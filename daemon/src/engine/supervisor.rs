@@ -448,7 +448,12 @@ fn spawn_error(e: &ProcessError) -> String {
         ProcessError::Spawn { program, source }
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            format!("{program} does not exist: install vLLM and set engine.vllm in /etc/vllama/vllama.toml")
+            format!("the vLLM engine is not installed ({program} does not exist); run: sudo vllamactl engine install")
+        }
+        ProcessError::Spawn { program, source }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            format!("vllamad's user may not run {program} ({source}); run: sudo vllamactl engine install --force, or fix its permissions")
         }
         other => other.to_string(),
     }

@@ -94,7 +94,7 @@ mod tests {
             .process_group(0)
             .spawn()
             .unwrap();
-        let s = sample(&NoGpu, &[("m".into(), engine.id())]);
+        let s = sample(&NoGpu::default(), &[("m".into(), engine.id())]);
         let _ = engine.kill();
         let _ = engine.wait();
         assert!(s.gpus.is_empty());
@@ -103,7 +103,7 @@ mod tests {
         assert!(s.engines[0].resident_bytes > 0, "{:?}", s.engines[0]);
         assert_eq!(s.engines[0].gpu_bytes, 0, "no GPU, no NVML question");
         // A group that is gone reads as nothing, not as an error.
-        let gone = sample(&NoGpu, &[("m".into(), engine.id())]);
+        let gone = sample(&NoGpu::default(), &[("m".into(), engine.id())]);
         assert_eq!(gone.engines[0].resident_bytes, 0);
         let s = sample(&FakeGpus::new(2, 1 << 30), &[]);
         assert_eq!(s.gpus.len(), 2);
