@@ -512,8 +512,12 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
     // Keys become canonical names (`tiny` → `tiny:latest`), so a request's name finds its
     // model with one map lookup.
     let mut models = BTreeMap::new();
-    for (name, model) in std::mem::take(&mut config.models) {
+    for (name, mut model) in std::mem::take(&mut config.models) {
         let key = format!("models.\"{name}\"");
+        // A local folder named relative to this file (`./m`, `../m`), like the paths above.
+        if model.source.starts_with("./") || model.source.starts_with("../") {
+            model.source = normalize(&base.join(&model.source)).display().to_string();
+        }
         let canonical =
             crate::models::ModelName::parse(&name).map_err(|e| key_err(&key, e.to_string()))?;
         if models.contains_key(canonical.as_str()) {
@@ -819,7 +823,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("v.toml"),
-            "[paths]\nstate_dir = \"state\"\n",
+            "[paths]\nstate_dir = \"state\"\n[models.\"m\"]\nsource = \"../models/m\"\n[models.\"r\"]\nsource = \"org/name\"\n",
         )
         .unwrap();
         let cwd = std::env::current_dir().unwrap();
@@ -838,6 +842,17 @@ mod tests {
             loaded.config.paths.state_dir
         );
         assert_eq!(loaded.config.paths.state_dir, dir.path().join("state"));
+        let source = |m: &str| loaded.config.models[m].source.clone();
+        let parent = dir.path().parent().unwrap();
+        assert_eq!(
+            source("m:latest"),
+            parent.join("models/m").display().to_string()
+        );
+        assert_eq!(
+            source("r:latest"),
+            "org/name",
+            "repositories stay as they are"
+        );
     }
 
     /// `to` relative to `from` (both absolute), with `..` as needed.
