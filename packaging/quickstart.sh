@@ -47,11 +47,11 @@ helper() {
   say "vllamactl engine install --$build"
   "${ctl[@]}" engine install --$build || { say "engine install failed (above); vllamactl doctor may say more"; kill "$daemon"; return 1; }
   if [ $model = tiny ]; then
-    if [ ! -f "$dev/tiny-llama/config.json" ]; then
-      say "making a tiny local model (random weights, no hub) in $dev/tiny-llama"
-      rm -rf "$dev/tiny-llama.tmp"
-      "$dev/venv/bin/python" tests/real-engine/make_tiny_model.py "$dev/tiny-llama.tmp" >/dev/null 2>&1
-      mv "$dev/tiny-llama.tmp" "$dev/tiny-llama"
+    if [ ! -f "$dev/tiny-hermes/config.json" ]; then
+      say "making a tiny local model (random weights, no hub) in $dev/tiny-hermes"
+      rm -rf "$dev/tiny-hermes.tmp"
+      "$dev/venv/bin/python" tests/real-engine/make_tiny_model.py "$dev/tiny-hermes.tmp" --family hermes >/dev/null 2>&1
+      mv "$dev/tiny-hermes.tmp" "$dev/tiny-hermes"
     fi
   else
     say "vllamactl pull $model"

@@ -168,6 +168,22 @@ pub fn stored_one(m: &StoredModel) -> String {
         ),
         ("kind", kind.into()),
         (
+            "capabilities",
+            if m.capabilities.is_empty() {
+                "-".into()
+            } else {
+                m.capabilities.join(", ")
+            },
+        ),
+        (
+            "engine",
+            if m.profile.is_empty() {
+                "-".into()
+            } else {
+                m.profile.clone()
+            },
+        ),
+        (
             "aliases",
             if m.aliases.is_empty() {
                 "-".into()

@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use bytes::Bytes;
+use tokio::sync::watch;
 use vllama_proto::{
-    EngineInstallRequest, PreloadEvent, PreloadRequest, PullRequest, RemoveRequest, UnloadRequest,
-    DOCTOR_PATH, ENGINES_PATH, ENGINE_INSTALL_PATH, ENGINE_PATH, MODELS_PATH, PRELOAD_PATH,
-    PULL_PATH, RELOAD_PATH, REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
+    EngineInstallRequest, InstallProgress, PreloadEvent, PreloadRequest, PullProgress, PullRequest,
+    RemoveRequest, UnloadRequest, DOCTOR_PATH, ENGINES_PATH, ENGINE_INSTALL_PATH, ENGINE_PATH,
+    MODELS_PATH, PRELOAD_PATH, PULL_PATH, RELOAD_PATH, REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
 };
 
 use crate::models::ModelName;
@@ -232,7 +233,7 @@ async fn engine_install(daemon: &Daemon, req: EngineInstallRequest) -> Response<
         .installer
         .start(&req, &config.config.engine, env, gpus)
         .await;
-    let mut rx = match rx {
+    let rx = match rx {
         Ok(rx) => rx,
         Err(e) if matches!(e, crate::install::InstallError::Busy { .. }) => {
             return http::error(StatusCode::CONFLICT, e.to_string())
@@ -240,23 +241,51 @@ async fn engine_install(daemon: &Daemon, req: EngineInstallRequest) -> Response<
         Err(e) if e.is_refusal() => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    follow(
+        daemon,
+        rx,
+        |p: &InstallProgress| p.phase.finished(),
+        |p| p.step * 8 + p.phase as usize,
+    )
+}
+
+/// Streams watched progress as NDJSON until it is `finished`: a change of `milestone` (a
+/// phase, a step) at once, other changes at most five a second, the last one never held
+/// back. A client that leaves only detaches: the work goes on.
+fn follow<T>(
+    daemon: &Daemon,
+    mut rx: watch::Receiver<T>,
+    finished: fn(&T) -> bool,
+    milestone: fn(&T) -> usize,
+) -> Response<Body>
+where
+    T: serde::Serialize + Clone + Send + Sync + 'static,
+{
+    const EVERY: Duration = Duration::from_millis(200);
     let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
     daemon.tasks.spawn(async move {
         loop {
             let progress = rx.borrow_and_update().clone();
             let mut line = serde_json::to_vec(&progress).unwrap_or_default();
             line.push(b'\n');
-            if tx.send(Bytes::from(line)).await.is_err() || progress.phase.finished() {
+            if tx.send(Bytes::from(line)).await.is_err() || finished(&progress) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if rx.changed().await.is_err() {
-                // The install ended between two looks: send its last state.
-                let last = rx.borrow().clone();
-                let mut line = serde_json::to_vec(&last).unwrap_or_default();
-                line.push(b'\n');
-                let _ = tx.send(Bytes::from(line)).await;
-                return;
+            let (sent, mark) = (tokio::time::Instant::now(), milestone(&progress));
+            let mut held = false;
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() && !held {
+                            return; // closed, nothing new: its last state went out
+                        }
+                        if changed.is_err() || milestone(&rx.borrow()) != mark || sent.elapsed() >= EVERY {
+                            break;
+                        }
+                        held = true;
+                    }
+                    _ = tokio::time::sleep_until(sent + EVERY), if held => break,
+                }
             }
         }
     });
@@ -283,25 +312,16 @@ fn store_error(e: &crate::store::StoreError) -> Response<Body> {
 /// Streams the pull's progress as NDJSON (one line per change, at most five a second) until
 /// it is done or has failed. A client that leaves detaches: the pull goes on.
 async fn pull(daemon: &Daemon, req: PullRequest) -> Response<Body> {
-    let mut rx = match crate::store::ops::pull(daemon, &req.model).await {
+    let rx = match crate::store::ops::pull(daemon, &req.model).await {
         Ok(rx) => rx,
         Err(e) => return store_error(&e),
     };
-    let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
-    tokio::spawn(async move {
-        loop {
-            let progress = rx.borrow_and_update().clone();
-            let mut line = serde_json::to_vec(&progress).unwrap_or_default();
-            line.push(b'\n');
-            if tx.send(Bytes::from(line)).await.is_err() || progress.phase.finished() {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-    resp
+    follow(
+        daemon,
+        rx,
+        |p: &PullProgress| p.phase.finished(),
+        |p| p.phase as usize,
+    )
 }
 
 fn sched_error(e: &SchedError) -> Response<Body> {

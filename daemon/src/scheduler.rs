@@ -39,6 +39,9 @@ pub enum SchedError {
     ShuttingDown,
     #[error("model \"{0}\" is not loaded")]
     NotLoaded(String),
+    /// A model's tool or reasoning parser that the installed vLLM does not know.
+    #[error("{0}")]
+    Profile(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -98,6 +101,8 @@ struct Inner {
     placing: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The parser names each engine program accepts, read once per build.
+    parsers: crate::engine::parsers::Parsers,
 }
 
 /// Cheap to clone.
@@ -191,6 +196,7 @@ impl Scheduler {
                 placing: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
+                parsers: crate::engine::parsers::Parsers::default(),
             }),
         }
     }
@@ -383,11 +389,21 @@ impl Scheduler {
         let active = self.config();
         let config = &active.config;
         let state_dir = config.paths.state_dir.clone();
-        let (n, source) = (name.clone(), model.source.clone());
-        let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &n, &source))
+        let (n, m) = (name.clone(), model.clone());
+        let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &n, &m))
             .await
             .map_err(|e| SchedError::Internal(e.to_string()))??;
         let (info, dir) = (Arc::new(info.clone()), info.dir);
+        // A parser this vLLM does not know is refused before anything starts: a clear error
+        // naming the choices, not an engine that fails at each start.
+        let known = self
+            .inner
+            .parsers
+            .known(&config.engine.vllm, &config.paths.cache_dir)
+            .await;
+        info.profile
+            .check(name.as_str(), &known)
+            .map_err(SchedError::Profile)?;
 
         let placement = self.make_room(name, &model, info.size).await?;
         let id = format!(
@@ -405,13 +421,14 @@ impl Scheduler {
             &model,
             &id,
             &served_name,
-            &dir,
+            (&dir, &info.profile),
             placement.as_ref(),
         )
         .map_err(SchedError::Internal)?;
         tracing::info!(
             model = %name,
             engine = %id,
+            profile = %info.profile.describe(),
             dir = %dir.display(),
             gpus = ?placement.as_ref().map(|p| &p.gpus),
             fraction = placement.as_ref().map(|p| p.fraction),
@@ -603,6 +620,32 @@ impl Scheduler {
     /// The engine of a model, if it has one (for progress displays).
     pub fn engine_of(&self, name: &ModelName) -> Option<Arc<Engine>> {
         self.slots().get(name).map(|s| s.engine.clone())
+    }
+
+    /// What a model can do (capabilities, profile), without starting it: the loaded engine's
+    /// facts, else the model folder's (read off the async threads).
+    pub async fn model_info(&self, name: &ModelName) -> Result<Arc<ModelInfo>, SchedError> {
+        let config = self.config().config.clone();
+        let (canonical, model) = models::lookup(&config, name)?;
+        if let Some(slot) = self.slots().get(&canonical) {
+            return Ok(slot.info.clone());
+        }
+        let state_dir = config.paths.state_dir.clone();
+        let info =
+            tokio::task::spawn_blocking(move || models::info_of(&state_dir, &canonical, &model))
+                .await
+                .map_err(|e| SchedError::Internal(e.to_string()))??;
+        Ok(Arc::new(info))
+    }
+
+    /// Reads the engine program's parser names now (a background task at start), so the
+    /// first engine start does not wait for it.
+    pub async fn read_parsers(&self) {
+        let config = self.config().config.clone();
+        self.inner
+            .parsers
+            .known(&config.engine.vllm, &config.paths.cache_dir)
+            .await;
     }
 
     /// Stops a model's engine now (admin unload, Ollama's keep_alive 0).
@@ -801,7 +844,7 @@ pub fn engine_spec(
     model: &ModelConfig,
     id: &str,
     served_name: &str,
-    dir: &std::path::Path,
+    (dir, profile): (&std::path::Path, &crate::engine::profile::Profile),
     placement: Option<&Placement>,
 ) -> Result<EngineSpec, String> {
     let runtime = &config.paths.runtime_dir;
@@ -859,8 +902,16 @@ pub fn engine_spec(
             args.push("--enable-sleep-mode".into());
         }
     }
-    args.extend(config.engine.args.iter().cloned());
-    args.extend(model.args.iter().cloned());
+    let configured: Vec<String> = config
+        .engine
+        .args
+        .iter()
+        .chain(&model.args)
+        .cloned()
+        .collect();
+    // Tools and reasoning: the flags the model's family needs (configured ones win).
+    args.extend(profile.args(&configured));
+    args.extend(configured);
 
     let tmpdir = runtime.join("tmp").join(id);
     let mut env: Vec<(String, String)> = vec![

@@ -134,6 +134,8 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     spawn_status_updates(&daemon, status_changed, &engine_tasks, shutdown.clone());
     crate::metrics::sampler::spawn(&daemon, &engine_tasks, shutdown.clone());
     daemon.scheduler.preload_configured();
+    let scheduler = daemon.scheduler.clone();
+    engine_tasks.spawn(async move { scheduler.read_parsers().await });
 
     let signal_name = loop {
         tokio::select! {

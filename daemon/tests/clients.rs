@@ -10,7 +10,9 @@ use vllama_testkit::{workspace_bin, Daemon, DaemonOptions};
 const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
 
 const LLAMA_CONFIG: &str = r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"max_position_embeddings":2048,"torch_dtype":"bfloat16"}"#;
-const TOOLS_TEMPLATE: &str = r#"{"chat_template":"{% if tools %}tools{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"}"#;
+/// A Hermes-style template (`<tool_call>`, as Qwen 2.5's): the family table gives it vLLM's
+/// `hermes` tool parser, so the engine is started with the flags tools need.
+const TOOLS_TEMPLATE: &str = r#"{"chat_template":"{% if tools %}<tools>{{ tools }}</tools>{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}<tool_call>"}"#;
 const VISION_CONFIG: &str = r#"{"model_type":"qwen2_5_vl","architectures":["Qwen2_5_VLForConditionalGeneration"],"vision_config":{},"max_position_embeddings":4096}"#;
 const EMBED_CONFIG: &str =
     r#"{"model_type":"bert","architectures":["BertModel"],"max_position_embeddings":512}"#;

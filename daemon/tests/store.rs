@@ -162,8 +162,11 @@ fn an_interrupted_download_resumes_where_it_stopped() {
         "the second request resumed: {weights:?}"
     );
     let fetched: usize = weights.iter().map(|w| w.bytes).sum();
-    // Re-fetched at most one chunk (what was in flight when the connection broke).
-    assert!(fetched <= size + 64 * 1024, "fetched {fetched} of {size}");
+    // Re-fetched only what was in flight when the connection broke: the bytes the hub had
+    // handed to the socket but the puller had not written yet (loopback socket buffers grow
+    // past 128 KiB under load; this once saw 143 KB with the whole suite running). A full
+    // re-download would fetch the first MiB again: size + 1 MiB + 12 KB.
+    assert!(fetched <= size + 512 * 1024, "fetched {fetched} of {size}");
     assert!(
         d.log().contains("download interrupted; resuming"),
         "{}",

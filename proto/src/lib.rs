@@ -270,6 +270,12 @@ pub struct StoredModel {
     /// Other names that point to it (`/api/copy`).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Ollama's capabilities (tools only with a tool parser, thinking with a reasoning one).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The engine profile and where each part came from.
+    #[serde(default)]
+    pub profile: String,
 }
 
 /// `POST /v1/engine/install` with [`EngineInstallRequest`]: NDJSON stream of
@@ -420,6 +426,11 @@ pub struct EngineRecord {
     pub installed_at: String,
     /// Seconds the install took.
     pub install_seconds: f64,
+    /// The tool-call and reasoning parsers this vLLM knows (its registries).
+    #[serde(default)]
+    pub tool_parsers: Vec<String>,
+    #[serde(default)]
+    pub reasoning_parsers: Vec<String>,
 }
 
 /// `GET /v1/engine`: the engine program engines are started with.

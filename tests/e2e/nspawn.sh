@@ -163,8 +163,9 @@ out=$($IN vllamactl doctor 2>&1); rc=$?
   && ok "doctor without an engine: ✗ engine with its fix, exit 1" || bad "doctor without an engine (rc $rc): $out"
 echo "$out" | grep -q "✓ public port.*answers as vllama; held by systemd" \
   && ok "doctor: the public port is vllama's, held by systemd" || bad "doctor port: $out"
-$IN sh -c 'printf "[engine]\npython = \"/pkgs/fake-python\"\n" >> /etc/vllama/vllama.toml'
-$IN vllamactl reload >/dev/null 2>&1 || bad "reload with engine.python"
+# As an operator edits the shipped file: uncomment the key (an [engine] table exists).
+$IN sed -i 's|^#python = "python3"|python = "/pkgs/fake-python"|' /etc/vllama/vllama.toml
+$IN vllamactl reload >/dev/null 2>&1 && ok "reload with engine.python set" || bad "reload with engine.python: $($IN vllamactl reload 2>&1)"
 out=$($IN vllamactl engine install --cpu 2>&1) && echo "$out" | grep -q "installed vLLM 0.32.0+fake" \
   && ok "engine install --cpu by the sandboxed daemon: $(echo "$out" | head -1)" || bad "engine install: $out"
 owner=$($IN stat -c %U /var/lib/vllama/venv.d)

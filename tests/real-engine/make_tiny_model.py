@@ -2,7 +2,13 @@
 """Writes a tiny Llama model that vLLM can serve, with no network: random weights (seeded)
 and a byte-level BPE tokenizer trained here on generated text, with a chat template.
 
-usage: make_tiny_model.py OUT_DIR
+With --family, the chat template (and the added tokens vLLM's parsers look up) are those of
+a real family, abridged, so that vllamad's profile table picks that family's parsers:
+  llama3  Llama 3.1-style: header tokens, tools in the system turn, `<|python_tag|>` calls
+  hermes  Qwen 2.5 / Hermes-style: ChatML, `<tools>` and `<tool_call>` JSON calls
+  qwen3   Qwen 3-style: as hermes, plus `<think>` and the `enable_thinking` switch
+
+usage: make_tiny_model.py OUT_DIR [--family llama3|hermes|qwen3]
 """
 import json
 import os
@@ -14,6 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 out = sys.argv[1]
+family = sys.argv[sys.argv.index("--family") + 1] if "--family" in sys.argv else None
 os.makedirs(out, exist_ok=True)
 random.seed(7)
 torch.manual_seed(7)
@@ -39,6 +46,47 @@ fast.chat_template = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+CHATML_TOOLS = (
+    "{%- if tools %}<|im_start|>system\n# Tools\n<tools>\n"
+    "{%- for tool in tools %}{{ tool | tojson }}\n{%- endfor %}</tools>\n"
+    "For each call return <tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n"
+    "{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
+    "{%- for tc in m.tool_calls or [] %}\n<tool_call>\n{\"name\": \"{{ tc.function.name }}\", \"arguments\": {{ tc.function.arguments | tojson }}}\n</tool_call>{%- endfor %}"
+    "<|im_end|>\n{%- endif %}"
+    "{%- endfor %}"
+)
+if family == "llama3":
+    fast.add_special_tokens({"additional_special_tokens": [
+        "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"]})
+    fast.chat_template = (
+        "<|begin_of_text|>"
+        "{%- if tools %}<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+        "Respond with a JSON function call {\"name\": function name, \"parameters\": arguments}.\n"
+        "{%- for t in tools %}{{ t | tojson }}\n{%- endfor %}<|eot_id|>{%- endif %}"
+        "{%- for m in messages %}<|start_header_id|>{{ 'ipython' if m.role == 'tool' else m.role }}<|end_header_id|>\n\n"
+        "{%- if m.tool_calls %}<|python_tag|>{%- for tc in m.tool_calls %}{\"name\": \"{{ tc.function.name }}\", \"parameters\": {{ tc.function.arguments | tojson }}}{%- endfor %}<|eom_id|>"
+        "{%- else %}{{ m.content }}<|eot_id|>{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif %}"
+    )
+elif family in ("hermes", "qwen3"):
+    from tokenizers import AddedToken
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    # Not special: the parsers read them in the text (as Qwen's own tokenizers have them).
+    extra = ["<tool_call>", "</tool_call>", "<tools>", "</tools>", "<tool_response>", "</tool_response>"]
+    if family == "qwen3":
+        extra += ["<think>", "</think>"]
+    fast.add_tokens([AddedToken(t, special=False, normalized=False) for t in extra])
+    fast.chat_template = CHATML_TOOLS + (
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+        + ("{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}"
+           if family == "qwen3" else "")
+        + "{%- endif %}"
+    )
+elif family is not None:
+    sys.exit(f"unknown family {family}")
 fast.save_pretrained(out)
 
 config = LlamaConfig(

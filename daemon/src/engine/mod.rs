@@ -1,7 +1,9 @@
 //! Engines: `vllm serve` processes, each owned by one supervisor task.
 
 pub mod client;
+pub mod parsers;
 pub mod process;
+pub mod profile;
 mod supervisor;
 
 pub use client::{Endpoint, EngineClient};

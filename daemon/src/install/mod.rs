@@ -191,7 +191,7 @@ enum Found {
     /// A link (ours) to a build folder, with its record if the build is complete.
     Link {
         target: PathBuf,
-        record: Option<EngineRecord>,
+        record: Option<Box<EngineRecord>>,
     },
     /// A folder or file that `engine install` did not make.
     Foreign,
@@ -212,7 +212,7 @@ fn inspect(layout: &Layout) -> Found {
                     _ => t,
                 })
                 .unwrap_or_default();
-            let record = read_record(&target);
+            let record = read_record(&target).map(Box::new);
             Found::Link { target, record }
         }
         Ok(_) => Found::Foreign,
@@ -356,7 +356,7 @@ impl Installer {
                 progress.phase = InstallPhase::Done;
                 progress.already_installed = true;
                 progress.target = target.display().to_string();
-                progress.installed = Some(record.clone());
+                progress.installed = Some((**record).clone());
                 return Ok(watch::channel(progress).1);
             }
         }
@@ -561,7 +561,7 @@ pub async fn status(engine: &EngineConfig, installer: &Installer, gpus: usize) -
     .await
     .unwrap_or((false, Found::Absent));
     let (target, record) = match found {
-        Found::Link { target, record } => (Some(target.display().to_string()), record),
+        Found::Link { target, record } => (Some(target.display().to_string()), record.map(|r| *r)),
         _ => (None, None),
     };
     let (suggested_build, suggested_reason) = suggest(gpus);

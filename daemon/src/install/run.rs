@@ -157,6 +157,22 @@ async fn verify(
             InstallError::Verify(format!("unexpected output of the import check: {out}"))
         })?;
     let text = |k: &str| facts.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    // The parser names, for checking models' profiles without asking vLLM at each start.
+    let parsers = run(
+        "reading the parser names",
+        &plan.python(),
+        &args(["-c", crate::engine::parsers::PROBE_PY]),
+        env,
+        None,
+    )
+    .await
+    .ok()
+    .and_then(|out| {
+        out.lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<crate::engine::profile::KnownParsers>(l).ok())
+    })
+    .unwrap_or_default();
     Ok(EngineRecord {
         build: plan.build,
         vllm_version,
@@ -166,6 +182,8 @@ async fn verify(
         python_version: text("python").unwrap_or_default(),
         installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         install_seconds: started.elapsed().as_secs_f64(),
+        tool_parsers: parsers.tool,
+        reasoning_parsers: parsers.reasoning,
     })
 }
 

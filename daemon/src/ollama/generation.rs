@@ -49,6 +49,8 @@ struct Progress {
     text: String,
     thinking: String,
     tool_calls: BTreeMap<u64, (String, String)>,
+    /// Tool calls already streamed to the client (by index).
+    sent_calls: std::collections::BTreeSet<u64>,
     finish: Option<String>,
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -138,12 +140,31 @@ impl Progress {
     fn ollama_tool_calls(&self) -> Vec<Value> {
         self.tool_calls
             .values()
-            .map(|(name, args)| {
-                let arguments: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
-                json!({"function": {"name": name, "arguments": arguments}})
-            })
+            .map(|(name, args)| ollama_call(name, args))
             .collect()
     }
+
+    /// Streaming: the calls not sent yet whose arguments are complete (they parse as a JSON
+    /// object: no prefix of an object does), or every one left when `all`.
+    fn take_calls(&mut self, all: bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (index, (name, args)) in &self.tool_calls {
+            if self.sent_calls.contains(index) || name.is_empty() {
+                continue;
+            }
+            let complete = serde_json::from_str::<Value>(args).is_ok_and(|v| v.is_object());
+            if complete || all {
+                out.push(ollama_call(name, args));
+                self.sent_calls.insert(*index);
+            }
+        }
+        out
+    }
+}
+
+fn ollama_call(name: &str, args: &str) -> Value {
+    let arguments: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+    json!({"function": {"name": name, "arguments": arguments}})
 }
 
 fn nanos(d: std::time::Duration) -> u64 {
@@ -373,10 +394,16 @@ async fn stream(
                 .to_string(),
             Ok(Event::Data(v)) => {
                 let (piece, thought) = p.feed(&v);
-                if piece.is_empty() && thought.is_empty() {
+                // Each tool call goes out as soon as it is complete, not at the end.
+                let calls = if job.kind == Kind::Chat {
+                    p.take_calls(false)
+                } else {
+                    Vec::new()
+                };
+                if piece.is_empty() && thought.is_empty() && calls.is_empty() {
                     continue;
                 }
-                let o = object(job, Some((&piece, &thought, Vec::new())), false);
+                let o = object(job, Some((&piece, &thought, calls)), false);
                 if tx.send(line(&o)).await.is_err() {
                     tracing::debug!(model = %job.model, "client left: aborting the engine request");
                     return; // dropping the reader closes the engine connection: vLLM aborts
@@ -398,7 +425,7 @@ async fn stream(
         let _ = tx.send(line(&o)).await;
         return;
     }
-    let calls = p.ollama_tool_calls();
+    let calls = p.take_calls(true);
     if !calls.is_empty() && job.kind == Kind::Chat {
         let o = object(job, Some(("", "", calls)), false);
         if tx.send(line(&o)).await.is_err() {
@@ -494,6 +521,39 @@ mod tests {
         assert!(p.first_token_at.is_none(), "the role chunk is no token");
         p.feed(&json!({"choices": [{"delta": {"content": ""}, "token_ids": null}]}));
         assert!(p.first_token_at.is_some());
+    }
+
+    /// A real vLLM 0.32 stream (hermes parser, tiny model forced by structured outputs):
+    /// the name first, then the arguments a character at a time. The Ollama call goes out
+    /// once, as soon as its arguments parse, with the arguments as an object.
+    #[test]
+    fn a_real_tool_call_stream_becomes_one_ollama_call_when_complete() {
+        let mut p = Progress::streaming();
+        let chunks = events("chat-tool-call-stream.sse");
+        let mut sent_at = None;
+        let mut sent = Vec::new();
+        for (i, e) in chunks.iter().enumerate() {
+            p.feed(e);
+            let calls = p.take_calls(false);
+            if !calls.is_empty() {
+                sent_at.get_or_insert(i);
+                sent.extend(calls);
+            }
+        }
+        assert_eq!(
+            sent,
+            [json!({"function": {"name": "get_weather", "arguments": {"city": "Paris"}}})]
+        );
+        let finish = chunks
+            .iter()
+            .position(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+            .expect("a finish chunk");
+        assert!(
+            sent_at.is_some_and(|at| at <= finish),
+            "sent at {sent_at:?}, finish at {finish}"
+        );
+        assert!(p.take_calls(true).is_empty(), "not sent twice");
+        assert_eq!(p.finish.as_deref(), Some("tool_calls"));
     }
 
     #[test]

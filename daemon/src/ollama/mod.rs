@@ -198,12 +198,35 @@ async fn load_or_unload(
     Ok(http::json(StatusCode::OK, &o))
 }
 
-fn check_images(images: usize, info: &ModelInfo, raw: &str) -> Result<(), Reject> {
-    if images > 0 && !info.vision {
-        return Err(Reject(
-            StatusCode::BAD_REQUEST,
-            format!("model \"{raw}\" does not support images (it is not a vision model)"),
+/// What a request needs of its model, checked before any engine starts, in Ollama's
+/// wording (clients match on "does not support …" and retry without the feature).
+#[derive(Debug, Default, Clone, Copy)]
+struct Needs {
+    images: usize,
+    tools: bool,
+    thinking: bool,
+}
+
+async fn model_info(daemon: &Daemon, name: &ModelName) -> Result<Arc<ModelInfo>, Reject> {
+    daemon.scheduler.model_info(name).await.map_err(sched)
+}
+
+fn check(needs: Needs, info: &ModelInfo, raw: &str) -> Result<(), Reject> {
+    let refuse = |msg: String| Err(Reject(StatusCode::BAD_REQUEST, msg));
+    if needs.images > 0 && !info.vision {
+        return refuse(format!(
+            "model \"{raw}\" does not support images (it is not a vision model)"
         ));
+    }
+    if needs.tools && !info.profile.tools() {
+        return refuse(format!(
+            "{raw} does not support tools (no tool-call parser for its family `{}`: set \
+             [models.\"{raw}\"] tool_parser if its template has tool calls; see docs/MODELS.md)",
+            info.profile.family
+        ));
+    }
+    if needs.thinking && !info.profile.thinking() {
+        return refuse(format!("\"{raw}\" does not support thinking"));
     }
     Ok(())
 }
@@ -226,11 +249,16 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
     let mut oai = Map::new();
     translate::options(req.get("options"), &mut oai).map_err(bad)?;
     translate::format(req.get("format"), &mut oai).map_err(bad)?;
-    translate::think(req.get("think"), &mut oai).map_err(bad)?;
+    let thinking = translate::Thinking::parse(req.get("think")).map_err(bad)?;
+    let mut needs = Needs {
+        thinking: thinking.wanted(),
+        ..Needs::default()
+    };
     match req.get("tools") {
         None | Some(Value::Null) => {}
         Some(Value::Array(tools)) if tools.is_empty() => {}
         Some(Value::Array(tools)) => {
+            needs.tools = true;
             oai.insert("tools".into(), Value::Array(tools.clone()));
         }
         Some(_) => {
@@ -248,12 +276,15 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
     }
     let (msgs, images) = translate::messages(&messages).map_err(bad)?;
     oai.insert("messages".into(), Value::Array(msgs));
+    needs.images = images;
+    let info = model_info(daemon, &name).await?;
+    check(needs, &info, &raw)?;
+    translate::think(thinking, info.profile.think, &mut oai);
     let lease = daemon
         .scheduler
         .acquire_with_context(&name, keep_alive, num_ctx_of(&req))
         .await
         .map_err(sched)?;
-    check_images(images, lease.info(), &raw)?;
     let job = Job {
         kind: Kind::Chat,
         model: raw,
@@ -298,6 +329,7 @@ async fn generate(
         )
         .await;
     }
+    let mut thinking = translate::Thinking::Unset;
     let images = if raw {
         if has_images {
             return Err(Reject(
@@ -308,7 +340,7 @@ async fn generate(
         oai.insert("prompt".into(), json!(prompt));
         0
     } else {
-        translate::think(req.get("think"), &mut oai).map_err(bad)?;
+        thinking = translate::Thinking::parse(req.get("think")).map_err(bad)?;
         if let Some(template) = str_of(&req, "template")?.filter(|t| !t.is_empty()) {
             oai.insert("chat_template".into(), json!(template));
         }
@@ -317,12 +349,19 @@ async fn generate(
         oai.insert("messages".into(), Value::Array(msgs));
         images
     };
+    let needs = Needs {
+        images,
+        thinking: thinking.wanted(),
+        tools: false,
+    };
+    let info = model_info(daemon, &name).await?;
+    check(needs, &info, &raw_name)?;
+    translate::think(thinking, info.profile.think, &mut oai);
     let lease = daemon
         .scheduler
         .acquire_with_context(&name, keep_alive, num_ctx_of(&req))
         .await
         .map_err(sched)?;
-    check_images(images, lease.info(), &raw_name)?;
     let job = Job {
         kind: Kind::Generate { raw },
         model: raw_name,
@@ -461,7 +500,7 @@ async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
             let Ok(n) = ModelName::parse(name) else {
                 continue;
             };
-            if let Ok(info) = models::info_of(&config.paths.state_dir, &n, &m.source) {
+            if let Ok(info) = models::info_of(&config.paths.state_dir, &n, m) {
                 out.push((n.to_string(), Arc::new(info)));
             }
         }
@@ -495,7 +534,7 @@ async fn tags(daemon: &Daemon) -> Result<Response<Body>, Reject> {
         .iter()
         .map(|(name, info)| {
             json!({"name": name, "model": name, "modified_at": rfc3339(info.modified_at), "size": info.size,
-                   "digest": info.digest, "details": info.details()})
+                   "digest": info.digest, "details": info.details(), "capabilities": info.capabilities()})
         })
         .collect();
     Ok(http::json(StatusCode::OK, &json!({"models": models})))
@@ -508,7 +547,7 @@ async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
     let (canonical, model) =
         models::lookup(&config, &name).map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
     let info = tokio::task::spawn_blocking(move || {
-        models::info_of(&config.paths.state_dir, &canonical, &model.source)
+        models::info_of(&config.paths.state_dir, &canonical, &model)
     })
     .await
     .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -578,7 +617,9 @@ async fn openai_models(daemon: &Daemon, one: Option<&str>) -> Result<Response<Bo
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            json!({"id": name, "object": "model", "created": created, "owned_by": "vllama"})
+            // `capabilities` beside OpenAI's fields (clients ignore what they do not know).
+            json!({"id": name, "object": "model", "created": created, "owned_by": "vllama",
+                   "capabilities": info.capabilities()})
         })
         .collect();
     match one {

@@ -1,6 +1,7 @@
 //! Ollama requests → the engine's OpenAI requests. Unknown fields are ignored (clients send
 //! extras); fields vllama reads are checked, and a wrong type is a 400 that names the field.
 
+use crate::engine::profile::Think;
 use serde_json::{json, Map, Value};
 
 /// A request that cannot be translated: the message for Ollama's `{"error": ...}` (400).
@@ -101,25 +102,66 @@ pub fn format(format: Option<&Value>, body: &mut Map<String, Value>) -> Result<(
     }
 }
 
-/// `think`: true/false, or "low" | "medium" | "high".
-pub fn think(think: Option<&Value>, body: &mut Map<String, Value>) -> Result<(), Invalid> {
-    match think {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Bool(b)) => {
-            body.insert("chat_template_kwargs".into(), json!({"enable_thinking": b}));
-            Ok(())
+/// What a request's `think` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thinking<'a> {
+    Unset,
+    Off,
+    On,
+    /// "low" | "medium" | "high" ("max" is taken as "high").
+    Level(&'a str),
+}
+
+impl Thinking<'_> {
+    pub fn parse(think: Option<&Value>) -> Result<Thinking<'_>, Invalid> {
+        match think {
+            None | Some(Value::Null) => Ok(Thinking::Unset),
+            Some(Value::Bool(false)) => Ok(Thinking::Off),
+            Some(Value::Bool(true)) => Ok(Thinking::On),
+            Some(Value::String(level)) => match level.as_str() {
+                "low" | "medium" | "high" => Ok(Thinking::Level(level)),
+                "max" => Ok(Thinking::Level("high")),
+                _ => Err(invalid(format!(
+                    "invalid think \"{level}\": use true, false, \"low\", \"medium\", \"high\" or \"max\""
+                ))),
+            },
+            Some(other) => Err(invalid(format!(
+                "invalid think {other}: use true, false, \"low\", \"medium\", \"high\" or \"max\""
+            ))),
         }
-        Some(Value::String(level)) if ["low", "medium", "high"].contains(&level.as_str()) => {
-            body.insert(
-                "chat_template_kwargs".into(),
-                json!({"enable_thinking": true}),
-            );
+    }
+
+    /// Asks the model to reason (so a model without reasoning refuses it).
+    pub fn wanted(self) -> bool {
+        matches!(self, Thinking::On | Thinking::Level(_))
+    }
+}
+
+/// `think` as the model's family reads it: its template's switch (`chat_template_kwargs`),
+/// a reasoning effort (gpt-oss, which always reasons: `false` is its lowest effort), or
+/// nothing for a model that always reasons (DeepSeek-R1 distills) or never does.
+pub fn think(think: Thinking<'_>, style: Think, body: &mut Map<String, Value>) {
+    match (style, think) {
+        (_, Thinking::Unset) | (Think::None | Think::Always, _) => {}
+        (Think::Toggle(key), Thinking::Off) => {
+            body.insert("chat_template_kwargs".into(), json!({key: false}));
+        }
+        (Think::Toggle(key), Thinking::On) => {
+            body.insert("chat_template_kwargs".into(), json!({key: true}));
+        }
+        (Think::Toggle(key), Thinking::Level(level)) => {
+            body.insert("chat_template_kwargs".into(), json!({key: true}));
             body.insert("reasoning_effort".into(), json!(level));
-            Ok(())
         }
-        Some(other) => Err(invalid(format!(
-            "invalid think {other}: use true, false, \"low\", \"medium\" or \"high\""
-        ))),
+        (Think::Effort, Thinking::Off) => {
+            body.insert("reasoning_effort".into(), json!("low"));
+        }
+        (Think::Effort, Thinking::On) => {
+            body.insert("reasoning_effort".into(), json!("medium"));
+        }
+        (Think::Effort, Thinking::Level(level)) => {
+            body.insert("reasoning_effort".into(), json!(level));
+        }
     }
 }
 
@@ -286,11 +328,37 @@ mod tests {
         format(Some(&schema), &mut body).unwrap();
         assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
         assert!(format(Some(&json!("yaml")), &mut body).is_err());
-        think(Some(&json!(false)), &mut body).unwrap();
+        let qwen3 = Think::Toggle("enable_thinking");
+        think(
+            Thinking::parse(Some(&json!(false))).unwrap(),
+            qwen3,
+            &mut body,
+        );
         assert_eq!(body["chat_template_kwargs"]["enable_thinking"], false);
-        think(Some(&json!("high")), &mut body).unwrap();
+        think(
+            Thinking::parse(Some(&json!("high"))).unwrap(),
+            qwen3,
+            &mut body,
+        );
         assert_eq!(body["reasoning_effort"], "high");
-        assert!(think(Some(&json!(3)), &mut body).is_err());
+        assert!(Thinking::parse(Some(&json!(3))).is_err());
+        assert!(Thinking::parse(Some(&json!("extreme"))).is_err());
+        assert_eq!(
+            Thinking::parse(Some(&json!("max"))).unwrap(),
+            Thinking::Level("high")
+        );
+        let mut granite = Map::new();
+        think(Thinking::On, Think::Toggle("thinking"), &mut granite);
+        assert_eq!(granite["chat_template_kwargs"]["thinking"], true);
+        let mut oss = Map::new();
+        think(Thinking::Off, Think::Effort, &mut oss);
+        assert_eq!(
+            oss["reasoning_effort"], "low",
+            "gpt-oss always reasons: off is its least"
+        );
+        let mut r1 = Map::new();
+        think(Thinking::Off, Think::Always, &mut r1);
+        assert!(r1.is_empty(), "an always-reasoning template has no switch");
     }
 
     #[test]

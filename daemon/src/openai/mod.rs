@@ -48,7 +48,7 @@ pub fn classify(e: &SchedError) -> (StatusCode, &'static str) {
         SchedError::Engine(EngineError::Timeout { .. }) => {
             (StatusCode::GATEWAY_TIMEOUT, "engine_timeout")
         }
-        SchedError::Engine(_) | SchedError::Internal(_) => {
+        SchedError::Engine(_) | SchedError::Internal(_) | SchedError::Profile(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "engine_error")
         }
     }

@@ -142,6 +142,9 @@ pub fn list(hub: &Path) -> Vec<StoredModel> {
                 continue;
             };
             let modified = r.metadata().and_then(|m| m.modified()).ok();
+            let capabilities: Vec<String> =
+                info.capabilities().iter().map(|c| c.to_string()).collect();
+            let profile = info.profile.describe();
             let name = display_name(&repo, &revision);
             let canonical = ModelName::parse(&name)
                 .map(|n| n.to_string())
@@ -165,6 +168,8 @@ pub fn list(hub: &Path) -> Vec<StoredModel> {
                 context_length: info.context_length,
                 embedding: info.embedding,
                 vision: info.vision,
+                capabilities,
+                profile,
             });
         }
     }

@@ -52,10 +52,30 @@ pub async fn finished(mut rx: watch::Receiver<PullProgress>) -> PullProgress {
 }
 
 pub async fn list(daemon: &Daemon) -> Vec<StoredModel> {
-    let hub = daemon.config().config.paths.state_dir.join("hub");
-    tokio::task::spawn_blocking(move || super::list(&hub))
-        .await
-        .unwrap_or_default()
+    let config = daemon.config().config.clone();
+    let hub = config.paths.state_dir.join("hub");
+    tokio::task::spawn_blocking(move || {
+        let mut list = super::list(&hub);
+        // A configured model's own parser choices win over the family table's.
+        for m in &mut list {
+            let Ok(name) = ModelName::parse(&m.name) else {
+                continue;
+            };
+            let Ok((canonical, model)) = models::lookup(&config, &name) else {
+                continue;
+            };
+            if model.tool_parser.is_none() && model.reasoning_parser.is_none() {
+                continue;
+            }
+            if let Ok(info) = models::info_of(&config.paths.state_dir, &canonical, &model) {
+                m.capabilities = info.capabilities().iter().map(|c| c.to_string()).collect();
+                m.profile = info.profile.describe();
+            }
+        }
+        list
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Removes a model (or an alias) from the store. A model an engine serves is refused unless

@@ -149,6 +149,12 @@ fn code(code: &str) {
             "{{\"vllm\": \"0.32.0{}\", \"torch\": \"2.13.0+fake\", \"cuda\": null, \"python\": \"3.11.0\"}}",
             if cpu_named { "+cpu" } else { "" }
         );
+    } else if code.contains("ToolParserManager") {
+        // vLLM 0.32's registries, abridged to what the profile table names.
+        println!(
+            "{{\"version\": \"0.32.0+fake\", \"tool\": [\"granite\", \"hermes\", \"llama3_json\", \"mistral\", \"openai\", \"phi4_mini_json\", \"pythonic\"], \
+             \"reasoning\": [\"deepseek_r1\", \"granite\", \"openai_gptoss\", \"qwen3\"]}}"
+        );
     } else {
         eprintln!("fake-python: unsupported code {code}");
         std::process::exit(2);

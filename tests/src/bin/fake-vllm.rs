@@ -19,6 +19,11 @@
 //! - `FAKE_VLLM_METRICS_MS`: delay `/metrics` answers this long (a stuck exporter);
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
 //!   body) and `argv.json`.
+//!
+//! Like vLLM 0.32, tools need the engine's flags: a request with `tools` (tool_choice unset
+//! or "auto") gets vLLM's 400 unless it was started with `--enable-auto-tool-choice` and
+//! `--tool-call-parser`, and reasoning is split out (`delta.reasoning`) only with
+//! `--reasoning-parser` (and not when `chat_template_kwargs.enable_thinking` is false).
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -50,6 +55,10 @@ struct Fake {
     sleeping: AtomicBool,
     woken: Notify,
     state_dir: Option<std::path::PathBuf>,
+    /// `--enable-auto-tool-choice` and `--tool-call-parser` were given.
+    auto_tools: bool,
+    tool_parser: bool,
+    reasoning_parser: bool,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -146,6 +155,9 @@ async fn serve(args: Vec<String>) {
         sleeping: AtomicBool::new(false),
         woken: Notify::new(),
         state_dir,
+        auto_tools: args.iter().any(|a| a == "--enable-auto-tool-choice"),
+        tool_parser: arg_value(&args, "--tool-call-parser").is_some(),
+        reasoning_parser: arg_value(&args, "--reasoning-parser").is_some(),
     });
     log(
         "INFO",
@@ -389,6 +401,8 @@ fn metrics(fake: &Fake) -> String {
     )
 }
 
+/// What the fake "thinks" when started with a reasoning parser.
+const REASONING: [&str; 2] = ["Let me think", " about it."];
 const FINGERPRINT: &str = "vllm-0.32.0-fake";
 
 const WORDS: [&str; 8] = [
@@ -427,6 +441,31 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
             .as_str()
             .map_or(1, |p| p.split_whitespace().count() as u64 + 1),
     };
+    // vLLM's own check (renderers/online_renderer.py), word for word.
+    let has_tools = req["tools"].as_array().is_some_and(|t| !t.is_empty());
+    let choice = req["tool_choice"]
+        .as_str()
+        .unwrap_or(if has_tools { "auto" } else { "none" });
+    let named = req["tool_choice"].is_object();
+    if chat && has_tools && !fake.tool_parser && (choice != "none" || named) {
+        if choice == "auto" && !named && !fake.auto_tools {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
+                "BadRequestError",
+            );
+        }
+        if choice != "auto" || named {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                &format!("tool_choice=\"{choice}\" requires --tool-call-parser to be set"),
+                "BadRequestError",
+            );
+        }
+    }
+    let reasoning = chat
+        && fake.reasoning_parser
+        && req["chat_template_kwargs"]["enable_thinking"].as_bool() != Some(false);
     // A tool call when tools are offered: the first tool, its first property = "Paris".
     let tool_call = req["tools"][0]["function"]["name"].as_str().map(|name| {
         let prop = req["tools"][0]["function"]["parameters"]["properties"]
@@ -498,6 +537,9 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
                 body["choices"][0]["message"]["tool_calls"] = json!([{"id": "chatcmpl-tool-1", "type": "function",
                     "function": {"name": fname, "arguments": args}}]);
             }
+            if reasoning {
+                body["choices"][0]["message"]["reasoning"] = json!(REASONING.concat());
+            }
             body
         } else {
             json!({"id": id, "object": "text_completion", "created": created, "model": name,
@@ -537,6 +579,15 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
                 "prompt_token_ids": prompt_ids, "prompt_text": null});
             if tx.send(send(first)).await.is_err() {
                 return;
+            }
+        }
+        if reasoning {
+            for piece in REASONING {
+                let chunk = json!({"id": id, "object": object, "created": created, "model": name,
+                    "choices": [{"index": 0, "delta": {"reasoning": piece}, "logprobs": null, "finish_reason": null, "token_ids": null}]});
+                if tx.send(send(chunk)).await.is_err() {
+                    return;
+                }
             }
         }
         if let Some((fname, args)) = &tool {
