@@ -128,8 +128,9 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     if let Some(listener) = bound.metrics {
         crate::api::spawn_metrics(listener, daemon.clone(), &http_tasks, shutdown.clone());
     }
-    notifier.spawn_watchdog(&engine_tasks, shutdown.clone());
+    // READY=1 first: the watchdog's first ping goes out at once on another worker thread.
     notifier.ready(&daemon.status_line());
+    notifier.spawn_watchdog(&engine_tasks, shutdown.clone());
     tracing::info!(status = %daemon.status_line(), "ready");
     spawn_status_updates(&daemon, status_changed, &engine_tasks, shutdown.clone());
     crate::metrics::sampler::spawn(&daemon, &engine_tasks, shutdown.clone());

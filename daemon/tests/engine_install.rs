@@ -119,7 +119,7 @@ fn install_from_nothing_to_an_answer_without_a_restart() {
     let out = ctl(&d, &["engine", "install", "--cpu", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("-m pip install --progress-bar raw torch==2.13.0"),
+        text(&out).contains("-m pip install --progress-bar raw torch==2.13.0 torchvision==0.28.0"),
         "{}",
         text(&out)
     );

@@ -107,9 +107,12 @@ fn render() -> String {
          that adds them (`pythonic` style) can be served with `tool_parser = \"pythonic\"`.\n\
          - Mistral's official checkpoints work best in vLLM with `--tokenizer-mode mistral` \
          (add it to the model's `args`); the HF-format template carries `[TOOL_CALLS]`.\n\
-         - Vision on the CPU engine: not verified here (no small multimodal model can be made \
-         locally that vLLM's CPU build serves in this test tier); `vision` is claimed from \
-         config.json's `vision_config` / architecture, as Ollama does.\n",
+         - Vision is verified on the CPU engine with a tiny LLaVA made locally (a CLIP vision \
+         tower and the tiny Llama, `make_tiny_model.py --family llava`): an Ollama chat with \
+         `images` is answered and the image's patches count in the prompt. vLLM's multimodal \
+         models import torchvision, so the CPU build installs PyPI's torchvision 0.28.0 beside \
+         torch 2.13.0. `vision` is claimed from config.json (`vision_config`, the \
+         architecture), as Ollama does; Qwen2.5-VL itself is verified on paper only.\n",
     );
     out
 }

@@ -90,6 +90,10 @@ fn tools_and_thinking_on_real_vllm() {
         .set(
             "models.\"qwen3\"",
             &format!("source = \"{}\"", model("qwen3")),
+        )
+        .set(
+            "models.\"llava\"",
+            &format!("source = \"{}\"", model("llava")),
         );
     let mut d = Daemon::start(BIN, options);
     d.read_timeout = Duration::from_secs(300);
@@ -176,6 +180,50 @@ fn tools_and_thinking_on_real_vllm() {
     assert!(
         line.contains("--tool-call-parser hermes --reasoning-parser qwen3"),
         "{line}"
+    );
+
+    // Vision: an Ollama chat with an image on a real multimodal engine (a tiny LLaVA). The
+    // image really goes in: its patches add to the prompt's token count.
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    let shown = d
+        .request("POST", "/api/show", r#"{"model":"llava"}"#)
+        .json();
+    assert!(
+        shown["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("vision"))),
+        "{shown}"
+    );
+    let refused = d.request(
+        "POST",
+        "/api/chat",
+        &json!({"model": "hermes", "messages": [{"role": "user", "content": "what is it?", "images": [png]}], "stream": false}).to_string(),
+    );
+    assert_eq!(
+        refused.status, 400,
+        "images to a text model: {}",
+        refused.body
+    );
+    let ask = |images: Value| {
+        let body = json!({"model": "llava", "stream": false, "options": {"num_predict": 4},
+            "messages": [{"role": "user", "content": "what is it?", "images": images}]});
+        d.request("POST", "/api/chat", &body.to_string())
+    };
+    let with_image = ask(json!([png]));
+    assert_eq!(with_image.status, 200, "{}\n{}", with_image.body, d.log());
+    let without = ask(json!([]));
+    assert_eq!(without.status, 200, "{}", without.body);
+    let tokens = |r: &vllama_testkit::Response| r.json()["prompt_eval_count"].as_u64().unwrap_or(0);
+    assert!(
+        tokens(&with_image) >= tokens(&without) + 3,
+        "the image's patches are in the prompt: {} vs {}",
+        tokens(&with_image),
+        tokens(&without)
+    );
+    eprintln!(
+        "llava: prompt tokens {} with the image, {} without",
+        tokens(&with_image),
+        tokens(&without)
     );
 
     // The official client, whole and streamed, on all three.

