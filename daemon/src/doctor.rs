@@ -358,30 +358,24 @@ pub async fn run(daemon: &Daemon) -> Vec<Check> {
     let source = daemon.source.clone();
     let state = config.paths.state_dir.clone();
     let cache = config.paths.cache_dir.clone();
-    let (file, disks) = tokio::task::spawn_blocking(move || {
-        let loaded = crate::config::load(&source, std::env::vars());
-        let path = match &loaded {
-            Ok(l) => l.file.clone(),
-            Err(_) => Some(source.path.clone()),
-        };
-        (
-            (path, loaded.map(|_| ()).map_err(|e| e.to_string())),
-            [
-                disk("disk: state_dir", &state, MIN_FREE_STATE),
-                disk("disk: cache_dir", &cache, MIN_FREE_CACHE),
-            ],
-        )
+    let disks = tokio::task::spawn_blocking(move || {
+        vec![
+            disk("disk: state_dir", &state, MIN_FREE_STATE),
+            disk("disk: cache_dir", &cache, MIN_FREE_CACHE),
+        ]
     })
     .await
-    .unwrap_or_else(|_| {
-        (
-            (None, Err("the check failed".into())),
-            [
-                Check::skip("disk", "the check failed"),
-                Check::skip("disk", ""),
-            ],
+    .unwrap_or_else(|e| vec![Check::skip("disk", format!("the check failed: {e}"))]);
+    // The file as a reload would read it now.
+    let file =
+        tokio::task::spawn_blocking(
+            move || match crate::config::load(&source, std::env::vars()) {
+                Ok(l) => (l.file, Ok(())),
+                Err(e) => (Some(source.path), Err(e.to_string())),
+            },
         )
-    });
+        .await
+        .unwrap_or_else(|e| (None, Err(format!("the check failed: {e}"))));
     checks.extend(disks);
     checks.push(self::config(
         file.0.as_deref(),

@@ -122,26 +122,33 @@ impl ModelInfo {
         }
     }
 
-    /// Ollama's capabilities list: tools only with a tool parser, thinking only with a
-    /// reasoning parser (what the engine is or will be started with).
+    /// Ollama's capabilities list (see [`capabilities`]).
     pub fn capabilities(&self) -> Vec<&'static str> {
-        let mut caps = Vec::new();
-        if self.embedding {
-            caps.push("embedding");
-            return caps;
-        }
-        caps.push("completion");
-        if self.profile.tools() {
-            caps.push("tools");
-        }
-        if self.vision {
-            caps.push("vision");
-        }
-        if self.profile.thinking() {
-            caps.push("thinking");
-        }
-        caps
+        capabilities(self.embedding, self.vision, &self.profile)
     }
+}
+
+/// Ollama's capabilities: tools only with a tool parser, thinking only with a reasoning
+/// parser (what the engine is or will be started with); an embedding model embeds only.
+pub fn capabilities(
+    embedding: bool,
+    vision: bool,
+    profile: &crate::engine::profile::Profile,
+) -> Vec<&'static str> {
+    if embedding {
+        return vec!["embedding"];
+    }
+    let mut caps = vec!["completion"];
+    if profile.tools() {
+        caps.push("tools");
+    }
+    if vision {
+        caps.push("vision");
+    }
+    if profile.thinking() {
+        caps.push("thinking");
+    }
+    caps
 }
 
 /// `494.03M`, `7.6B`, as Ollama writes parameter sizes.

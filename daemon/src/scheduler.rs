@@ -625,12 +625,12 @@ impl Scheduler {
     /// What a model can do (capabilities, profile), without starting it: the loaded engine's
     /// facts, else the model folder's (read off the async threads).
     pub async fn model_info(&self, name: &ModelName) -> Result<Arc<ModelInfo>, SchedError> {
-        let config = self.config().config.clone();
-        let (canonical, model) = models::lookup(&config, name)?;
+        let active = self.config();
+        let (canonical, model) = models::lookup(&active.config, name)?;
         if let Some(slot) = self.slots().get(&canonical) {
             return Ok(slot.info.clone());
         }
-        let state_dir = config.paths.state_dir.clone();
+        let state_dir = active.config.paths.state_dir.clone();
         let info =
             tokio::task::spawn_blocking(move || models::info_of(&state_dir, &canonical, &model))
                 .await
@@ -641,10 +641,11 @@ impl Scheduler {
     /// Reads the engine program's parser names now (a background task at start), so the
     /// first engine start does not wait for it.
     pub async fn read_parsers(&self) {
-        let config = self.config().config.clone();
+        let active = self.config();
+        let (engine, paths) = (&active.config.engine, &active.config.paths);
         self.inner
             .parsers
-            .known(&config.engine.vllm, &config.paths.cache_dir)
+            .known(&engine.vllm, &paths.cache_dir)
             .await;
     }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use vllamad::engine::profile::{family_named, Think};
+use vllamad::engine::profile::{family_named, Profile, Think};
 use vllamad::models::{CATALOG, FACTS};
 
 fn render() -> String {
@@ -37,21 +37,7 @@ fn render() -> String {
             .collect();
         let family =
             family_named(f.family).unwrap_or_else(|| panic!("{}: no family {}", f.repo, f.family));
-        let mut caps = Vec::new();
-        if f.embedding {
-            caps.push("embedding");
-        } else {
-            caps.push("completion");
-            if family.tool_parser.is_some() {
-                caps.push("tools");
-            }
-            if f.vision {
-                caps.push("vision");
-            }
-            if family.reasoning_parser.is_some() {
-                caps.push("thinking");
-            }
-        }
+        let caps = vllamad::model_info::capabilities(f.embedding, f.vision, &Profile::of(family));
         let think = match family.think {
             Think::None => "–".to_string(),
             Think::Toggle(key) => format!("`{key}`"),

@@ -95,6 +95,33 @@ fn tools_and_thinking_on_real_vllm() {
             "models.\"llava\"",
             &format!("source = \"{}\"", model("llava")),
         );
+    // Every parser the family table names is one this vLLM knows (its registries, asked
+    // through the engine's own Python, as the daemon's probe does).
+    let python = vllm.with_file_name("python3");
+    let out = Command::new(&python)
+        .args(["-c", vllamad::engine::parsers::PROBE_PY])
+        .output()
+        .expect("the engine's python");
+    let known: vllamad::engine::profile::KnownParsers = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no parser lists: {}", String::from_utf8_lossy(&out.stderr)));
+    for f in vllamad::engine::profile::FAMILIES {
+        for (what, name, list) in [
+            ("tool", f.tool_parser, &known.tool),
+            ("reasoning", f.reasoning_parser, &known.reasoning),
+        ] {
+            if let Some(n) = name {
+                assert!(
+                    list.iter().any(|k| k == n),
+                    "{}: {what} parser {n} is not in vLLM {}",
+                    f.name,
+                    known.version
+                );
+            }
+        }
+    }
     let mut d = Daemon::start(BIN, options);
     d.read_timeout = Duration::from_secs(300);
 

@@ -88,14 +88,7 @@ fn key_of(program: &Path) -> Option<String> {
 
 /// The program's real path (a bare name is looked up in PATH).
 fn resolve(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return std::fs::canonicalize(program).ok();
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .and_then(|p| std::fs::canonicalize(p).ok())
+    super::process::find_program(program).and_then(|p| std::fs::canonicalize(p).ok())
 }
 
 /// `<venv>/vllama-engine.json`, for `engine.vllm = <venv>/bin/vllm`.
@@ -189,6 +182,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let script = dir.path().join("vllm");
         std::fs::write(&script, "#!/opt/venv/bin/python3\nimport sys\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         assert_eq!(
             interpreter(&script),
             Some(PathBuf::from("/opt/venv/bin/python3"))

@@ -285,6 +285,22 @@ async fn pump(stream: impl AsyncRead + Unpin, model: String, pid: i32, output: O
     .await;
 }
 
+/// The executable `program` names, as spawning it would find it: a path as it is, a bare
+/// name through `PATH`; only an executable regular file counts.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return runnable(program).then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| runnable(p))
+}
+
 /// Every live process in process group `pgid` (an engine and its EngineCore/Workers), for
 /// attributing GPU memory. Blocking: reads /proc.
 pub fn group_pids(pgid: i32) -> Vec<u32> {

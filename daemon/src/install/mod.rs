@@ -578,16 +578,8 @@ pub async fn status(engine: &EngineConfig, installer: &Installer, gpus: usize) -
 }
 
 /// The program exists (found in PATH for a bare name) and may be executed.
-pub fn is_executable(program: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let ok = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.components().count() > 1 {
-        return ok(program);
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| ok(&dir.join(program))))
+fn is_executable(program: &Path) -> bool {
+    crate::engine::process::find_program(program).is_some()
 }
 
 #[cfg(test)]

@@ -152,7 +152,9 @@ impl Progress {
             if self.sent_calls.contains(index) || name.is_empty() {
                 continue;
             }
-            let complete = serde_json::from_str::<Value>(args).is_ok_and(|v| v.is_object());
+            // Arguments come a few characters a token: parse only once they could be whole.
+            let complete = args.trim_end().ends_with('}')
+                && serde_json::from_str::<Value>(args).is_ok_and(|v| v.is_object());
             if complete || all {
                 out.push(ollama_call(name, args));
                 self.sent_calls.insert(*index);
