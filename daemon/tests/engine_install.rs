@@ -336,3 +336,31 @@ fn engine_vllm_outside_a_venv_is_refused_with_the_setting_to_change() {
         text(&out)
     );
 }
+
+#[test]
+fn concurrent_installs_of_one_build_share_one_install() {
+    let s = Setup::new();
+    let d = Daemon::start(BIN, s.options(Some("slow:20")));
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(workspace_bin(BIN, "vllamactl"))
+                .arg("--socket")
+                .arg(&d.admin)
+                .args(["engine", "install", "--cpu"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("vllamactl")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("vllamactl");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(
+        builds(&s.program()).len(),
+        1,
+        "one build, joined by the others"
+    );
+    assert_eq!(d.log_count("engine install started"), 1, "{}", d.log());
+}

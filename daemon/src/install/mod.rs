@@ -269,18 +269,14 @@ pub fn environment(
     env
 }
 
-/// The install now running (or the last one).
-#[derive(Debug)]
-struct Current {
-    build: EngineBuild,
-    version: String,
-    rx: watch::Receiver<InstallProgress>,
-}
-
 /// Engine installs: at most one at a time.
 #[derive(Debug, Clone)]
 pub struct Installer {
-    current: Arc<Mutex<Option<Current>>>,
+    /// The install running now (or the last one): its progress says which build.
+    current: Arc<Mutex<Option<watch::Receiver<InstallProgress>>>>,
+    /// Held from the check for a running install until the new one is registered: the
+    /// layout is inspected in between (awaits), and two requests must not both start.
+    starting: Arc<tokio::sync::Mutex<()>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -289,6 +285,7 @@ impl Installer {
     pub fn new(tracker: TaskTracker, cancel: CancellationToken) -> Installer {
         Installer {
             current: Arc::default(),
+            starting: Arc::default(),
             tracker,
             cancel,
         }
@@ -297,7 +294,7 @@ impl Installer {
     /// The running install's progress, if one runs.
     pub fn running(&self) -> Option<InstallProgress> {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let progress = current.as_ref()?.rx.borrow().clone();
+        let progress = current.as_ref()?.borrow().clone();
         (!progress.phase.finished()).then_some(progress)
     }
 
@@ -324,17 +321,21 @@ impl Installer {
             req.version.as_deref(),
             &stamp,
         )?;
+        let _starting = self.starting.lock().await;
+        if let Some(rx) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
         {
-            let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = current.as_ref() {
-                if !c.rx.borrow().phase.finished() {
-                    if c.build == plan.build && c.version == plan.version && !req.dry_run {
-                        return Ok(c.rx.clone());
-                    }
-                    return Err(InstallError::Busy {
-                        running: format!("{} {}", c.build, c.version),
-                    });
+            let running = rx.borrow();
+            if !running.phase.finished() {
+                if running.build == plan.build && running.version == plan.version && !req.dry_run {
+                    return Ok(rx.clone());
                 }
+                return Err(InstallError::Busy {
+                    running: format!("{} {}", running.build, running.version),
+                });
             }
         }
         let mut progress = InstallProgress::new(plan.build, &plan.version);
@@ -392,11 +393,7 @@ impl Installer {
             return Ok(watch::channel(progress).1);
         }
         let (tx, rx) = watch::channel(progress);
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
-            build: plan.build,
-            version: plan.version.clone(),
-            rx: rx.clone(),
-        });
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx.clone());
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
             let started = Instant::now();
