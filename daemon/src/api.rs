@@ -108,9 +108,15 @@ fn serve<H, F>(
     });
 }
 
+/// The Ollama API version vllama implements (its `/v1/messages`, `/v1/responses`, logprobs,
+/// `truncate` and `shift`): clients that gate features on the server's version read this.
+pub const OLLAMA_API_VERSION: &str = "0.14.0";
+
 #[derive(Serialize)]
 struct Version {
     version: &'static str,
+    /// vllama's own version (also the `X-Vllama-Version` header).
+    vllama_version: &'static str,
 }
 
 async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
@@ -226,7 +232,8 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
     let (parts, body) = match http::read_body(req, limit).await {
         Ok(read) => read,
         Err(BodyError::TooLarge { limit }) => {
-            let mut resp = http::error(
+            let mut resp = error_for(
+                &path,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "request body is larger than {} (api.max_request_body)",
@@ -238,8 +245,16 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
                 .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             return resp;
         }
-        Err(e @ BodyError::Read(_)) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BodyError::Read(_)) => {
+            return error_for(&path, StatusCode::BAD_REQUEST, e.to_string())
+        }
     };
+    use crate::openai::Dialect;
+    if let Some((id, cancel)) = stored_response(&path) {
+        if (method == Method::GET && !cancel) || (method == Method::POST && cancel) {
+            return crate::openai::responses::stored(daemon, parts, id).await;
+        }
+    }
     match (path.as_str(), &method) {
         ("/", &Method::GET | &Method::HEAD) => {
             with_version(http::text(StatusCode::OK, "Ollama is running"))
@@ -247,12 +262,22 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
         ("/api/version", &Method::GET | &Method::HEAD) => with_version(http::json(
             StatusCode::OK,
             &Version {
-                version: crate::VERSION,
+                version: OLLAMA_API_VERSION,
+                vllama_version: crate::VERSION,
             },
         )),
         ("/metrics", &Method::GET) if metrics_here(daemon) => crate::metrics::respond(daemon).await,
-        ("/v1/chat/completions" | "/v1/completions" | "/v1/embeddings", &Method::POST) => {
-            crate::openai::forward(daemon, parts, body).await
+        (
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/responses"
+            | "/tokenize"
+            | "/detokenize",
+            &Method::POST,
+        ) => crate::openai::forward(daemon, parts, body, Dialect::OpenAi).await,
+        ("/v1/messages" | "/v1/messages/count_tokens", &Method::POST) => {
+            crate::openai::forward(daemon, parts, body, Dialect::Anthropic).await
         }
         ("/" | "/api/version", _) => http::error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -260,12 +285,41 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
         ),
         _ => match crate::ollama::route(daemon, &parts, body).await {
             Some(resp) => resp,
-            None => http::error(
+            None => error_for(
+                &path,
                 StatusCode::NOT_FOUND,
                 format!("no route for {method} {path}"),
             ),
         },
     }
+}
+
+/// An error in the dialect of the path: Anthropic's under `/v1/messages`, OpenAI's under
+/// `/v1/` (their SDKs show only the status of an error not in their shape), else Ollama's.
+fn error_for(path: &str, status: StatusCode, message: String) -> Response<Body> {
+    use crate::openai::Dialect;
+    if path.starts_with("/v1/messages") {
+        Dialect::Anthropic.error(status, message, "")
+    } else if path.starts_with("/v1/") {
+        let kind = if status == StatusCode::NOT_FOUND {
+            "invalid_request_error"
+        } else {
+            crate::openai::dialect::openai_type(status)
+        };
+        Dialect::OpenAi.error(status, message, kind)
+    } else {
+        http::error(status, message)
+    }
+}
+
+/// `/v1/responses/{id}` → (id, false); `/v1/responses/{id}/cancel` → (id, true).
+fn stored_response(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("/v1/responses/")?;
+    let (id, cancel) = match rest.strip_suffix("/cancel") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    (!id.is_empty() && !id.contains('/')).then_some((id, cancel))
 }
 
 /// `X-Vllama-Version` on the probe routes: how `vllamactl doctor` (and a person with curl)

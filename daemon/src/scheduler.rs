@@ -405,6 +405,14 @@ impl Scheduler {
             .check(name.as_str(), &known)
             .map_err(SchedError::Profile)?;
 
+        let mut model = model;
+        if model.max_model_len.is_none() && config.engine.context_length > 0 {
+            let own = info.context_length.and_then(|c| u32::try_from(c).ok());
+            let want = own.map_or(config.engine.context_length, |own| {
+                own.min(config.engine.context_length)
+            });
+            model.max_model_len = Some(want);
+        }
         let placement = self.make_room(name, &model, info.size).await?;
         let id = format!(
             "{}-{}",
@@ -615,6 +623,13 @@ impl Scheduler {
     ) -> Result<Arc<Engine>, SchedError> {
         let lease = self.acquire(name, keep_alive).await?;
         Ok(lease.engine.clone())
+    }
+
+    /// A lease on the model's engine if one is up (ready or asleep), never starting one:
+    /// for what only that engine has (a response it keeps in memory).
+    pub fn lease_running(&self, name: &ModelName) -> Option<Lease> {
+        let lease = self.lease_existing(name, None).ok()??;
+        matches!(lease.engine.status().phase, Phase::Ready | Phase::Sleeping).then_some(lease)
     }
 
     /// The engine of a model, if it has one (for progress displays).
@@ -947,6 +962,9 @@ pub fn engine_spec(
     }
     if model.sleep {
         env.push(("VLLM_SERVER_DEV_MODE".into(), "1".into()));
+    }
+    if config.engine.responses_store {
+        env.push(("VLLM_ENABLE_RESPONSES_API_STORE".into(), "1".into()));
     }
     for (k, v) in config.engine.env.iter().chain(&model.env) {
         env.retain(|(key, _)| key != k);

@@ -50,6 +50,8 @@ pub struct Daemon {
     pub pulls: crate::store::pull::Pulls,
     pub installer: crate::install::Installer,
     pub tasks: tokio_util::task::TaskTracker,
+    /// Which model made each recent Responses answer (`GET /v1/responses/{id}`).
+    pub responses: Arc<crate::openai::responses::ResponseIds>,
     /// The public listener is on a loopback address: the DNS-rebinding guard applies.
     pub api_on_loopback: bool,
     config: watch::Sender<Arc<ActiveConfig>>,
@@ -92,6 +94,7 @@ impl Daemon {
             pulls,
             installer,
             tasks,
+            responses: Arc::default(),
             config,
             last_reload_error: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),

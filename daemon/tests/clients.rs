@@ -1,4 +1,4 @@
-//! The official client libraries (Python `ollama` and `openai`) against vllamad with fake
+//! The official client libraries (Python `ollama`, `openai` and `anthropic`) against vllamad with fake
 //! engines: tests/clients/*.py, run with the Python that `tests/run` prepared
 //! (`VLLAMA_CLIENTS_PYTHON`, a venv with tests/clients/requirements.txt). Without it the
 //! test says it was skipped, unless `VLLAMA_REQUIRE_CLIENTS` is set (CI).
@@ -32,6 +32,7 @@ fn official_python_clients() {
         BIN,
         DaemonOptions::default()
             .set("engine", "max_loaded = 3")
+            .set("engine", "responses_store = true")
             .fake_model(&fake, "tiny", &[])
             .model_file("tiny", "config.json", LLAMA_CONFIG)
             .model_file("tiny", "tokenizer_config.json", TOOLS_TEMPLATE)

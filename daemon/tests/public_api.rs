@@ -29,7 +29,13 @@ fn probe_routes_answer_like_ollama() {
 
     let version = d.get("/api/version");
     assert_eq!(version.status, 200);
-    assert_eq!(version.json()["version"], env!("CARGO_PKG_VERSION"));
+    // The Ollama API version implemented (clients gate features on it), and vllama's own.
+    assert_eq!(version.json()["version"], vllamad::api::OLLAMA_API_VERSION);
+    assert_eq!(version.json()["vllama_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        version.header("x-vllama-version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert!(version
         .header("content-type")
         .unwrap()
@@ -53,6 +59,32 @@ fn unknown_routes_and_methods_are_json_errors() {
         .as_str()
         .unwrap()
         .contains("/api/nothing-here"));
+
+    // Under /v1/ the error is OpenAI's shape (the SDKs show only the status otherwise),
+    // under /v1/messages Anthropic's.
+    let openai = d.get("/v1/nothing");
+    assert_eq!(openai.status, 404);
+    assert_eq!(openai.json()["error"]["type"], "invalid_request_error");
+    assert!(openai.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/nothing"));
+    let anthropic = d.get("/v1/messages/batches");
+    assert_eq!(anthropic.status, 404);
+    assert_eq!(anthropic.json()["type"], "error");
+    assert_eq!(anthropic.json()["error"]["type"], "not_found_error");
+
+    // So is a body over the limit.
+    let big = format!("{{\"model\":\"x\",\"pad\":\"{}\"}}", "x".repeat(2048));
+    let too_big = d.request("POST", "/v1/messages", &big);
+    assert_eq!(too_big.status, 413);
+    assert_eq!(too_big.json()["error"]["type"], "request_too_large");
+    let too_big = d.request("POST", "/v1/responses", &big);
+    assert_eq!(too_big.status, 413);
+    assert!(too_big.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("api.max_request_body"));
 
     let wrong = d.request("DELETE", "/api/version", "");
     assert_eq!(wrong.status, 405);

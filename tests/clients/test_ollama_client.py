@@ -140,3 +140,19 @@ def test_errors(client):
     with pytest.raises(ollama.ResponseError) as e:
         client.create(model="x", from_="tiny")
     assert e.value.status_code == 501 and "Hugging Face" in str(e.value)
+
+
+def test_logprobs(client):
+    r = client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=2,
+                    options={"num_predict": 3})
+    assert [t.token for t in r.logprobs] == [" the", " llama", " serves"]
+    assert all(t.logprob < 0 and len(t.top_logprobs) == 2 for t in r.logprobs)
+    streamed = [t for c in client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                       logprobs=True, top_logprobs=2, options={"num_predict": 3})
+                for t in (c.logprobs or [])]
+    assert [t.token for t in streamed] == [" the", " llama", " serves"]
+    g = client.generate(model="tiny", prompt="the llama", logprobs=True, top_logprobs=1, options={"num_predict": 2})
+    assert [t.token for t in g.logprobs] == [" the", " llama"]
+    chunks = list(client.generate(model="tiny", prompt="the llama", logprobs=True, stream=True,
+                                  options={"num_predict": 2}))
+    assert sum(len(c.logprobs or []) for c in chunks) == 2

@@ -546,6 +546,33 @@ pub fn exchange_within(addr: SocketAddr, raw: &[u8], timeout: Duration) -> Strin
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One request straight to an engine on its Unix socket (what vllamad itself sends there):
+/// for comparing vllamad's answers with the engine's own.
+pub fn unix_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Response {
+    use std::os::unix::net::UnixStream;
+    let mut stream =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: engine\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(raw.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    parse_responses(&text)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no response in {text:?}"))
+}
+
 /// One parsed HTTP response.
 #[derive(Debug, Clone)]
 pub struct Response {

@@ -240,3 +240,282 @@ fn errors_health_and_sleep_match() {
         );
     }
 }
+
+/// Named events (`event: NAME`, `data: …`) of an SSE body.
+fn named_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("")
+                .to_string();
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("null");
+            (name, serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// The events' names in order, a run of deltas as one (vLLM groups tokens into deltas by
+/// timing: how many there are varies from run to run).
+fn event_names(events: &[(String, Value)]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in events {
+        if !(name.ends_with("delta") && names.last() == Some(name)) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// The first event called `name`.
+fn same_named<'a>(events: &'a [(String, Value)], name: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no {name} event"))
+}
+
+/// Every key of `real` is in `fake`, at the top level and at each path given.
+fn assert_keys(what: &str, real: &Value, fake: &Value, paths: &[&str]) {
+    for path in std::iter::once("").chain(paths.iter().copied()) {
+        let (r, f) = (real.pointer(path), fake.pointer(path));
+        let Some(r) = r else { continue };
+        let fake_keys = f.map(keys).unwrap_or_default();
+        for key in keys(r) {
+            assert!(
+                fake_keys.contains(&key),
+                "{what}: {path} lacks `{key}` (fake: {f:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn anthropic_messages_match() {
+    let fake = start();
+    let body = r#"{"model":"tiny","max_tokens":4,"messages":[{"role":"user","content":"hello"}]}"#;
+    let (status, got) = request(&fake, "POST", "/v1/messages", body);
+    assert_eq!(status, 200);
+    let real: Value = serde_json::from_str(&fixture("messages.json")).unwrap();
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_keys("message", &real, &got, &["/content/0", "/usage"]);
+
+    let stream = r#"{"model":"tiny","max_tokens":3,"stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+    let (_, got) = request(&fake, "POST", "/v1/messages", stream);
+    let real = named_events(&fixture("messages-stream.sse"));
+    let got = named_events(&got);
+    let names = event_names;
+    assert_eq!(names(&got), names(&real));
+    for (i, (name, r)) in real.iter().enumerate() {
+        let g = same_named(&got, name);
+        assert_keys(
+            &format!("message event {i}"),
+            r,
+            g,
+            &[
+                "/message",
+                "/message/usage",
+                "/content_block",
+                "/delta",
+                "/usage",
+            ],
+        );
+    }
+
+    // A forced tool call streams a tool_use block (recorded with the hermes parser).
+    let real = named_events(&fixture("messages-tool-stream.sse"));
+    let tool = r#"{"model":"tiny","max_tokens":40,"stream":true,"tools":[{"name":"get_weather","input_schema":{"type":"object","properties":{"city":{"type":"string"}}}}],"tool_choice":{"type":"tool","name":"get_weather"},"messages":[{"role":"user","content":"weather?"}]}"#;
+    let (_, got) = request(&fake, "POST", "/v1/messages", tool);
+    let got = named_events(&got);
+    let block = |e: &[(String, Value)]| {
+        e.iter()
+            .find(|(n, _)| n == "content_block_start")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_keys(
+        "tool block",
+        &block(&real),
+        &block(&got),
+        &["/content_block"],
+    );
+    assert_eq!(block(&got)["content_block"]["type"], "tool_use");
+
+    let (_, got) = request(
+        &fake,
+        "POST",
+        "/v1/messages/count_tokens",
+        r#"{"model":"tiny","messages":[{"role":"user","content":"hello"}]}"#,
+    );
+    let real: Value = serde_json::from_str(&fixture("messages-count-tokens.json")).unwrap();
+    assert_keys(
+        "count_tokens",
+        &real,
+        &serde_json::from_str(&got).unwrap(),
+        &["/context_management"],
+    );
+
+    let (status, got) = request(
+        &fake,
+        "POST",
+        "/v1/messages",
+        r#"{"model":"nope","max_tokens":4,"messages":[{"role":"user","content":"hello"}]}"#,
+    );
+    let recorded = fixture("messages-error-unknown-model.txt");
+    let (real_body, real_status) = recorded.rsplit_once('\n').unwrap();
+    assert_eq!(status.to_string(), real_status.trim());
+    let real: Value = serde_json::from_str(real_body).unwrap();
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_keys("messages error", &real, &got, &["/error"]);
+    assert_eq!(got["error"]["type"], real["error"]["type"]);
+}
+
+#[test]
+fn responses_match() {
+    let fake = start();
+    let (status, got) = request(
+        &fake,
+        "POST",
+        "/v1/responses",
+        r#"{"model":"tiny","input":"hello","max_output_tokens":4}"#,
+    );
+    assert_eq!(status, 200);
+    let real: Value = serde_json::from_str(&fixture("responses.json")).unwrap();
+    let got: Value = serde_json::from_str(&got).unwrap();
+    let paths = [
+        "/output/0",
+        "/output/0/content/0",
+        "/usage",
+        "/usage/input_tokens_details",
+        "/usage/output_tokens_details",
+    ];
+    assert_keys("response", &real, &got, &paths);
+    assert_eq!(got["status"], real["status"]);
+
+    let (_, got) = request(
+        &fake,
+        "POST",
+        "/v1/responses",
+        r#"{"model":"tiny","input":"hello","max_output_tokens":3,"stream":true}"#,
+    );
+    let real = named_events(&fixture("responses-stream.sse"));
+    let got = named_events(&got);
+    let names = event_names;
+    assert_eq!(names(&got), names(&real));
+    for (i, (name, r)) in real.iter().enumerate() {
+        let g = same_named(&got, name);
+        assert_keys(
+            &format!("response event {i}"),
+            r,
+            g,
+            &["/response", "/item", "/part"],
+        );
+    }
+}
+
+#[test]
+fn logprobs_tokenize_and_context_errors_match() {
+    let fake = start();
+    let (_, got) = request(
+        &fake,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"tiny","max_tokens":3,"logprobs":true,"top_logprobs":2,"messages":[{"role":"user","content":"hello"}]}"#,
+    );
+    let real: Value = serde_json::from_str(&fixture("chat-logprobs.json")).unwrap();
+    let got: Value = serde_json::from_str(&got).unwrap();
+    let paths = [
+        "/choices/0/logprobs",
+        "/choices/0/logprobs/content/0",
+        "/choices/0/logprobs/content/0/top_logprobs/0",
+    ];
+    assert_keys("chat logprobs", &real, &got, &paths);
+    assert_eq!(
+        got.pointer("/choices/0/logprobs/content/0/top_logprobs")
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(2)
+    );
+
+    let (_, got) = request(
+        &fake,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"tiny","max_tokens":3,"logprobs":true,"top_logprobs":2,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello"}]}"#,
+    );
+    let real = sse_events(&fixture("chat-logprobs-stream.sse"));
+    let got = sse_events(&got);
+    assert_eq!(got.len(), real.len());
+    for (i, (r, g)) in real.iter().zip(&got).enumerate() {
+        assert_keys(&format!("logprobs chunk {i}"), r, g, &paths);
+    }
+
+    let (_, got) = request(
+        &fake,
+        "POST",
+        "/v1/completions",
+        r#"{"model":"tiny","max_tokens":3,"logprobs":2,"prompt":"the llama"}"#,
+    );
+    let real: Value = serde_json::from_str(&fixture("completion-logprobs.json")).unwrap();
+    assert_keys(
+        "completion logprobs",
+        &real,
+        &serde_json::from_str(&got).unwrap(),
+        &["/choices/0/logprobs"],
+    );
+
+    for (path, body, file) in [
+        (
+            "/tokenize",
+            r#"{"model":"tiny","prompt":"the llama"}"#,
+            "tokenize.json",
+        ),
+        (
+            "/tokenize",
+            r#"{"model":"tiny","messages":[{"role":"user","content":"hello"}]}"#,
+            "tokenize-chat.json",
+        ),
+        (
+            "/detokenize",
+            r#"{"model":"tiny","tokens":[289,360]}"#,
+            "detokenize.json",
+        ),
+    ] {
+        let (status, got) = request(&fake, "POST", path, body);
+        assert_eq!(status, 200, "{path}");
+        let real: Value = serde_json::from_str(&fixture(file)).unwrap();
+        assert_keys(file, &real, &serde_json::from_str(&got).unwrap(), &[]);
+    }
+
+    // The context-length refusal, in the words vllamad reads (engine::limits).
+    let long = vec!["word"; 3000].join(" ");
+    let (status, got) = request(
+        &fake,
+        "POST",
+        "/v1/chat/completions",
+        &format!(
+            r#"{{"model":"tiny","max_tokens":3,"messages":[{{"role":"user","content":"{long}"}}]}}"#
+        ),
+    );
+    let recorded = fixture("error-context-length.txt");
+    let (real_body, real_status) = recorded.rsplit_once('\n').unwrap();
+    assert_eq!(status.to_string(), real_status.trim());
+    let real: Value = serde_json::from_str(real_body).unwrap();
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_keys("context error", &real, &got, &["/error"]);
+    // The words vllamad reads (engine::limits, whose unit test reads the recorded one).
+    for v in [&real, &got] {
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("This model's maximum context length is ")
+                && message.contains(" tokens. However, your prompt contains at least "),
+            "{message}"
+        );
+    }
+}

@@ -22,6 +22,10 @@ pub enum Api {
     Ollama,
     /// POST /v1/chat/completions (SSE when streamed)
     Openai,
+    /// POST /v1/messages, Anthropic's Messages API (SSE events when streamed)
+    Anthropic,
+    /// POST /v1/responses, OpenAI's Responses API (SSE events when streamed)
+    Responses,
 }
 
 impl Api {
@@ -29,6 +33,17 @@ impl Api {
         match self {
             Api::Ollama => "Ollama API",
             Api::Openai => "OpenAI API",
+            Api::Anthropic => "Anthropic Messages API",
+            Api::Responses => "OpenAI Responses API",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Api::Ollama => "/api/chat",
+            Api::Openai => "/v1/chat/completions",
+            Api::Anthropic => "/v1/messages",
+            Api::Responses => "/v1/responses",
         }
     }
 }
@@ -61,11 +76,7 @@ impl Target {
         if !base.starts_with("http://") {
             return Err(format!("--url {base}: only http:// URLs are supported"));
         }
-        let path = match plan.api {
-            Api::Ollama => "/api/chat",
-            Api::Openai => "/v1/chat/completions",
-        };
-        let uri: Uri = format!("{base}{path}")
+        let uri: Uri = format!("{base}{}", plan.api.path())
             .parse()
             .map_err(|e| format!("--url {base}: {e}"))?;
         let host = uri
@@ -101,6 +112,12 @@ impl Target {
                 }
                 b
             }
+            Api::Anthropic => {
+                json!({"model": self.model, "messages": messages, "stream": self.stream,
+                "max_tokens": self.max_tokens})
+            }
+            Api::Responses => json!({"model": self.model, "input": prompt, "stream": self.stream,
+                "max_output_tokens": self.max_tokens}),
         }
     }
 
@@ -197,6 +214,7 @@ fn whole_tokens(api: Api, v: &Value) -> Result<u64, String> {
     Ok(match api {
         Api::Ollama => v["eval_count"].as_u64().unwrap_or(0),
         Api::Openai => v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+        Api::Anthropic | Api::Responses => v["usage"]["output_tokens"].as_u64().unwrap_or(0),
     })
 }
 
@@ -212,6 +230,29 @@ enum Event {
 
 fn parse(api: Api, line: &str) -> Result<Event, String> {
     match api {
+        Api::Anthropic | Api::Responses => {
+            // Named events: the `event:` line is redundant with the data's `type`.
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                return Ok(Event::Other);
+            };
+            let v: Value = serde_json::from_str(data).map_err(|_| "bad event".to_string())?;
+            Ok(match v["type"].as_str().unwrap_or("") {
+                "error" => return Err("error in stream".into()),
+                "content_block_delta"
+                | "response.output_text.delta"
+                | "response.reasoning_text.delta" => Event::Piece,
+                "message_delta" => match v["usage"]["output_tokens"].as_u64() {
+                    Some(n) => Event::Tokens(n),
+                    None => Event::Other,
+                },
+                "message_stop" => Event::Done(None),
+                "response.completed" | "response.incomplete" => {
+                    Event::Done(v["response"]["usage"]["output_tokens"].as_u64())
+                }
+                "response.failed" => return Err("error in stream".into()),
+                _ => Event::Other,
+            })
+        }
         Api::Openai => {
             let Some(data) = line.strip_prefix("data:").map(str::trim) else {
                 return Ok(Event::Other);
@@ -300,5 +341,29 @@ mod tests {
         assert!(matches!(parse(Api::Ollama, done), Ok(Event::Done(Some(9)))));
         let token = r#"{"message":{"role":"assistant","content":"hi"},"done":false}"#;
         assert!(matches!(parse(Api::Ollama, token), Ok(Event::Piece)));
+    }
+
+    #[test]
+    fn events_of_the_newer_apis() {
+        let delta = r#"data: {"type":"content_block_delta","delta":{"type":"text_delta","text":"t"},"index":0}"#;
+        assert!(matches!(parse(Api::Anthropic, delta), Ok(Event::Piece)));
+        assert!(matches!(
+            parse(Api::Anthropic, "event: content_block_delta"),
+            Ok(Event::Other)
+        ));
+        let usage = r#"data: {"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"input_tokens":15,"output_tokens":3}}"#;
+        assert!(matches!(parse(Api::Anthropic, usage), Ok(Event::Tokens(3))));
+        let stop = r#"data: {"type":"message_stop"}"#;
+        assert!(matches!(parse(Api::Anthropic, stop), Ok(Event::Done(None))));
+        let broken = r#"data: {"type":"error","error":{"type":"api_error","message":"x"}}"#;
+        assert!(parse(Api::Anthropic, broken).is_err());
+        let delta = r#"data: {"content_index":0,"delta":"t","type":"response.output_text.delta"}"#;
+        assert!(matches!(parse(Api::Responses, delta), Ok(Event::Piece)));
+        let done =
+            r#"data: {"response":{"usage":{"output_tokens":4}},"type":"response.completed"}"#;
+        assert!(matches!(
+            parse(Api::Responses, done),
+            Ok(Event::Done(Some(4)))
+        ));
     }
 }

@@ -36,8 +36,9 @@ const BUILT_IN: &[&str] = &[
 /// `vllamactl bench`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Base URL of the endpoint (vllamad, vLLM, Ollama…)
-    #[arg(long, default_value = "http://127.0.0.1:11434")]
+    /// Base URL of the endpoint (vllamad, vLLM, Ollama…); `OLLAMA_HOST` as Ollama reads it
+    /// (`0.0.0.0`, `host:port`, a URL)
+    #[arg(long, env = "OLLAMA_HOST", default_value = "http://127.0.0.1:11434", value_parser = base_url)]
     pub url: String,
     /// Which API to speak
     #[arg(long, value_enum, default_value = "ollama")]
@@ -72,6 +73,26 @@ pub struct Args {
     /// Print the results as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// A base URL, as Ollama's clients read `OLLAMA_HOST`: the scheme defaults to http, the port
+/// to 11434, and an address that means "every interface" to this machine.
+fn base_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim().trim_end_matches('/');
+    let (scheme, rest) = raw.split_once("://").unwrap_or(("http", raw));
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.to_string()),
+        _ => (rest, "11434".to_string()),
+    };
+    let host = match host {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "[::]" => "[::1]",
+        h => h,
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("`{raw}`: `{port}` is not a port"));
+    }
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 /// `vllamactl bench`: runs the plan, prints the table (or JSON); exit 1 when a level had no
@@ -382,4 +403,24 @@ pub fn table(r: &Report) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_url;
+
+    #[test]
+    fn ollama_host_values() {
+        for (raw, want) in [
+            ("http://127.0.0.1:11434", "http://127.0.0.1:11434"),
+            ("0.0.0.0", "http://127.0.0.1:11434"),
+            ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+            ("localhost:9000/", "http://localhost:9000"),
+            ("http://box.lan", "http://box.lan:11434"),
+            ("[::]:7000", "http://[::1]:7000"),
+        ] {
+            assert_eq!(base_url(raw).as_deref(), Ok(want), "{raw}");
+        }
+        assert!(base_url("host:port").is_err());
+    }
 }

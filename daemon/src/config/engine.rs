@@ -73,6 +73,13 @@ pub struct EngineConfig {
     pub stable_after: HumanDuration,
     /// GPU memory left free on each GPU, never given to engines.
     pub gpu_memory_reserve: ByteSize,
+    /// The context length (`--max-model-len`) of a model that sets no `max_model_len`,
+    /// capped at the model's own (Ollama's `OLLAMA_CONTEXT_LENGTH`); 0: the model's own.
+    pub context_length: u32,
+    /// Engines keep Responses answers in memory for `GET /v1/responses/{id}`,
+    /// `previous_response_id` and background mode (`VLLM_ENABLE_RESPONSES_API_STORE=1`:
+    /// vLLM never evicts them, so memory grows with every response until the engine stops).
+    pub responses_store: bool,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +99,8 @@ impl Default for EngineConfig {
             restart_backoff_max: HumanDuration::from_secs(60),
             stable_after: HumanDuration::from_secs(60),
             gpu_memory_reserve: ByteSize(512 * ByteSize::MIB),
+            context_length: 0,
+            responses_store: false,
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::units::{ByteSize, HumanDuration};
 
 mod engine;
+pub mod ollama_env;
 pub use engine::{EngineConfig, GpuMemory, ModelConfig, PathsConfig, Transport};
 
 /// Where the packaged daemon reads its configuration.
@@ -392,7 +393,28 @@ fn apply_env(
     warnings: &mut Vec<String>,
 ) -> Result<Config, ConfigError> {
     let keys = env_keys();
+    let env: Vec<(String, String)> = env.into_iter().collect();
     let mut overrides: Vec<(String, String, String, String)> = Vec::new();
+    // Ollama's names first, so that a `VLLAMA_*` variable for the same key wins.
+    for (var, value) in &env {
+        let Some(mapped) = ollama_env::translate(var, value) else {
+            continue;
+        };
+        match mapped {
+            Ok((to, _)) if env.iter().any(|(v, _)| v == to) => warnings.push(format!(
+                "{var} is ignored: {to} is set too, and vllama's own name wins"
+            )),
+            Ok((to, translated)) => {
+                if let Some((section, key)) = keys.get(to) {
+                    warnings.push(format!(
+                        "{var}={value} is read as {section}.{key} = {translated} (vllama's name: {to})"
+                    ));
+                    overrides.push((var.clone(), section.clone(), key.clone(), translated));
+                }
+            }
+            Err(why) => warnings.push(format!("{var} is ignored: {why}")),
+        }
+    }
     for (var, value) in env {
         if !var.starts_with(ENV_PREFIX) || ENV_NOT_KEYS.contains(&var.as_str()) {
             continue;
@@ -749,6 +771,54 @@ mod tests {
         assert!(
             matches!(err, ConfigError::Syntax { line: 2, .. }),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn ollamas_variables_below_vllamas() {
+        let mut warnings = Vec::new();
+        let c = apply_env(
+            Config::default(),
+            env(&[
+                ("OLLAMA_HOST", "0.0.0.0"),
+                ("OLLAMA_KEEP_ALIVE", "-1"),
+                ("OLLAMA_MAX_LOADED_MODELS", "2"),
+                ("OLLAMA_ORIGINS", "http://a.test,http://b.test"),
+                ("OLLAMA_CONTEXT_LENGTH", "8192"),
+                ("OLLAMA_MAX_QUEUE", "64"),
+                ("VLLAMA_ENGINE_MAX_QUEUE", "32"),
+            ]),
+            &mut warnings,
+        )
+        .unwrap();
+        assert_eq!(c.api.listen.to_string(), "0.0.0.0:11434");
+        assert_eq!(c.engine.keep_alive, crate::units::KeepAlive::Forever);
+        assert_eq!(c.engine.max_loaded, 2);
+        assert_eq!(c.api.origins, ["http://a.test", "http://b.test"]);
+        assert_eq!(c.engine.context_length, 8192);
+        assert_eq!(c.engine.max_queue, 32, "VLLAMA_* wins");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("OLLAMA_HOST=0.0.0.0 is read as api.listen")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("OLLAMA_MAX_QUEUE is ignored")),
+            "{warnings:?}"
+        );
+        // A bad value names Ollama's variable.
+        let err = apply_env(
+            Config::default(),
+            env(&[("OLLAMA_MAX_LOADED_MODELS", "many")]),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("OLLAMA_MAX_LOADED_MODELS"),
+            "{err}"
         );
     }
 

@@ -1,6 +1,7 @@
 //! Engines: `vllm serve` processes, each owned by one supervisor task.
 
 pub mod client;
+pub mod limits;
 pub mod parsers;
 pub mod process;
 pub mod profile;

@@ -429,6 +429,11 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/completions",
         "/v1/embeddings",
         "/v1/models",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/tokenize",
+        "/detokenize",
         "/metrics",
     ];
     if let Some(r) = ROUTES.iter().find(|r| **r == path) {
@@ -436,6 +441,13 @@ pub fn route_label(path: &str) -> &'static str {
     }
     if path.starts_with("/v1/models/") {
         return "/v1/models/{model}";
+    }
+    if let Some(rest) = path.strip_prefix("/v1/responses/") {
+        return if rest.ends_with("/cancel") {
+            "/v1/responses/{id}/cancel"
+        } else {
+            "/v1/responses/{id}"
+        };
     }
     if path.starts_with("/api/blobs/") {
         return "/api/blobs/{digest}";
@@ -451,6 +463,12 @@ mod tests {
     fn routes_are_bounded() {
         assert_eq!(route_label("/api/chat"), "/api/chat");
         assert_eq!(route_label("/v1/models/qwen"), "/v1/models/{model}");
+        assert_eq!(route_label("/v1/messages"), "/v1/messages");
+        assert_eq!(route_label("/v1/responses/resp_1"), "/v1/responses/{id}");
+        assert_eq!(
+            route_label("/v1/responses/resp_1/cancel"),
+            "/v1/responses/{id}/cancel"
+        );
         assert_eq!(route_label("/etc/passwd"), "other");
     }
 

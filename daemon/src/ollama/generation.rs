@@ -36,6 +36,9 @@ pub struct Job {
     pub body: Map<String, Value>,
     /// Ask for token ids (generate's `context`).
     pub want_context: bool,
+    /// A prompt longer than the context is cut from the front (Ollama's `truncate`, on by
+    /// default); off, it is refused with how much it is over.
+    pub truncate: bool,
     pub started: Instant,
 }
 
@@ -57,6 +60,8 @@ struct Progress {
     first_token_at: Option<Instant>,
     prompt_ids: Vec<Value>,
     token_ids: Vec<Value>,
+    /// Log probabilities in Ollama's shape, not yet sent (streaming) or all (whole).
+    logprobs: Vec<Value>,
     /// Streaming: each piece goes out as it comes, so the whole text is not kept.
     streaming: bool,
 }
@@ -87,6 +92,10 @@ impl Progress {
         };
         if let Some(Value::Array(ids)) = choice.get("token_ids") {
             self.token_ids.extend(ids.iter().cloned());
+        }
+        if choice.get("logprobs").is_some_and(|l| !l.is_null()) {
+            self.logprobs
+                .extend(super::translate::ollama_logprobs(choice));
         }
         if let Some(Value::Array(ids)) = choice.get("prompt_token_ids") {
             self.prompt_ids = ids.clone();
@@ -173,6 +182,17 @@ fn nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Adds the log probabilities gathered so far to an object (and forgets them).
+fn with_logprobs(mut o: Map<String, Value>, p: &mut Progress) -> Map<String, Value> {
+    if !p.logprobs.is_empty() {
+        o.insert(
+            "logprobs".into(),
+            Value::Array(std::mem::take(&mut p.logprobs)),
+        );
+    }
+    o
+}
+
 /// One NDJSON object: a piece of text, or the last one with the statistics.
 fn object(job: &Job, message: Option<(&str, &str, Vec<Value>)>, done: bool) -> Map<String, Value> {
     let mut o = Map::new();
@@ -250,11 +270,10 @@ fn line(o: &Map<String, Value>) -> Bytes {
     Bytes::from(v)
 }
 
-/// An engine error as Ollama reports it, with the engine's own message.
-async fn engine_error(resp: Response<hyper::body::Incoming>, model: &str) -> Response<Body> {
+/// An engine's error answer: its status and its message.
+async fn error_of(resp: Response<hyper::body::Incoming>) -> (StatusCode, String) {
     let status = resp.status();
-    let body = resp
-        .into_body()
+    let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
         .collect()
         .await
         .map(|b| b.to_bytes())
@@ -268,12 +287,88 @@ async fn engine_error(resp: Response<hyper::body::Incoming>, model: &str) -> Res
                 .map(str::to_string)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    (status, message)
+}
+
+/// An engine error as Ollama reports it, with the engine's own message.
+fn refuse(status: StatusCode, model: &str, message: &str) -> Response<Body> {
     let status = match status.as_u16() {
         400 | 422 => StatusCode::BAD_REQUEST,
         404 => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     http::error(status, format!("{model}: {message}"))
+}
+
+/// POSTs a JSON body to the lease's engine.
+async fn post(
+    lease: &Lease,
+    path: &'static str,
+    body: &Map<String, Value>,
+) -> Result<Response<hyper::body::Incoming>, Response<Body>> {
+    let payload = serde_json::to_vec(body)
+        .map_err(|e| http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut req = Request::new(http::full(payload));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = hyper::Uri::from_static(path);
+    req.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(id) = crate::observe::request_id() {
+        req.headers_mut()
+            .insert(crate::request_id::HEADER, crate::request_id::value(&id));
+    }
+    lease.engine().client().send(req).await.map_err(|e| {
+        http::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the engine for {} failed: {e}", lease.model()),
+        )
+    })
+}
+
+/// How many prompt tokens a truncated prompt keeps: the context less room for the answer
+/// (`num_predict`, else a quarter of the context up to 1,024 tokens: vLLM cannot shift the
+/// context while it generates, as llama.cpp does).
+fn kept_tokens(context: u64, body: &Map<String, Value>) -> u64 {
+    let room = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or((context / 4).min(1024));
+    context.saturating_sub(room).max(1)
+}
+
+/// `truncate: false` and a prompt over the context: a 400 that says by how much (the
+/// engine's tokenizer counts the prompt; vLLM's own message only says "at least").
+async fn over_context(lease: &Lease, job: &Job, context: u64, message: &str) -> Response<Body> {
+    let mut count = Map::new();
+    count.insert("model".into(), json!(lease.served_name()));
+    for key in [
+        "messages",
+        "prompt",
+        "chat_template",
+        "chat_template_kwargs",
+    ] {
+        if let Some(v) = job.body.get(key) {
+            count.insert(key.into(), v.clone());
+        }
+    }
+    let counted = match post(lease, "/tokenize", &count).await {
+        Ok(resp) if resp.status().is_success() => resp
+            .into_body()
+            .collect()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b.to_bytes()).ok())
+            .and_then(|v| v["count"].as_u64()),
+        _ => None,
+    };
+    let text = match counted {
+        Some(n) => format!(
+            "the prompt is {n} tokens, {} over the context length of {context} (truncate is false, so it is not cut: shorten it, or raise options.num_ctx or the model's max_model_len)",
+            n.saturating_sub(context)
+        ),
+        None => message.to_string(),
+    };
+    http::error(StatusCode::BAD_REQUEST, format!("{}: {text}", job.model))
 }
 
 /// Sends the job to the lease's engine and answers in Ollama's shape.
@@ -289,34 +384,34 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
     if job.want_context {
         job.body.insert("return_token_ids".into(), json!(true));
     }
-    let payload = match serde_json::to_vec(&job.body) {
-        Ok(p) => p,
-        Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let mut req = Request::new(http::full(payload));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = hyper::Uri::from_static("/");
-    if let Ok(uri) = path.parse() {
-        *req.uri_mut() = uri;
-    }
-    req.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(id) = crate::observe::request_id() {
-        req.headers_mut()
-            .insert(crate::request_id::HEADER, crate::request_id::value(&id));
-    }
     let sent = Instant::now();
-    let resp = match lease.engine().client().send(req).await {
+    let mut resp = match post(&lease, path, &job.body).await {
         Ok(r) => r,
-        Err(e) => {
-            return http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the engine for {} failed: {e}", lease.model()),
-            )
-        }
+        Err(e) => return e,
     };
     if !resp.status().is_success() {
-        return engine_error(resp, &job.model).await;
+        let (status, message) = error_of(resp).await;
+        let over = (status == StatusCode::BAD_REQUEST)
+            .then(|| crate::engine::limits::context_overflow(&message))
+            .flatten();
+        let Some(context) = over else {
+            return refuse(status, &job.model, &message);
+        };
+        if !job.truncate {
+            return over_context(&lease, &job, context, &message).await;
+        }
+        let keep = kept_tokens(context, &job.body);
+        tracing::info!(model = %lease.model(), context, keep, "the prompt is longer than the context: cutting it from the front");
+        job.body
+            .insert("truncate_prompt_tokens".into(), json!(keep));
+        resp = match post(&lease, path, &job.body).await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        if !resp.status().is_success() {
+            let (status, message) = error_of(resp).await;
+            return refuse(status, &job.model, &message);
+        }
     }
     let mut reader = SseReader::new(resp.into_body());
     let load = lease.load_duration;
@@ -348,7 +443,8 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
             }
         }
         let calls = p.ollama_tool_calls();
-        let mut o = object(&job, Some((&p.text, &p.thinking, calls)), true);
+        let o = object(&job, Some((&p.text, &p.thinking, calls)), true);
+        let mut o = with_logprobs(o, &mut p);
         finish(&job, &mut o, &p, load, sent);
         observed(crate::observe::current().as_deref(), &p);
         drop(lease);
@@ -402,10 +498,14 @@ async fn stream(
                 } else {
                     Vec::new()
                 };
-                if piece.is_empty() && thought.is_empty() && calls.is_empty() {
+                if piece.is_empty()
+                    && thought.is_empty()
+                    && calls.is_empty()
+                    && p.logprobs.is_empty()
+                {
                     continue;
                 }
-                let o = object(job, Some((&piece, &thought, calls)), false);
+                let o = with_logprobs(object(job, Some((&piece, &thought, calls)), false), &mut p);
                 if tx.send(line(&o)).await.is_err() {
                     tracing::debug!(model = %job.model, "client left: aborting the engine request");
                     return; // dropping the reader closes the engine connection: vLLM aborts

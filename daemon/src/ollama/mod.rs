@@ -136,6 +136,14 @@ fn str_of<'a>(req: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>,
     }
 }
 
+/// `truncate` (default true) and `shift`. vLLM cannot shift the context while it generates:
+/// an answer stops at the context's end (`done_reason: "length"`) whatever `shift` says, so
+/// `shift` is only checked.
+fn truncate_of(req: &Map<String, Value>) -> Result<bool, Reject> {
+    bool_of(req, "shift", true)?;
+    bool_of(req, "truncate", true)
+}
+
 /// `options.num_ctx`, when a client asks for a context size.
 fn num_ctx_of(req: &Map<String, Value>) -> Option<u32> {
     req.get("options")?
@@ -249,6 +257,10 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
     let mut oai = Map::new();
     translate::options(req.get("options"), &mut oai).map_err(bad)?;
     translate::format(req.get("format"), &mut oai).map_err(bad)?;
+    let top_logprobs =
+        translate::logprobs(req.get("logprobs"), req.get("top_logprobs")).map_err(bad)?;
+    translate::ask_logprobs(top_logprobs, true, &mut oai);
+    let truncate = truncate_of(&req)?;
     let thinking = translate::Thinking::parse(req.get("think")).map_err(bad)?;
     let mut needs = Needs {
         thinking: thinking.wanted(),
@@ -291,6 +303,7 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
         stream,
         body: oai,
         want_context: false,
+        truncate,
         started,
     };
     Ok(generation::run(job, lease).await)
@@ -317,6 +330,10 @@ async fn generate(
     let mut oai = Map::new();
     translate::options(req.get("options"), &mut oai).map_err(bad)?;
     translate::format(req.get("format"), &mut oai).map_err(bad)?;
+    let top_logprobs =
+        translate::logprobs(req.get("logprobs"), req.get("top_logprobs")).map_err(bad)?;
+    translate::ask_logprobs(top_logprobs, !raw, &mut oai);
+    let truncate = truncate_of(&req)?;
     let has_images = matches!(req.get("images"), Some(Value::Array(a)) if !a.is_empty());
     if prompt.is_empty() && !has_images {
         return load_or_unload(
@@ -368,6 +385,7 @@ async fn generate(
         stream,
         body: oai,
         want_context: !raw,
+        truncate,
         started,
     };
     Ok(generation::run(job, lease).await)

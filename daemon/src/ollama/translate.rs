@@ -165,6 +165,100 @@ pub fn think(think: Thinking<'_>, style: Think, body: &mut Map<String, Value>) {
     }
 }
 
+/// `logprobs` and `top_logprobs` (0–20): the alternatives to report per token, or `None`
+/// when no log probabilities are asked for (`top_logprobs` alone asks for none, as in
+/// Ollama).
+pub fn logprobs(logprobs: Option<&Value>, top: Option<&Value>) -> Result<Option<u8>, Invalid> {
+    let wanted = match logprobs {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "logprobs must be true or false, not {other}"
+            )))
+        }
+    };
+    let top = match top {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= 20)
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| invalid(format!("top_logprobs must be between 0 and 20, not {v}")))?,
+    };
+    Ok(wanted.then_some(top))
+}
+
+/// Log probabilities asked of the engine: the chat API's `logprobs`/`top_logprobs`, or the
+/// completions API's `logprobs: N` (`raw` generate).
+pub fn ask_logprobs(top: Option<u8>, chat: bool, body: &mut Map<String, Value>) {
+    let Some(top) = top else {
+        return;
+    };
+    if chat {
+        body.insert("logprobs".into(), json!(true));
+        body.insert("top_logprobs".into(), json!(top));
+    } else {
+        body.insert("logprobs".into(), json!(top));
+    }
+}
+
+/// One chunk's (or answer's) log probabilities from vLLM, in Ollama's shape:
+/// `[{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]`.
+pub fn ollama_logprobs(choice: &Value) -> Vec<Value> {
+    let lp = &choice["logprobs"];
+    if let Some(content) = lp["content"].as_array() {
+        return content
+            .iter()
+            .map(|t| {
+                let mut o = token_logprob(t);
+                if let Some(top) = t["top_logprobs"].as_array().filter(|a| !a.is_empty()) {
+                    let top = top
+                        .iter()
+                        .map(|x| Value::Object(token_logprob(x)))
+                        .collect();
+                    o.insert("top_logprobs".into(), Value::Array(top));
+                }
+                Value::Object(o)
+            })
+            .collect();
+    }
+    // The completions API: parallel lists, alternatives as {token: logprob} objects.
+    let Some(tokens) = lp["tokens"].as_array() else {
+        return Vec::new();
+    };
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| {
+            let mut o = Map::new();
+            o.insert("token".into(), token.clone());
+            o.insert(
+                "logprob".into(),
+                lp["token_logprobs"].get(i).cloned().unwrap_or(json!(0.0)),
+            );
+            if let Some(Value::Object(top)) = lp["top_logprobs"].get(i) {
+                let top = top
+                    .iter()
+                    .map(|(t, l)| json!({"token": t, "logprob": l}))
+                    .collect();
+                o.insert("top_logprobs".into(), Value::Array(top));
+            }
+            Value::Object(o)
+        })
+        .collect()
+}
+
+fn token_logprob(t: &Value) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("token".into(), t["token"].clone());
+    o.insert("logprob".into(), t["logprob"].clone());
+    if let Some(bytes) = t.get("bytes").filter(|b| b.is_array()) {
+        o.insert("bytes".into(), bytes.clone());
+    }
+    o
+}
+
 /// The MIME type of a base64 image, from its first bytes.
 fn image_mime(b64: &str) -> Result<&'static str, Invalid> {
     let head = b64.trim_start();
@@ -359,6 +453,32 @@ mod tests {
         let mut r1 = Map::new();
         think(Thinking::Off, Think::Always, &mut r1);
         assert!(r1.is_empty(), "an always-reasoning template has no switch");
+    }
+
+    #[test]
+    fn logprobs_are_checked_and_reshaped() {
+        assert_eq!(logprobs(Some(&json!(true)), Some(&json!(2))), Ok(Some(2)));
+        assert_eq!(logprobs(Some(&json!(true)), None), Ok(Some(0)));
+        assert_eq!(logprobs(None, Some(&json!(3))), Ok(None));
+        assert!(logprobs(Some(&json!(true)), Some(&json!(21))).is_err());
+        assert!(logprobs(Some(&json!(true)), Some(&json!(-1))).is_err());
+        assert!(logprobs(Some(&json!("yes")), None).is_err());
+        // vLLM 0.32's chat shape, recorded.
+        let chat = json!({"logprobs": {"content": [{"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101],
+            "top_logprobs": [{"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101]}, {"token": " a", "logprob": -1.5, "bytes": [32, 97]}]}]}});
+        assert_eq!(
+            ollama_logprobs(&chat),
+            [
+                json!({"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101],
+                "top_logprobs": [{"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101]}, {"token": " a", "logprob": -1.5, "bytes": [32, 97]}]})
+            ]
+        );
+        let completion = json!({"logprobs": {"tokens": ["x"], "token_logprobs": [-0.25], "top_logprobs": [{"x": -0.25, "y": -2.0}], "text_offset": [0]}});
+        let got = ollama_logprobs(&completion);
+        assert_eq!(got[0]["token"], "x");
+        assert_eq!(got[0]["logprob"], -0.25);
+        assert_eq!(got[0]["top_logprobs"].as_array().map(Vec::len), Some(2));
+        assert!(ollama_logprobs(&json!({"logprobs": null})).is_empty());
     }
 
     #[test]

@@ -1,20 +1,22 @@
-//! The OpenAI-compatible API, passed through to the model's engine: the body's `model` is
+//! The routes passed through to the model's engine — OpenAI's chat, completions,
+//! embeddings, Responses and tokenize, and Anthropic's Messages: the body's `model` is
 //! rewritten to the engine's served name, the answer (streamed or not) is relayed as it
-//! comes, and the model's lease is held until the last byte, so keep_alive starts when the
-//! response ends. A client that goes away drops the engine request, which aborts it there.
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! comes ([`relay`]), and the model's lease is held until the last byte, so keep_alive starts
+//! when the response ends. A client that goes away drops the engine request, which aborts
+//! it there. Errors are answered in the route's [`Dialect`].
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
 
 mod body;
+pub mod dialect;
+mod relay;
+pub mod responses;
 mod usage;
+
+pub use dialect::Dialect;
 
 use crate::engine::EngineError;
 use crate::http::{self, Body};
@@ -24,10 +26,7 @@ use crate::state::Daemon;
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 pub fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response<Body> {
-    http::json(
-        status,
-        &json!({"error": {"message": message.into(), "type": kind, "param": null, "code": status.as_u16()}}),
-    )
+    Dialect::OpenAi.error(status, message, kind)
 }
 
 /// HTTP status and OpenAI error type of a scheduling error.
@@ -54,12 +53,18 @@ pub fn classify(e: &SchedError) -> (StatusCode, &'static str) {
     }
 }
 
-/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
-pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Response<Body> {
+/// `POST` to a model's route: OpenAI's chat, completions, embeddings, Responses and
+/// tokenize routes, and Anthropic's Messages (`dialect` says whose errors to answer with).
+pub async fn forward(
+    daemon: &Daemon,
+    parts: http::Parts,
+    body: Bytes,
+    dialect: Dialect,
+) -> Response<Body> {
     let request = match body::RequestBody::parse(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
+            return dialect.error(
                 StatusCode::BAD_REQUEST,
                 e.to_string(),
                 "invalid_request_error",
@@ -72,7 +77,7 @@ pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Respon
             n
         }
         Err(e) => {
-            return error(
+            return dialect.error(
                 StatusCode::BAD_REQUEST,
                 e.to_string(),
                 "invalid_request_error",
@@ -83,16 +88,58 @@ pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Respon
         Ok(lease) => lease,
         Err(e) => {
             let (status, kind) = classify(&e);
-            return error(status, e.to_string(), kind);
+            return dialect.error(status, e.to_string(), kind);
         }
     };
-    let body = request.with_model(lease.served_name());
+    let body = Bytes::from(request.with_model(lease.served_name()));
+    let ids = (parts.uri.path() == "/v1/responses"
+        && daemon.config().config.engine.responses_store)
+        .then(|| daemon.responses.clone());
+    send_watched(lease, parts, body, dialect, ids).await
+}
+
+/// Sends a request to the lease's engine as it came (method, path, query) and relays the
+/// answer.
+pub(crate) async fn send(
+    lease: Lease,
+    parts: http::Parts,
+    body: Bytes,
+    dialect: Dialect,
+) -> Response<Body> {
+    send_watched(lease, parts, body, dialect, None).await
+}
+
+/// Headers passed on to the engine: what the client accepts, the request id, and what
+/// Anthropic clients send (vLLM reads `anthropic-beta` for some features).
+const PASSED_HEADERS: [&str; 6] = [
+    "accept",
+    "x-request-id",
+    "authorization",
+    "anthropic-version",
+    "anthropic-beta",
+    "x-api-key",
+];
+
+/// Error bodies read whole to reshape them; longer ones are cut.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+async fn send_watched(
+    lease: Lease,
+    parts: http::Parts,
+    body: Bytes,
+    dialect: Dialect,
+    ids: Option<std::sync::Arc<responses::ResponseIds>>,
+) -> Response<Body> {
+    let ends = dialect::stream_end(parts.uri.path());
+    let has_body = !body.is_empty();
     let mut req = Request::new(http::full(body));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
-    req.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    for name in ["accept", "x-request-id", "authorization"] {
+    if has_body {
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for name in PASSED_HEADERS {
         if let Some(v) = parts.headers.get(name) {
             req.headers_mut().insert(name, v.clone());
         }
@@ -102,124 +149,19 @@ pub async fn forward(daemon: &Daemon, parts: http::Parts, body: Bytes) -> Respon
         Err(e) => {
             let msg = format!("the engine for {} failed: {e}", lease.model());
             tracing::error!(model = %lease.model(), error = %e, "engine request failed");
-            return error(StatusCode::BAD_GATEWAY, msg, "engine_error");
+            return dialect.error(StatusCode::BAD_GATEWAY, msg, "engine_error");
         }
     };
-    relay(resp, lease)
-}
-
-fn relay(resp: Response<Incoming>, lease: Lease) -> Response<Body> {
-    let (parts, body) = resp.into_parts();
-    let sse = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut out = Response::new(
-        LeasedBody {
-            inner: body,
-            lease: Some(lease),
-            observed: crate::observe::current(),
-            saw_first: false,
-            sse,
-            finished: false,
-            saw_done: false,
-            usage: usage::UsageScan::default(),
-        }
-        .boxed(),
-    );
-    *out.status_mut() = parts.status;
-    for name in [CONTENT_TYPE, hyper::header::CACHE_CONTROL] {
-        if let Some(v) = parts.headers.get(&name) {
-            out.headers_mut().insert(name, v.clone());
-        }
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let bytes = match http_body_util::Limited::new(resp.into_body(), ERROR_BODY_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        return dialect.engine_error(status, &bytes);
     }
-    out
-}
-
-/// The engine's response body, holding the model's lease until it ends. If the engine dies
-/// mid-stream (the body breaks, or an event stream ends without `data: [DONE]`), an SSE
-/// client gets a last `data: {"error": …}` event instead of a cut stream.
-struct LeasedBody {
-    inner: Incoming,
-    lease: Option<Lease>,
-    /// The request, for its first token and its end (dropped with the body).
-    observed: Option<std::sync::Arc<crate::observe::Request>>,
-    /// The first data frame was seen (its time is the request's first token).
-    saw_first: bool,
-    sse: bool,
-    finished: bool,
-    saw_done: bool,
-    /// Token counts, from the response's `usage` object.
-    usage: usage::UsageScan,
-}
-
-impl LeasedBody {
-    fn error_event(&mut self, why: &str) -> Frame<Bytes> {
-        let model = self
-            .lease
-            .take()
-            .map(|l| l.model().to_string())
-            .unwrap_or_default();
-        tracing::error!(model, why, "engine stream broke off");
-        let event = json!({"error": {
-            "message": format!("the engine for {model} stopped in the middle of the response: {why}"),
-            "type": "engine_error", "param": null, "code": 502}});
-        Frame::data(Bytes::from(format!("data: {event}\n\n")))
-    }
-}
-
-impl hyper::body::Body for LeasedBody {
-    type Data = Bytes;
-    type Error = http::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.usage.feed(data);
-                    if self.sse {
-                        if !self.saw_first {
-                            self.saw_first = true;
-                            if let Some(r) = &self.observed {
-                                r.first_token();
-                            }
-                        }
-                        if memchr::memmem::find(data, b"data: [DONE]").is_some() {
-                            self.saw_done = true;
-                        }
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => {
-                self.finished = true;
-                if self.sse && !self.saw_done {
-                    let event = self.error_event("its stream ended without [DONE]");
-                    return Poll::Ready(Some(Ok(event)));
-                }
-                if let (Some(r), Some(u)) = (&self.observed, self.usage.usage()) {
-                    r.tokens(u.prompt_tokens, u.completion_tokens);
-                }
-                self.lease = None;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.finished = true;
-                if self.sse {
-                    Poll::Ready(Some(Ok(self.error_event(&e.to_string()))))
-                } else {
-                    self.lease = None;
-                    Poll::Ready(Some(Err(Box::new(e))))
-                }
-            }
-        }
-    }
+    relay::relay(resp, lease, relay::Watch { dialect, ends, ids })
 }

@@ -16,12 +16,22 @@ const KEY: &[u8] = b"\"usage\":{";
 /// A usage object longer than this is not one (it is dropped, not buffered further).
 const MAX_OBJECT: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
-    /// Absent from embeddings' usage.
-    #[serde(default)]
     pub completion_tokens: u64,
+}
+
+/// A usage object as OpenAI's chat and completions write it (`prompt_tokens`), or as the
+/// Responses and Anthropic APIs do (`input_tokens`). A member it lacks keeps the value seen
+/// before: embeddings have no completion tokens, and Anthropic's `message_delta` may carry
+/// only the output tokens.
+#[derive(Debug, Deserialize)]
+struct Raw {
+    #[serde(alias = "input_tokens")]
+    prompt_tokens: Option<u64>,
+    #[serde(alias = "output_tokens")]
+    completion_tokens: Option<u64>,
 }
 
 /// Follows one response body.
@@ -130,8 +140,19 @@ impl UsageScan {
         self.buf.extend_from_slice(&data[..taken]);
         if end.is_some() {
             self.object = None;
-            if let Ok(usage) = serde_json::from_slice::<Usage>(&self.buf) {
-                self.last = Some(usage);
+            if let Ok(raw) = serde_json::from_slice::<Raw>(&self.buf) {
+                if raw.prompt_tokens.is_some() || raw.completion_tokens.is_some() {
+                    let before = self.last.unwrap_or(Usage {
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                    });
+                    self.last = Some(Usage {
+                        prompt_tokens: raw.prompt_tokens.unwrap_or(before.prompt_tokens),
+                        completion_tokens: raw
+                            .completion_tokens
+                            .unwrap_or(before.completion_tokens),
+                    });
+                }
             }
             self.buf.clear();
         }
@@ -193,6 +214,29 @@ data: {\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
             Some(Usage {
                 prompt_tokens: 4,
                 completion_tokens: 0
+            })
+        );
+    }
+
+    #[test]
+    fn responses_and_anthropic_usage() {
+        // vLLM 0.32's Responses usage, recorded (nested details are skipped).
+        let responses = br#"{"usage":{"input_tokens":16,"input_tokens_details":{"cached_tokens":0},"output_tokens":4,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":20}}"#;
+        assert_eq!(
+            scan(&[responses]),
+            Some(Usage {
+                prompt_tokens: 16,
+                completion_tokens: 4
+            })
+        );
+        // Anthropic: message_start, then a message_delta with only the output tokens.
+        let anthropic = b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":15,\"output_tokens\":0}}}\n\n\
+data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n";
+        assert_eq!(
+            scan(&[anthropic]),
+            Some(Usage {
+                prompt_tokens: 15,
+                completion_tokens: 3
             })
         );
     }

@@ -20,6 +20,11 @@
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
 //!   body) and `argv.json`.
 //!
+//! Also vLLM's newer routes ([`apis`]): `/v1/messages` (Anthropic), `/v1/responses` (kept with
+//! `VLLM_ENABLE_RESPONSES_API_STORE=1`), `/tokenize`, `/detokenize`, log probabilities, and the
+//! context-length refusal (`--max-model-len`, default 2048; chat prompts count 5 tokens a
+//! message, or a message's words + 1 if more) with `truncate_prompt_tokens`.
+//!
 //! Like vLLM 0.32, tools need the engine's flags: a request with `tools` (tool_choice unset
 //! or "auto") gets vLLM's 400 unless it was started with `--enable-auto-tool-choice` and
 //! `--tool-call-parser`, and reasoning is split out (`delta.reasoning`) only with
@@ -38,6 +43,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
+
+#[path = "fake_vllm/apis.rs"]
+mod apis;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -59,6 +67,8 @@ struct Fake {
     auto_tools: bool,
     tool_parser: bool,
     reasoning_parser: bool,
+    max_model_len: u64,
+    responses: apis::Store,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -158,6 +168,13 @@ async fn serve(args: Vec<String>) {
         auto_tools: args.iter().any(|a| a == "--enable-auto-tool-choice"),
         tool_parser: arg_value(&args, "--tool-call-parser").is_some(),
         reasoning_parser: arg_value(&args, "--reasoning-parser").is_some(),
+        max_model_len: arg_value(&args, "--max-model-len")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048),
+        responses: apis::Store {
+            enabled: std::env::var("VLLM_ENABLE_RESPONSES_API_STORE").as_deref() == Ok("1"),
+            ..apis::Store::default()
+        },
     });
     log(
         "INFO",
@@ -342,7 +359,7 @@ async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
             StatusCode::OK,
             json!({"object": "list", "data": [{"id": fake.served_name, "object": "model",
                 "created": unix_now(), "owned_by": "vllm", "root": fake.model, "parent": null,
-                "max_model_len": 2048, "permission": [{"id": "modelperm-fake", "object": "model_permission",
+                "max_model_len": fake.max_model_len, "permission": [{"id": "modelperm-fake", "object": "model_permission",
                     "created": unix_now(), "allow_create_engine": false, "allow_sampling": true,
                     "allow_logprobs": true, "allow_search_indices": false, "allow_view": true,
                     "allow_fine_tuning": false, "organization": "*", "group": null, "is_blocking": false}]}]}),
@@ -367,6 +384,25 @@ async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
             full(StatusCode::OK, "text/plain; version=0.0.4", metrics(&fake))
         }
         "/v1/chat/completions" | "/v1/completions" => complete(&path, parsed, fake).await,
+        "/v1/messages" | "/v1/messages/count_tokens" => messages(&path, parsed, fake).await,
+        "/v1/responses" => responses(parsed, fake).await,
+        p if p.starts_with("/v1/responses/") => {
+            let rest = &p["/v1/responses/".len()..];
+            let (id, cancel) = match rest.strip_suffix("/cancel") {
+                Some(id) => (id, true),
+                None => (rest, false),
+            };
+            match fake.responses.get(id) {
+                None => json_resp(StatusCode::NOT_FOUND, apis::response_not_found(id)),
+                Some(_) if cancel => openai_error(
+                    StatusCode::BAD_REQUEST,
+                    "Cannot cancel a synchronous response.",
+                    "invalid_request_error",
+                ),
+                Some(r) => json_resp(StatusCode::OK, r),
+            }
+        }
+        "/tokenize" | "/detokenize" => tokenize(&path, &parsed, &fake),
         "/v1/embeddings" => {
             let inputs = match &parsed["input"] {
                 Value::Array(items) => items.len(),
@@ -435,11 +471,15 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
         .or_else(|| req["max_completion_tokens"].as_u64())
         .unwrap_or(16)
         .min(4096);
-    let prompt_tokens = match chat {
-        true => req["messages"].as_array().map_or(1, |m| m.len() as u64 * 5),
-        false => req["prompt"]
-            .as_str()
-            .map_or(1, |p| p.split_whitespace().count() as u64 + 1),
+    let prompt_tokens = match context(&req, chat, &fake) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    // Chat: `logprobs: true` and `top_logprobs: N`; completions: `logprobs: N`.
+    let logprobs = match (chat, &req["logprobs"]) {
+        (true, Value::Bool(true)) => Some(req["top_logprobs"].as_u64().unwrap_or(0) as usize),
+        (false, Value::Number(n)) => n.as_u64().map(|n| n as usize),
+        _ => None,
     };
     // vLLM's own check (renderers/online_renderer.py), word for word.
     let has_tools = req["tools"].as_array().is_some_and(|t| !t.is_empty());
@@ -527,7 +567,7 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
             let mut body = json!({"id": id, "object": "chat.completion", "created": created, "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null,
                     "annotations": null, "audio": null, "function_call": null, "reasoning": null},
-                    "logprobs": null, "finish_reason": finish_reason, "stop_reason": null,
+                    "logprobs": logprobs.map(|top| json!({"content": words.iter().map(|w| apis::chat_logprob(w, top)).collect::<Vec<_>>()})), "finish_reason": finish_reason, "stop_reason": null,
                     "token_ids": null, "routed_experts": null}],
                 "service_tier": null, "system_fingerprint": FINGERPRINT, "usage": usage,
                 "prompt_logprobs": null, "prompt_token_ids": null, "prompt_text": null,
@@ -543,7 +583,7 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
             body
         } else {
             json!({"id": id, "object": "text_completion", "created": created, "model": name,
-                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "length",
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs.map(|top| apis::completion_logprobs(&words, top)), "finish_reason": "length",
                     "stop_reason": null, "token_ids": null, "prompt_logprobs": null,
                     "prompt_token_ids": null, "routed_experts": null}],
                 "service_tier": null, "system_fingerprint": FINGERPRINT, "usage": usage,
@@ -630,9 +670,11 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
                 Value::Null
             };
             let mut choice = if chat {
-                json!({"index": 0, "delta": {"content": word}, "logprobs": null, "finish_reason": finish, "token_ids": ids})
+                let lp = logprobs.map(|top| json!({"content": [apis::chat_logprob(word, top)]}));
+                json!({"index": 0, "delta": {"content": word}, "logprobs": lp, "finish_reason": finish, "token_ids": ids})
             } else {
-                json!({"index": 0, "text": word, "logprobs": null, "finish_reason": finish, "stop_reason": null,
+                let lp = logprobs.map(|top| apis::completion_logprobs(&[word.to_string()], top));
+                json!({"index": 0, "text": word, "logprobs": lp, "finish_reason": finish, "stop_reason": null,
                     "prompt_token_ids": null, "token_ids": null})
             };
             if last {
@@ -660,6 +702,245 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
     });
     let stream = tokio_stream_from(rx);
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    resp
+}
+
+/// The prompt's tokens (5 a chat message, or its words + 1 if more; a prompt's words + 1),
+/// cut to `truncate_prompt_tokens`, or vLLM's refusal when they do not fit the context.
+#[allow(clippy::result_large_err)]
+fn context(req: &Value, chat: bool, fake: &Fake) -> Result<u64, Response<Body>> {
+    let mut n = prompt_tokens(req, chat);
+    if let Some(keep) = req["truncate_prompt_tokens"].as_u64() {
+        n = n.min(keep);
+    }
+    if n > fake.max_model_len {
+        let c = fake.max_model_len;
+        return Err(json_resp(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": format!("This model's maximum context length is {c} tokens. However, your prompt contains at least {} input tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input prompt. (parameter=input_tokens, value={})", c + 1, c + 1),
+                "type": "BadRequestError", "param": "input_tokens", "code": 400}}),
+        ));
+    }
+    Ok(n)
+}
+
+fn prompt_tokens(req: &Value, chat: bool) -> u64 {
+    let words = |v: &Value| {
+        v.as_str()
+            .map_or(0, |t| t.split_whitespace().count() as u64)
+    };
+    match chat {
+        true => req["messages"].as_array().map_or(1, |m| {
+            m.iter().map(|m| (words(&m["content"]) + 1).max(5)).sum()
+        }),
+        false => words(&req["prompt"]) + 1,
+    }
+}
+
+fn words_for(max: u64) -> Vec<String> {
+    (0..max)
+        .map(|i| WORDS[i as usize % WORDS.len()].to_string())
+        .collect()
+}
+
+/// A tool call when the request forces one (Anthropic `tool_choice` "tool" or "any", or
+/// "auto" on an engine with auto tool choice): the tool's first property = "Paris".
+fn anthropic_tool(req: &Value, fake: &Fake) -> Option<(String, Value)> {
+    let tool = req["tools"].get(0)?;
+    let forced = match req["tool_choice"]["type"].as_str() {
+        Some("tool" | "any") => true,
+        Some("auto") | None => fake.auto_tools,
+        _ => false,
+    };
+    if !forced {
+        return None;
+    }
+    let name = req["tool_choice"]["name"]
+        .as_str()
+        .or(tool["name"].as_str())?
+        .to_string();
+    let prop = tool["input_schema"]["properties"]
+        .as_object()
+        .and_then(|p| p.keys().next().cloned())
+        .unwrap_or_else(|| "arg".into());
+    Some((name, json!({ prop: "Paris" })))
+}
+
+async fn messages(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("");
+    if !req["messages"].is_array() {
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            apis::validation_error("body.messages", "Field required"),
+        );
+    }
+    if model != fake.served_name {
+        return json_resp(
+            StatusCode::NOT_FOUND,
+            apis::anthropic_unknown_model(model, &fake.served_name),
+        );
+    }
+    let input = match context(&req, true, &fake) {
+        Ok(n) => n,
+        Err(resp) => return resp,
+    };
+    if path.ends_with("/count_tokens") {
+        return json_resp(
+            StatusCode::OK,
+            json!({"input_tokens": input, "context_management": {"original_input_tokens": input}}),
+        );
+    }
+    let Some(max) = req["max_tokens"].as_u64() else {
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            apis::validation_error("body.max_tokens", "Field required"),
+        );
+    };
+    let n = fake.completions.fetch_add(1, Ordering::SeqCst) + 1;
+    let id = format!("chatcmpl-fake{n}");
+    let tool = anthropic_tool(&req, &fake);
+    let words = if tool.is_some() {
+        Vec::new()
+    } else {
+        words_for(max.min(4096))
+    };
+    let (stop, output) = match &tool {
+        Some(_) => ("tool_use", 12),
+        None => ("max_tokens", words.len() as u64),
+    };
+    let tool_ref = tool.as_ref().map(|(n, v)| (n.as_str(), v.clone()));
+    if !req["stream"].as_bool().unwrap_or(false) {
+        tokio::time::sleep(fake.token_delay * output as u32).await;
+        let text = words.concat();
+        return json_resp(
+            StatusCode::OK,
+            apis::message(
+                &id,
+                &fake.served_name,
+                &text,
+                tool_ref,
+                stop,
+                (input, output),
+            ),
+        );
+    }
+    let events = apis::message_events(
+        &id,
+        &fake.served_name,
+        &words,
+        tool_ref,
+        stop,
+        (input, output),
+    );
+    stream_events(events, fake.token_delay)
+}
+
+async fn responses(req: Value, fake: Arc<Fake>) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("");
+    if model != fake.served_name {
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "The model `{model}` does not exist. Valid aliases: {}.",
+                fake.served_name
+            ),
+            "NotFoundError",
+        );
+    }
+    let input = match &req["input"] {
+        Value::String(s) => s.split_whitespace().count() as u64 + 15,
+        Value::Array(items) => items.len() as u64 * 5 + 10,
+        _ => {
+            return json_resp(
+                StatusCode::BAD_REQUEST,
+                apis::validation_error("body.input", "Input should be a valid string"),
+            )
+        }
+    };
+    let max = req["max_output_tokens"].as_u64().unwrap_or(16).min(4096);
+    let n = fake.completions.fetch_add(1, Ordering::SeqCst) + 1;
+    let id = format!("resp_fake{n}");
+    let item = format!("msg_fake{n}");
+    let words = words_for(max);
+    let text = words.concat();
+    let created = unix_now();
+    let end = apis::response(
+        &id,
+        &fake.served_name,
+        &req,
+        "incomplete",
+        vec![apis::output_message(&item, &text, "completed")],
+        Some((input, words.len() as u64)),
+        created,
+    );
+    fake.responses.keep(&end);
+    if !req["stream"].as_bool().unwrap_or(false) {
+        tokio::time::sleep(fake.token_delay * max as u32).await;
+        return json_resp(StatusCode::OK, end);
+    }
+    let start = apis::response(
+        &id,
+        &fake.served_name,
+        &req,
+        "in_progress",
+        Vec::new(),
+        None,
+        created,
+    );
+    let events = apis::response_events(&start, &end, &item, &words);
+    stream_events(events, fake.token_delay)
+}
+
+fn tokenize(path: &str, req: &Value, fake: &Fake) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("");
+    if model != fake.served_name {
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "The model `{model}` does not exist. Valid aliases: {}.",
+                fake.served_name
+            ),
+            "NotFoundError",
+        );
+    }
+    if path == "/detokenize" {
+        let n = req["tokens"].as_array().map_or(0, Vec::len);
+        let prompt: Vec<&str> = (0..n).map(|i| WORDS[i % WORDS.len()].trim()).collect();
+        return json_resp(StatusCode::OK, json!({"prompt": prompt.join(" ")}));
+    }
+    let tokens = match req.get("messages") {
+        Some(Value::Array(_)) => (0..prompt_tokens(req, true)).map(|i| i + 3).collect(),
+        _ => apis::tokens_of(req["prompt"].as_str().unwrap_or("")),
+    };
+    json_resp(
+        StatusCode::OK,
+        json!({"count": tokens.len(), "max_model_len": fake.max_model_len, "tokens": tokens, "token_strs": null}),
+    )
+}
+
+/// Named SSE events (`event: NAME` then `data: …`), a token's delay apart.
+fn stream_events(events: Vec<(String, Value)>, delay: Duration) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    let crash = std::env::var_os("FAKE_VLLM_CRASH_MID_STREAM").is_some();
+    tokio::spawn(async move {
+        for (i, (name, data)) in events.into_iter().enumerate() {
+            tokio::time::sleep(delay).await;
+            if crash && i == 3 {
+                log("ERROR", "Engine core died mid-request");
+                std::process::exit(1);
+            }
+            let frame = Frame::data(Bytes::from(format!("event: {name}\ndata: {data}\n\n")));
+            if tx.send(Ok(frame)).await.is_err() {
+                log("INFO", "client disconnected: request aborted");
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
