@@ -1,5 +1,17 @@
 //! vllamactl: the operator's tool for vllamad, over the admin socket.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::string_slice,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
 mod bench;
 mod client;
 mod doctor;
@@ -93,10 +105,13 @@ enum Command {
         #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
         keep_alive: Option<String>,
     },
-    /// Stop a model's engine now
+    /// Stop a model's engine once its requests in flight end (new ones are refused meanwhile)
     Unload {
         /// Model name
         model: String,
+        /// Stop it now: requests in flight end with an error
+        #[arg(long)]
+        force: bool,
     },
     /// Download a model into the store (Ctrl-C detaches; the daemon goes on)
     Pull {
@@ -341,9 +356,10 @@ async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
                 }),
             }
         }
-        Command::Unload { model } => {
+        Command::Unload { model, force } => {
             let body = serde_json::to_vec(&UnloadRequest {
                 model: model.clone(),
+                force,
             })
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
             client

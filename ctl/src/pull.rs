@@ -50,7 +50,9 @@ impl View {
                     "downloading {} files, {} (commit {})",
                     p.files.len(),
                     bytes(p.bytes_total),
-                    p.commit.as_deref().map_or("?", |c| &c[..c.len().min(12)])
+                    p.commit
+                        .as_deref()
+                        .map_or("?", |c| c.get(..12).unwrap_or(c))
                 ),
                 PullPhase::Linking => "writing the snapshot".into(),
                 PullPhase::Done | PullPhase::Failed => String::new(),

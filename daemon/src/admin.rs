@@ -340,7 +340,7 @@ fn preload(daemon: &Daemon, req: PreloadRequest) -> Response<Body> {
     };
     let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
     let scheduler = daemon.scheduler.clone();
-    tokio::spawn(async move {
+    crate::tasks::spawn(&daemon.tasks, "preload progress", async move {
         let started = Instant::now();
         let event = |state: String, message: Option<String>, error: Option<String>| PreloadEvent {
             model: name.to_string(),
@@ -390,7 +390,12 @@ async fn unload(daemon: &Daemon, req: UnloadRequest) -> Response<Body> {
         Ok(n) => n,
         Err(reject) => return reject.into(),
     };
-    match daemon.scheduler.unload(&name).await {
+    let how = if req.force {
+        crate::scheduler::Unload::Force
+    } else {
+        crate::scheduler::Unload::Drain
+    };
+    match daemon.scheduler.unload(&name, how).await {
         Ok(()) => http::json(
             StatusCode::OK,
             &serde_json::json!({"model": name.to_string(), "unloaded": true}),

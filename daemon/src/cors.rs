@@ -34,7 +34,7 @@ fn matches(pattern: &str, text: &str) -> bool {
                 return false;
             };
             tail.is_empty()
-                || (0..=rest.len()).any(|i| rest.is_char_boundary(i) && matches(tail, &rest[i..]))
+                || (0..=rest.len()).any(|i| rest.get(i..).is_some_and(|r| matches(tail, r)))
         }
     }
 }

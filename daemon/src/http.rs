@@ -37,10 +37,12 @@ pub fn spawn_connection<I, S>(
 {
     tracker.spawn(async move {
         let mut builder = hyper::server::conn::http1::Builder::new();
+        // No `pipeline_flush`: it holds hyper's own answers to broken requests (431 for too
+        // many or too large headers, 400, 414) unflushed until the connection closes, so the
+        // client got nothing at all.
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .pipeline_flush(true);
+            .header_read_timeout(header_read_timeout);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {

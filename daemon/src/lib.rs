@@ -3,6 +3,20 @@
 //! [`server::run`]; everything else lives here, one module per concern (see
 //! docs/ARCHITECTURE.md).
 
+// Nothing a request, an engine event or a signal can reach may panic: no unwrap/expect, no
+// string slicing by byte offsets, no panic!/todo!/unimplemented! outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::string_slice,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
 pub mod admin;
 pub mod api;
 pub mod auth;
@@ -11,7 +25,10 @@ pub mod config;
 pub mod cors;
 pub mod doctor;
 pub mod engine;
+#[cfg(test)]
+mod fuzz;
 pub mod gpu;
+pub mod host_memory;
 pub mod http;
 pub mod install;
 pub mod lines;
@@ -30,8 +47,10 @@ pub mod request_id;
 pub mod scheduler;
 pub mod server;
 pub mod sse;
+pub mod stall;
 pub mod state;
 pub mod store;
+pub mod tasks;
 pub mod units;
 
 /// The daemon's version, reported by `/api/version` and the admin API.

@@ -35,15 +35,34 @@ pub enum SchedError {
     NoGpuRoom { shortfall: Shortfall, busy: String },
     #[error("{loaded} models are loaded (engine.max_loaded) and none can be unloaded now: {busy} are busy or pinned")]
     TooManyLoaded { loaded: usize, busy: String },
+    #[error("not enough host memory for another engine: it needs {}, {} of {} are promised to loaded engines, and none can be unloaded now ({busy} are busy or pinned); give engines a smaller --kv-cache-memory-bytes", ByteSize(*need), ByteSize(*used), ByteSize(*budget))]
+    NoHostRoom {
+        need: u64,
+        used: u64,
+        budget: u64,
+        busy: String,
+    },
     #[error("vllamad is shutting down")]
     ShuttingDown,
     #[error("model \"{0}\" is not loaded")]
     NotLoaded(String),
+    /// An operator's `vllamactl unload` is draining it.
+    #[error("model \"{0}\" is being unloaded (vllamactl unload): it takes no new requests until its requests in flight end; retry in a moment to start it again")]
+    Unloading(String),
     /// A model's tool or reasoning parser that the installed vLLM does not know.
     #[error("{0}")]
     Profile(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// How [`Scheduler::unload`] treats the requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unload {
+    /// Wait for them; refuse new ones meanwhile.
+    Drain,
+    /// Stop the engine under them.
+    Force,
 }
 
 /// One model's engine and its bookkeeping.
@@ -61,6 +80,10 @@ struct Slot {
     epoch: u64,
     pinned: bool,
     sleep: bool,
+    /// An unload waits for the requests in flight; new ones are refused meanwhile.
+    draining: bool,
+    /// Host memory promised to a CPU engine (0 with GPUs).
+    host_need: u64,
     placement: Option<Placement>,
     /// What the folder says: capabilities, context length, weights' size.
     info: Arc<ModelInfo>,
@@ -101,6 +124,8 @@ struct Inner {
     placing: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Woken whenever a model's last lease is released (draining unloads wait on it).
+    idle: tokio::sync::Notify,
     /// The parser names each engine program accepts, read once per build.
     parsers: crate::engine::parsers::Parsers,
 }
@@ -196,6 +221,7 @@ impl Scheduler {
                 placing: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
+                idle: tokio::sync::Notify::new(),
                 parsers: crate::engine::parsers::Parsers::default(),
             }),
         }
@@ -254,12 +280,11 @@ impl Scheduler {
                 if u64::from(want) > current {
                     if limit.is_some_and(|l| u64::from(want) > l) {
                         tracing::info!(model = %canonical, num_ctx = want, limit = ?limit, "num_ctx is beyond the model's context length; serving with {current}");
-                    } else if pending > 0 {
-                        tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's, which is busy; serving with it");
-                    } else {
-                        tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's: restarting it with the larger context");
-                        let _ = self.unload(&canonical).await;
+                    } else if pending == 0 && self.stop_if_idle(&canonical).await {
+                        tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's: restarted it with the larger context");
                         model.max_model_len = Some(want);
+                    } else {
+                        tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's, which is busy; serving with it");
                     }
                 }
             }
@@ -303,6 +328,9 @@ impl Scheduler {
         if matches!(slot.engine.status().phase, Phase::Stopping | Phase::Stopped) {
             return Ok(None);
         }
+        if slot.draining {
+            return Err(SchedError::Unloading(name.to_string()));
+        }
         if slot.pending >= max_queue {
             self.inner.metrics.rejected(name.as_str(), "busy");
             return Err(SchedError::Busy {
@@ -335,7 +363,10 @@ impl Scheduler {
         slot.pending = slot.pending.saturating_sub(1);
         slot.epoch += 1;
         slot.last_used = Instant::now();
-        if slot.pending > 0 || slot.pinned {
+        if slot.pending == 0 {
+            self.inner.idle.notify_waiters();
+        }
+        if slot.pending > 0 || slot.pinned || slot.draining {
             return;
         }
         let epoch = slot.epoch;
@@ -413,7 +444,7 @@ impl Scheduler {
             });
             model.max_model_len = Some(want);
         }
-        let placement = self.make_room(name, &model, info.size).await?;
+        let (placement, host_need) = self.make_room(name, &model, info.size).await?;
         let id = format!(
             "{}-{}",
             name.slug(),
@@ -463,6 +494,8 @@ impl Scheduler {
                 epoch: 0,
                 pinned: model.pinned,
                 sleep: model.sleep,
+                draining: false,
+                host_need,
                 placement,
                 info: info.clone(),
                 max_model_len: model.max_model_len,
@@ -480,37 +513,63 @@ impl Scheduler {
     }
 
     /// Frees what a new engine needs: a loaded-model slot, and GPU memory where there are
-    /// GPUs. Called with `placing` held.
+    /// GPUs, host memory where there are none. Returns the GPU placement, or the host memory
+    /// promised to a CPU engine. Called with `placing` held.
     async fn make_room(
         &self,
         name: &ModelName,
         model: &ModelConfig,
         weights: u64,
-    ) -> Result<Option<Placement>, SchedError> {
+    ) -> Result<(Option<Placement>, u64), SchedError> {
         loop {
             let config = self.config();
             let probe = self.inner.probe.clone();
-            let gpus = tokio::task::spawn_blocking(move || probe.gpus())
-                .await
-                .map_err(|e| SchedError::Internal(e.to_string()))?;
-            let max_loaded = match config.config.engine.max_loaded {
-                0 if gpus.is_empty() => 1,
-                0 => 3 * gpus.len(),
-                n => n as usize,
-            };
-            let (loaded, reserved) = {
+            let (gpus, host_budget) =
+                tokio::task::spawn_blocking(move || (probe.gpus(), crate::host_memory::budget()))
+                    .await
+                    .map_err(|e| SchedError::Internal(e.to_string()))?;
+            let max_loaded = max_loaded(config.config.engine.max_loaded, gpus.len());
+            let (loaded, reserved, host_used) = {
                 let slots = self.slots();
-                let loaded = slots.values().filter(|s| s.loaded()).count();
-                let reserved: Vec<Reservation> = slots
-                    .values()
-                    .filter(|s| s.loaded())
+                let loaded = slots.values().filter(|s| s.loaded());
+                let reserved: Vec<Reservation> = loaded
+                    .clone()
                     .filter_map(|s| s.placement.as_ref())
                     .flat_map(|p| p.reservations.iter().copied())
                     .collect();
-                (loaded, reserved)
+                let host_used = loaded.clone().map(|s| s.host_need).sum::<u64>();
+                (loaded.count(), reserved, host_used)
             };
-            let placed = if gpus.is_empty() {
-                Ok(None)
+            // Host memory decides only when the operator set no count (`max_loaded = 0`).
+            let host_decides = config.config.engine.max_loaded == 0;
+            let placed = if gpus.is_empty() && !host_decides {
+                Ok((None, 0))
+            } else if gpus.is_empty() {
+                let budget = host_budget.unwrap_or(u64::MAX);
+                let mut env = config.config.engine.env.clone();
+                env.extend(model.env.clone());
+                let args: Vec<String> = config
+                    .config
+                    .engine
+                    .args
+                    .iter()
+                    .chain(&model.args)
+                    .cloned()
+                    .collect();
+                let need = crate::host_memory::need(
+                    weights,
+                    crate::host_memory::kv_bytes(&args, &env),
+                    budget,
+                );
+                if crate::host_memory::fits(host_used, need, budget, loaded) {
+                    Ok((None, need))
+                } else {
+                    Err(Blocked::Host {
+                        need,
+                        used: host_used,
+                        budget,
+                    })
+                }
             } else {
                 let total = gpus.iter().map(|g| g.total_bytes).min().unwrap_or(0);
                 let need = placement::need_per_gpu(
@@ -526,11 +585,12 @@ impl Scheduler {
                     need,
                     model.tensor_parallel,
                 )
-                .map(Some)
+                .map(|p| (Some(p), 0))
+                .map_err(Blocked::Memory)
             };
-            let blocked = match (&placed, loaded >= max_loaded) {
-                (Ok(p), false) => return Ok(p.clone()),
-                (Err(shortfall), _) => Blocked::Memory(shortfall.clone()),
+            let blocked = match (placed, loaded >= max_loaded) {
+                (Ok(p), false) => return Ok(p),
+                (Err(why), _) => why,
                 (Ok(_), true) => Blocked::Count(loaded),
             };
             if !self.evict_one(name).await {
@@ -538,6 +598,12 @@ impl Scheduler {
                 return Err(match blocked {
                     Blocked::Memory(shortfall) => SchedError::NoGpuRoom { shortfall, busy },
                     Blocked::Count(loaded) => SchedError::TooManyLoaded { loaded, busy },
+                    Blocked::Host { need, used, budget } => SchedError::NoHostRoom {
+                        need,
+                        used,
+                        budget,
+                        busy,
+                    },
                 });
             }
         }
@@ -596,16 +662,12 @@ impl Scheduler {
             return Ok(());
         }
         loop {
-            let (loaded, max_loaded) = {
-                let slots = self.slots();
-                let max = self.config().config.engine.max_loaded;
-                (slots.values().filter(|s| s.loaded()).count(), max)
-            };
-            let limit = if max_loaded == 0 {
-                usize::MAX
-            } else {
-                max_loaded as usize
-            };
+            let probe = self.inner.probe.clone();
+            let gpus = tokio::task::spawn_blocking(move || probe.gpus().len())
+                .await
+                .map_err(|e| SchedError::Internal(e.to_string()))?;
+            let loaded = self.slots().values().filter(|s| s.loaded()).count();
+            let limit = max_loaded(self.config().config.engine.max_loaded, gpus);
             if loaded < limit || !self.evict_one(name).await {
                 break;
             }
@@ -664,11 +726,17 @@ impl Scheduler {
             .await;
     }
 
-    /// Stops a model's engine now (admin unload, Ollama's keep_alive 0).
-    pub async fn unload(&self, name: &ModelName) -> Result<(), SchedError> {
+    /// Unloads a model. `Unload::Drain` (vllamactl unload) refuses new requests, waits for
+    /// those in flight to end, then stops the engine; if the caller goes away first, the
+    /// model stays loaded and takes requests again. `Unload::Force` (`--force`, `rm --force`)
+    /// stops it now: its streams end with an error event or line.
+    pub async fn unload(&self, name: &ModelName, how: Unload) -> Result<(), SchedError> {
         let canonical = models::lookup(&self.config().config, name)
             .map(|(n, _)| n)
             .unwrap_or_else(|_| name.clone());
+        if how == Unload::Drain {
+            self.drain(&canonical).await?;
+        }
         let _placing = self.inner.placing.lock().await;
         let engine = self.slots().remove(&canonical).map(|s| s.engine);
         match engine {
@@ -678,6 +746,63 @@ impl Scheduler {
                 Ok(())
             }
             None => Err(SchedError::NotLoaded(canonical.to_string())),
+        }
+    }
+
+    /// Marks the model draining and waits until no lease on it is left.
+    async fn drain(&self, name: &ModelName) -> Result<(), SchedError> {
+        /// Clears the mark if the wait is abandoned.
+        struct Mark<'a>(&'a Scheduler, &'a ModelName, bool);
+        impl Drop for Mark<'_> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    if let Some(slot) = self.0.slots().get_mut(self.1) {
+                        slot.draining = false;
+                    }
+                }
+            }
+        }
+        let mut mark = Mark(self, name, false);
+        loop {
+            let idle = self.inner.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            {
+                let mut slots = self.slots();
+                let Some(slot) = slots.get_mut(name) else {
+                    return Err(SchedError::NotLoaded(name.to_string()));
+                };
+                if !slot.draining {
+                    tracing::info!(model = %name, in_flight = slot.pending, "unloading: refusing new requests, waiting for those in flight");
+                }
+                slot.draining = true;
+                if slot.pending == 0 {
+                    mark.2 = true;
+                    return Ok(());
+                }
+            }
+            idle.await;
+        }
+    }
+
+    /// Stops the model's engine if no request holds it, in one step with the check (a
+    /// request leased in between keeps its engine). True when it was stopped.
+    async fn stop_if_idle(&self, name: &ModelName) -> bool {
+        let _placing = self.inner.placing.lock().await;
+        let engine = {
+            let mut slots = self.slots();
+            match slots.get(name) {
+                Some(slot) if slot.pending == 0 => slots.remove(name).map(|s| s.engine),
+                _ => None,
+            }
+        };
+        match engine {
+            Some(engine) => {
+                engine.stop().await;
+                (self.inner.on_change)();
+                true
+            }
+            None => false,
         }
     }
 
@@ -703,7 +828,7 @@ impl Scheduler {
             tracing::info!(model = %canonical, "will unload once its requests in flight end");
             return Ok(true);
         }
-        match self.unload(&canonical).await {
+        match self.unload(&canonical, Unload::Force).await {
             Ok(()) => Ok(true),
             Err(SchedError::NotLoaded(_)) => Ok(false),
             Err(e) => Err(e),
@@ -837,6 +962,17 @@ impl Scheduler {
 enum Blocked {
     Memory(Shortfall),
     Count(usize),
+    Host { need: u64, used: u64, budget: u64 },
+}
+
+/// `engine.max_loaded`: 0 means 3 engines per GPU, or without a GPU no count at all (host
+/// memory decides: [`crate::host_memory`]).
+pub fn max_loaded(configured: u32, gpus: usize) -> usize {
+    match configured {
+        0 if gpus == 0 => usize::MAX,
+        0 => 3 * gpus,
+        n => n as usize,
+    }
 }
 
 /// Sleep level 1 moves the weights to host RAM: only sleep when it has room for them.

@@ -38,6 +38,21 @@ pub struct Options {
     pub activated: ActivatedFds,
 }
 
+/// Raises the soft limit on open files to the hard one, as most servers do: the usual soft
+/// default (1 024) is spent by a thousand idle connections, and then `accept` fails for
+/// every new client. Under systemd the unit's `LimitNOFILE=` sets both.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: Options) -> Result<(), ServerError> {
     let notifier = Notifier::from_env();
@@ -64,6 +79,7 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
+    raise_fd_limit();
     if options.activated.is_empty() {
         tracing::debug!("not socket-activated: binding listeners from the configuration");
     }

@@ -29,10 +29,10 @@ pub fn parse_go_duration_nanos(text: &str) -> Result<i128, UnitError> {
         return Err(UnitError::Empty);
     }
     let bad = || UnitError::BadDuration(text.to_string());
-    let (negative, mut rest) = match s.as_bytes()[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
+    let (negative, mut rest) = match (s.strip_prefix('-'), s.strip_prefix('+')) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        (None, None) => (false, s),
     };
     if rest == "0" {
         return Ok(0);
@@ -48,12 +48,14 @@ pub fn parse_go_duration_nanos(text: &str) -> Result<i128, UnitError> {
         if num_len == 0 {
             return Err(bad());
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
+        let (number, after) = rest.split_at_checked(num_len).ok_or_else(bad)?;
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at_checked(unit_len).ok_or_else(bad)?;
+        rest = after;
+        let scale = match unit {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
             "ms" => 1e6,
@@ -62,7 +64,6 @@ pub fn parse_go_duration_nanos(text: &str) -> Result<i128, UnitError> {
             "h" => 3600e9,
             _ => return Err(bad()),
         };
-        rest = &rest[unit_len..];
         total += value * scale;
     }
     if !total.is_finite() || total > 9.2e18 {

@@ -108,6 +108,10 @@ pub struct PreloadEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UnloadRequest {
     pub model: String,
+    /// Stop the engine now, cutting its requests in flight (they end with an error); by
+    /// default the unload waits for them and refuses new ones meanwhile.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Which configuration is in force and how the last reload went.

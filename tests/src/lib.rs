@@ -442,22 +442,7 @@ impl Daemon {
 
     /// A request to the admin API, as root.
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Response {
-        use std::os::unix::net::UnixStream;
-        let mut s = UnixStream::connect(&self.admin).expect("admin socket");
-        s.set_read_timeout(Some(Duration::from_secs(60)))
-            .expect("timeout");
-        let raw = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(raw.as_bytes()).expect("write");
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        parse_responses(&text)
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| panic!("no admin response in {text:?}"))
+        admin_request(&self.admin, method, path, body)
     }
 
     /// The engines, as `GET /v1/engines` lists them.
@@ -480,6 +465,26 @@ impl Daemon {
 }
 
 /// True while a process with this pid exists (and is not a zombie).
+/// A request to an admin socket, as root (usable from another thread than the test's).
+pub fn admin_request(socket: &Path, method: &str, path: &str, body: &str) -> Response {
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(socket).expect("admin socket");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(raw.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    parse_responses(&text)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no admin response in {text:?}"))
+}
+
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat

@@ -65,7 +65,7 @@ pub struct EngineConfig {
     pub keep_alive: KeepAlive,
     /// Requests per model, waiting or running; more are answered 503 (server busy).
     pub max_queue: u32,
-    /// Engines loaded at once; 0 = 3 per GPU, or 1 without a GPU.
+    /// Engines loaded at once; 0 = 3 per GPU, or without a GPU as many as host memory holds.
     pub max_loaded: u32,
     /// Crash restarts back off from 1 s, doubling up to this.
     pub restart_backoff_max: HumanDuration,
@@ -76,6 +76,10 @@ pub struct EngineConfig {
     /// The context length (`--max-model-len`) of a model that sets no `max_model_len`,
     /// capped at the model's own (Ollama's `OLLAMA_CONTEXT_LENGTH`); 0: the model's own.
     pub context_length: u32,
+    /// A stream whose engine sends nothing for this long fails with an error, and the engine
+    /// is restarted if it does not answer `/health` (a hung EngineCore). Generous: a long
+    /// prompt's prefill or a preempted request can pause a stream for a while.
+    pub stall_timeout: HumanDuration,
     /// Engines keep Responses answers in memory for `GET /v1/responses/{id}`,
     /// `previous_response_id` and background mode (`VLLM_ENABLE_RESPONSES_API_STORE=1`:
     /// vLLM never evicts them, so memory grows with every response until the engine stops).
@@ -100,6 +104,7 @@ impl Default for EngineConfig {
             stable_after: HumanDuration::from_secs(60),
             gpu_memory_reserve: ByteSize(512 * ByteSize::MIB),
             context_length: 0,
+            stall_timeout: HumanDuration::from_secs(300),
             responses_store: false,
         }
     }

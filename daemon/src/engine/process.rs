@@ -180,7 +180,12 @@ impl EngineProcess {
         sweep_group(self.pgid).await;
         // Its last words (the reason it died) must be in the output before anyone quotes it.
         for pump in self.pumps.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), pump).await {
+                if e.is_panic() {
+                    let why = crate::tasks::panic_message(e.into_panic());
+                    tracing::error!(pid = self.pgid, panic = %why, "the engine's output reader panicked");
+                }
+            }
         }
         status
     }

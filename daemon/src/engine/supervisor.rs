@@ -112,6 +112,8 @@ enum Command {
     Sleep(oneshot::Sender<Result<(), EngineError>>),
     Wake(oneshot::Sender<Result<(), EngineError>>),
     Restart,
+    /// The engine stopped answering (why): kill it, and let the crash path restart it.
+    Hung(String),
 }
 
 /// A handle on a supervised engine. Cheap to share; the supervisor task holds the process.
@@ -229,6 +231,12 @@ impl Engine {
 
     pub async fn wake(&self) -> Result<(), EngineError> {
         self.ask(Command::Wake).await
+    }
+
+    /// The engine stopped answering while serving (a stream stalled and `/health` did not
+    /// answer): its process group is killed and it restarts as after a crash.
+    pub fn hung(&self, why: String) {
+        let _ = self.commands.try_send(CommandBox(Command::Hung(why)));
     }
 
     /// After a failure: start again once the backoff allows, and wait until the new start
@@ -357,7 +365,7 @@ async fn supervise(
                         Some(Command::Sleep(tx) | Command::Wake(tx)) => {
                             let _ = tx.send(Err(EngineError::NotReady { model: spec.model.clone(), phase: Phase::Starting }));
                         }
-                        Some(Command::Restart) => {}
+                        Some(Command::Restart | Command::Hung(_)) => {}
                     },
                 }
             }
@@ -390,6 +398,7 @@ async fn supervise(
         let ready_at = Instant::now();
 
         // Serving: until it exits on its own (a crash, whatever the exit code) or is stopped.
+        let mut hung = None;
         let status = loop {
             tokio::select! {
                 status = process.wait() => break status,
@@ -418,13 +427,25 @@ async fn supervise(
                         let _ = tx.send(r);
                     }
                     Some(Command::Restart) => {}
+                    Some(Command::Hung(why)) => {
+                        tracing::error!(model = %spec.model, pid, why, "the engine stopped answering: killing it to start it again");
+                        process.stop(Duration::ZERO).await;
+                        hung = Some(why);
+                        break process.wait().await;
+                    }
                 },
             }
         };
-        let msg = engine.failure(format!(
-            "the engine for {} exited unexpectedly ({status})",
-            spec.model
-        ));
+        let msg = match hung {
+            Some(why) => format!(
+                "the engine for {} stopped answering ({why}) and was killed",
+                spec.model
+            ),
+            None => engine.failure(format!(
+                "the engine for {} exited unexpectedly ({status})",
+                spec.model
+            )),
+        };
         tracing::error!(model = %spec.model, pid, error = %msg, "engine crashed");
         let _ = std::fs::remove_dir_all(&spec.launch.tmpdir);
         engine.set(&*on_change, |s| {
@@ -535,6 +556,7 @@ async fn wait_for_retry(
                     return None;
                 }
                 Some(Command::Restart) => asked = true,
+                Some(Command::Hung(_)) => {}
                 Some(Command::Sleep(tx) | Command::Wake(tx)) => {
                     let _ = tx.send(Err(EngineError::NotReady { model: engine.spec.model.clone(), phase: Phase::Failed }));
                 }

@@ -85,8 +85,8 @@ fn merge(families: &mut BTreeMap<String, Family>, text: &str, model: &str) {
             continue;
         }
         let end = line.find(['{', ' ']).unwrap_or(line.len());
-        let sample_name = rename(&line[..end]);
-        let rest = &line[end..];
+        let (name, rest) = line.split_at_checked(end).unwrap_or((line, ""));
+        let sample_name = rename(name);
         let labelled = match rest.strip_prefix('{') {
             Some(labels) if labels.starts_with('}') => {
                 format!("{sample_name}{{{model_label}{}", &labels)

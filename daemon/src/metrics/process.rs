@@ -48,7 +48,7 @@ static START_TIME: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 fn start_time() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) may hold spaces; fields after its closing parenthesis.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
     let btime: f64 = std::fs::read_to_string("/proc/stat")
         .ok()?

@@ -11,6 +11,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use tokio_util::task::TaskTracker;
+
 use crate::http::{self, Body};
 use crate::scheduler::Lease;
 use crate::sse::{Event, SseReader};
@@ -39,7 +41,48 @@ pub struct Job {
     /// A prompt longer than the context is cut from the front (Ollama's `truncate`, on by
     /// default); off, it is refused with how much it is over.
     pub truncate: bool,
+    /// `engine.stall_timeout`.
+    pub stall_timeout: Duration,
     pub started: Instant,
+}
+
+/// The engine's events, failing with the stall error when one does not come in time.
+struct Events {
+    reader: SseReader,
+    stall: crate::stall::Stall,
+    done: bool,
+}
+
+/// Why the engine's events stopped: what the client is told, whole.
+struct Broken(String);
+
+impl Events {
+    /// The next event; `None` only after `[DONE]`. A body that ends before it is broken.
+    async fn next(&mut self, model: &str) -> Option<Result<Event, Broken>> {
+        if self.done {
+            return None;
+        }
+        match tokio::time::timeout(self.stall.after, self.reader.next()).await {
+            Ok(None) => {
+                self.done = true;
+                Some(Err(Broken(format!(
+                    "the engine for {model} stopped in the middle of the response: its stream ended without [DONE]"
+                ))))
+            }
+            Ok(Some(Ok(Event::Done))) => {
+                self.done = true;
+                Some(Ok(Event::Done))
+            }
+            Ok(event) => event.map(|e| {
+                e.map_err(|e| {
+                    Broken(format!(
+                        "the engine for {model} stopped in the middle of the response: {e}"
+                    ))
+                })
+            }),
+            Err(_) => Some(Err(Broken(self.stall.fired()))),
+        }
+    }
 }
 
 pub fn now() -> String {
@@ -372,7 +415,7 @@ async fn over_context(lease: &Lease, job: &Job, context: u64, message: &str) -> 
 }
 
 /// Sends the job to the lease's engine and answers in Ollama's shape.
-pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
+pub async fn run(mut job: Job, lease: Lease, tasks: &TaskTracker) -> Response<Body> {
     let path = match job.kind {
         Kind::Generate { raw: true } => "/v1/completions",
         _ => "/v1/chat/completions",
@@ -413,12 +456,16 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
             return refuse(status, &job.model, &message);
         }
     }
-    let mut reader = SseReader::new(resp.into_body());
+    let mut reader = Events {
+        reader: SseReader::new(resp.into_body()),
+        stall: crate::stall::Stall::new(job.stall_timeout, lease.engine().clone(), tasks.clone()),
+        done: false,
+    };
     let load = lease.load_duration;
 
     if !job.stream {
         let mut p = Progress::default();
-        while let Some(event) = reader.next().await {
+        while let Some(event) = reader.next(&job.model).await {
             match event {
                 Ok(Event::Done) => break,
                 Ok(Event::Data(v)) if v.get("error").is_some() => {
@@ -431,15 +478,7 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
                 Ok(Event::Data(v)) => {
                     p.feed(&v);
                 }
-                Err(e) => {
-                    return http::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!(
-                            "the engine for {} stopped in the middle of the response: {e}",
-                            lease.model()
-                        ),
-                    )
-                }
+                Err(Broken(why)) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, why),
             }
         }
         let calls = p.ollama_tool_calls();
@@ -452,20 +491,16 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
     }
 
     let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
-    let span = tracing::Span::current();
     let observe = crate::observe::current();
-    tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            stream(&job, reader, &tx, observe.as_deref(), load, sent).await;
-            // The lease is held until the last line is sent. The record goes before the
-            // channel closes: the access line and the metrics are written by the time the
-            // client sees the end of the stream.
-            drop(lease);
-            drop(observe);
-            drop(tx);
-        },
-        span,
-    ));
+    crate::tasks::spawn(tasks, "ollama stream", async move {
+        stream(&job, reader, &tx, observe.as_deref(), load, sent).await;
+        // The lease is held until the last line is sent. The record goes before the
+        // channel closes: the access line and the metrics are written by the time the
+        // client sees the end of the stream.
+        drop(lease);
+        drop(observe);
+        drop(tx);
+    });
     resp
 }
 
@@ -473,7 +508,7 @@ pub async fn run(mut job: Job, lease: Lease) -> Response<Body> {
 /// an error line.
 async fn stream(
     job: &Job,
-    mut reader: SseReader,
+    mut reader: Events,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
     observe: Option<&crate::observe::Request>,
     load: Duration,
@@ -481,7 +516,7 @@ async fn stream(
 ) {
     let mut p = Progress::streaming();
     loop {
-        let event = match reader.next().await {
+        let event = match reader.next(&job.model).await {
             None | Some(Ok(Event::Done)) => break,
             Some(e) => e,
         };
@@ -513,12 +548,9 @@ async fn stream(
                 continue;
             }
             Ok(Event::Done) => break,
-            Err(e) => {
-                tracing::error!(model = %job.model, error = %e, "engine stream broke off");
-                format!(
-                    "the engine for {} stopped in the middle of the response: {e}",
-                    job.model
-                )
+            Err(Broken(why)) => {
+                tracing::error!(model = %job.model, error = %why, "engine stream broke off");
+                why
             }
         };
         // After streaming began, an error is one last NDJSON line, as Ollama does.

@@ -37,7 +37,7 @@ pub async fn route(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Respon
         (&Method::GET | &Method::HEAD, "/api/ps") => ps(daemon).await,
         (&Method::GET | &Method::HEAD, "/v1/models") => openai_models(daemon, None).await,
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/v1/models/") => {
-            openai_models(daemon, Some(&p["/v1/models/".len()..])).await
+            openai_models(daemon, p.strip_prefix("/v1/models/")).await
         }
         (&Method::POST, "/api/pull") => store::pull(daemon, &body).await,
         (&Method::DELETE, "/api/delete") => store::delete(daemon, &body).await,
@@ -304,9 +304,10 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
         body: oai,
         want_context: false,
         truncate,
+        stall_timeout: daemon.config().config.engine.stall_timeout.0,
         started,
     };
-    Ok(generation::run(job, lease).await)
+    Ok(generation::run(job, lease, &daemon.tasks).await)
 }
 
 async fn generate(
@@ -386,9 +387,10 @@ async fn generate(
         body: oai,
         want_context: !raw,
         truncate,
+        stall_timeout: daemon.config().config.engine.stall_timeout.0,
         started,
     };
-    Ok(generation::run(job, lease).await)
+    Ok(generation::run(job, lease, &daemon.tasks).await)
 }
 
 async fn embed(

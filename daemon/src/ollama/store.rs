@@ -53,7 +53,7 @@ pub async fn pull(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject
         };
     }
     let (tx, resp) = http::channel(StatusCode::OK, "application/x-ndjson");
-    tokio::spawn(async move {
+    crate::tasks::spawn(&daemon.tasks, "pull progress", async move {
         let mut shown = Shown::default();
         loop {
             let progress = rx.borrow_and_update().clone();
@@ -99,7 +99,10 @@ impl Shown {
             }
             self.files.insert(f.path.clone(), f.done);
             let algo = if f.lfs { "sha256" } else { "sha1" };
-            let mut m = status(&format!("pulling {}", &f.digest[..f.digest.len().min(12)]));
+            let mut m = status(&format!(
+                "pulling {}",
+                f.digest.get(..12).unwrap_or(&f.digest)
+            ));
             m.insert("digest".into(), json!(format!("{algo}:{}", f.digest)));
             m.insert("total".into(), json!(f.size));
             m.insert("completed".into(), json!(f.done));

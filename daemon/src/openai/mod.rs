@@ -10,11 +10,11 @@ use http_body_util::BodyExt;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
-mod body;
+pub(crate) mod body;
 pub mod dialect;
 mod relay;
 pub mod responses;
-mod usage;
+pub(crate) mod usage;
 
 pub use dialect::Dialect;
 
@@ -38,10 +38,12 @@ pub fn classify(e: &SchedError) -> (StatusCode, &'static str) {
         SchedError::Model(_) | SchedError::NotLoaded(_) => {
             (StatusCode::NOT_FOUND, "not_found_error")
         }
-        SchedError::Busy { .. } | SchedError::ShuttingDown => {
+        SchedError::Busy { .. } | SchedError::ShuttingDown | SchedError::Unloading(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, "server_busy")
         }
-        SchedError::NoGpuRoom { .. } | SchedError::TooManyLoaded { .. } => {
+        SchedError::NoGpuRoom { .. }
+        | SchedError::TooManyLoaded { .. }
+        | SchedError::NoHostRoom { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, "insufficient_resources")
         }
         SchedError::Engine(EngineError::Timeout { .. }) => {
@@ -92,10 +94,15 @@ pub async fn forward(
         }
     };
     let body = Bytes::from(request.with_model(lease.served_name()));
-    let ids = (parts.uri.path() == "/v1/responses"
-        && daemon.config().config.engine.responses_store)
+    let config = daemon.config();
+    let ids = (parts.uri.path() == "/v1/responses" && config.config.engine.responses_store)
         .then(|| daemon.responses.clone());
-    send_watched(lease, parts, body, dialect, ids).await
+    let stall = crate::stall::Stall::new(
+        config.config.engine.stall_timeout.0,
+        lease.engine().clone(),
+        daemon.tasks.clone(),
+    );
+    send_watched(lease, parts, body, dialect, (ids, Some(stall))).await
 }
 
 /// Sends a request to the lease's engine as it came (method, path, query) and relays the
@@ -106,7 +113,7 @@ pub(crate) async fn send(
     body: Bytes,
     dialect: Dialect,
 ) -> Response<Body> {
-    send_watched(lease, parts, body, dialect, None).await
+    send_watched(lease, parts, body, dialect, (None, None)).await
 }
 
 /// Headers passed on to the engine: what the client accepts, the request id, and what
@@ -128,7 +135,10 @@ async fn send_watched(
     parts: http::Parts,
     body: Bytes,
     dialect: Dialect,
-    ids: Option<std::sync::Arc<responses::ResponseIds>>,
+    (ids, stall): (
+        Option<std::sync::Arc<responses::ResponseIds>>,
+        Option<crate::stall::Stall>,
+    ),
 ) -> Response<Body> {
     let ends = dialect::stream_end(parts.uri.path());
     let has_body = !body.is_empty();
@@ -163,5 +173,14 @@ async fn send_watched(
         };
         return dialect.engine_error(status, &bytes);
     }
-    relay::relay(resp, lease, relay::Watch { dialect, ends, ids })
+    relay::relay(
+        resp,
+        lease,
+        relay::Watch {
+            dialect,
+            ends,
+            ids,
+            stall,
+        },
+    )
 }

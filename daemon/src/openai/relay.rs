@@ -18,6 +18,8 @@ use super::responses::{IdScan, ResponseIds};
 use super::usage::UsageScan;
 use crate::http::{self, Body};
 use crate::scheduler::Lease;
+use crate::stall::Stall;
+use std::future::Future;
 
 /// What the relay watches for, per route.
 pub struct Watch {
@@ -26,6 +28,8 @@ pub struct Watch {
     pub ends: (&'static [&'static [u8]], &'static str),
     /// Where Responses ids are noted (when the engines keep responses).
     pub ids: Option<Arc<ResponseIds>>,
+    /// An event stream that goes quiet this long fails (`engine.stall_timeout`).
+    pub stall: Option<Stall>,
 }
 
 pub fn relay(resp: Response<Incoming>, lease: Lease, watch: Watch) -> Response<Body> {
@@ -36,6 +40,10 @@ pub fn relay(resp: Response<Incoming>, lease: Lease, watch: Watch) -> Response<B
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let ids = watch.ids.map(|store| (store, IdScan::default()));
+    let stall = watch.stall.filter(|_| sse).map(|s| {
+        let timer = Box::pin(tokio::time::sleep(s.after));
+        (s, timer)
+    });
     let mut out = Response::new(
         LeasedBody {
             inner: body,
@@ -49,6 +57,7 @@ pub fn relay(resp: Response<Incoming>, lease: Lease, watch: Watch) -> Response<B
             dialect: watch.dialect,
             usage: UsageScan::default(),
             ids,
+            stall,
         }
         .boxed(),
     );
@@ -61,47 +70,63 @@ pub fn relay(resp: Response<Incoming>, lease: Lease, watch: Watch) -> Response<B
     out
 }
 
-/// Finds any of a few short needles in a byte stream, across frame boundaries.
+/// The longest end marker, in bytes (a frame's last bytes are kept, this many less one).
+const MAX_NEEDLE: usize = 48;
+
+/// Finds any of a few short needles in a byte stream, across frame boundaries, without
+/// allocating: the end of the previous frame is kept in a fixed buffer.
 #[derive(Debug)]
 struct Marker {
     needles: &'static [&'static [u8]],
-    /// The end of the previous frame, as long as the longest needle less one.
-    tail: Vec<u8>,
+    /// The last `keep` bytes seen (fewer at the start).
+    tail: [u8; MAX_NEEDLE],
+    tail_len: usize,
+    keep: usize,
     seen: bool,
 }
 
 impl Marker {
     fn new(needles: &'static [&'static [u8]]) -> Marker {
+        let longest = needles.iter().map(|n| n.len()).max().unwrap_or(1);
         Marker {
             needles,
-            tail: Vec::new(),
+            tail: [0; MAX_NEEDLE],
+            tail_len: 0,
+            keep: longest.clamp(1, MAX_NEEDLE) - 1,
             seen: false,
         }
+    }
+
+    fn found(&self, hay: &[u8]) -> bool {
+        self.needles
+            .iter()
+            .any(|n| memchr::memmem::find(hay, n).is_some())
     }
 
     fn feed(&mut self, data: &[u8]) {
         if self.seen {
             return;
         }
-        let keep = self.needles.iter().map(|n| n.len()).max().unwrap_or(1) - 1;
-        let found = |hay: &[u8]| {
-            self.needles
-                .iter()
-                .any(|n| memchr::memmem::find(hay, n).is_some())
-        };
-        let mut joined = std::mem::take(&mut self.tail);
-        joined.extend_from_slice(&data[..data.len().min(keep)]);
-        if found(&joined) || found(data) {
+        // A needle split between the previous frame and this one lies in the old tail plus
+        // this frame's first bytes.
+        let head = data.len().min(self.keep);
+        let mut joined = [0u8; 2 * MAX_NEEDLE];
+        joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        joined[self.tail_len..self.tail_len + head].copy_from_slice(&data[..head]);
+        if self.found(&joined[..self.tail_len + head]) || self.found(data) {
             self.seen = true;
             return;
         }
-        if data.len() >= keep {
-            self.tail = data[data.len() - keep..].to_vec();
-        } else {
-            let excess = joined.len().saturating_sub(keep);
-            joined.drain(..excess);
-            self.tail = joined;
-        }
+        // The new tail: the last `keep` bytes of (old tail + data).
+        let total = self.tail_len + data.len();
+        let new_len = total.min(self.keep);
+        let mut next = [0u8; MAX_NEEDLE];
+        let from_data = new_len.min(data.len());
+        let from_tail = new_len - from_data;
+        next[..from_tail].copy_from_slice(&self.tail[self.tail_len - from_tail..self.tail_len]);
+        next[from_tail..new_len].copy_from_slice(&data[data.len() - from_data..]);
+        self.tail = next;
+        self.tail_len = new_len;
     }
 }
 
@@ -121,6 +146,7 @@ struct LeasedBody {
     /// Token counts, from the response's `usage` object.
     usage: UsageScan,
     ids: Option<(Arc<ResponseIds>, IdScan)>,
+    stall: Option<(Stall, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl LeasedBody {
@@ -167,10 +193,30 @@ impl hyper::body::Body for LeasedBody {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let stalled = self
+                    .stall
+                    .as_mut()
+                    .is_some_and(|(_, timer)| timer.as_mut().poll(cx).is_ready());
+                if !stalled {
+                    return Poll::Pending;
+                }
+                self.finished = true;
+                let why = self
+                    .stall
+                    .as_ref()
+                    .map(|(s, _)| s.fired())
+                    .unwrap_or_default();
+                let event = self.error_event(&why);
+                Poll::Ready(Some(Ok(event)))
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.note(data);
+                }
+                if let Some((stall, timer)) = self.stall.as_mut() {
+                    let next = tokio::time::Instant::now() + stall.after;
+                    timer.as_mut().reset(next);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -214,6 +260,20 @@ mod tests {
                 m.feed(chunk);
             }
             assert!(m.seen, "frames of {size}");
+        }
+        // A recorded Responses stream ends; the same without its last event does not.
+        let (ends, _) = super::super::dialect::stream_end("/v1/responses");
+        let recorded = include_bytes!("../../../tests/fixtures/real-vllm/responses-stream.sse");
+        let cut =
+            &recorded[..memchr::memmem::rfind(recorded, b"event: response.completed").unwrap()];
+        for size in [1, 7, 64, 1000, recorded.len()] {
+            for (body, want) in [(&recorded[..], true), (cut, false)] {
+                let mut m = Marker::new(ends);
+                for chunk in body.chunks(size) {
+                    m.feed(chunk);
+                }
+                assert_eq!(m.seen, want, "frames of {size}");
+            }
         }
         let mut m = Marker::new(ENDS);
         m.feed(b"data: {\"type\":\"message_delta\"}\n\n");

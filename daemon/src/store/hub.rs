@@ -386,15 +386,15 @@ pub fn resolve(base: &str, location: &str) -> String {
     if let Some(net) = location.strip_prefix("//") {
         return format!("{scheme}://{net}");
     }
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let origin = format!("{scheme}://{}", &rest[..authority_end]);
+    let (authority, after) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let origin = format!("{scheme}://{authority}");
     if location.starts_with('/') {
         return format!("{origin}{location}");
     }
-    let path = rest[authority_end..].split(['?', '#']).next().unwrap_or("");
-    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-    let dir = if dir.is_empty() { "/" } else { dir };
-    format!("{origin}{dir}{location}")
+    let path = after.split(['?', '#']).next().unwrap_or("");
+    // The base's folder (the location replaces its last segment).
+    let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+    format!("{origin}{dir}/{location}")
 }
 
 /// Percent-encodes a repository path for a URL, keeping `/`.

@@ -96,7 +96,10 @@ pub async fn remove(daemon: &Daemon, raw: &str, force: bool) -> Result<String, S
             return Err(StoreError::InUse(canonical.to_string()));
         }
         tracing::info!(model = %canonical, "removing a loaded model: stopping its engine first");
-        let _ = daemon.scheduler.unload(&canonical).await;
+        let _ = daemon
+            .scheduler
+            .unload(&canonical, crate::scheduler::Unload::Force)
+            .await;
     }
     let hub = state_dir.join("hub");
     let (r, v) = (repo.clone(), revision.clone());

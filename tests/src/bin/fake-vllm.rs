@@ -15,6 +15,12 @@
 //!   leader-only kill; its pid goes to `$FAKE_VLLM_STATE_DIR/grandchild.pid`;
 //! - `FAKE_VLLM_TOKEN_MS` (2): delay per generated token;
 //! - `FAKE_VLLM_CUT_STREAM=1`: end streams cleanly after two tokens, without `[DONE]`;
+//! - `FAKE_VLLM_GARBAGE=1`: the third streamed event is not JSON (`data: {garbage`);
+//! - `FAKE_VLLM_NOISE=1`: write what real engines write at their worst to stdout/stderr: a
+//!   `\r` progress bar, invalid UTF-8, a 1 MiB line, output without a final newline;
+//! - `FAKE_VLLM_STALL=1`: after two streamed tokens send nothing more (the connection stays
+//!   open), and from then on `/health` never answers: a hung EngineCore behind a live API
+//!   server;
 //! - `FAKE_VLLM_STRICT_BIND=1`: fail like vLLM when `--uds` names an existing file;
 //! - `FAKE_VLLM_METRICS_MS`: delay `/metrics` answers this long (a stuck exporter);
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
@@ -69,6 +75,8 @@ struct Fake {
     reasoning_parser: bool,
     max_model_len: u64,
     responses: apis::Store,
+    /// `FAKE_VLLM_STALL`: a stream has stalled, so `/health` hangs.
+    stalled: AtomicBool,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -171,6 +179,7 @@ async fn serve(args: Vec<String>) {
         max_model_len: arg_value(&args, "--max-model-len")
             .and_then(|v| v.parse().ok())
             .unwrap_or(2048),
+        stalled: AtomicBool::new(false),
         responses: apis::Store {
             enabled: std::env::var("VLLM_ENABLE_RESPONSES_API_STORE").as_deref() == Ok("1"),
             ..apis::Store::default()
@@ -210,6 +219,19 @@ async fn serve(args: Vec<String>) {
             std::process::exit(0);
         }
     });
+
+    if std::env::var_os("FAKE_VLLM_NOISE").is_some() {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(
+            "\u{2588}\u{258c} warming up\r\u{2588}\u{2588}\u{258c} warming up\r".as_bytes(),
+        );
+        let _ = out.write_all(b"\xff\xfe not UTF-8 \xc3\n");
+        let _ = out.write_all(&vec![b'x'; 1 << 20]);
+        let _ =
+            out.write_all(b"\n(APIServer pid=1) INFO 11-27 00:00:00 [x.py:1] after the long line");
+        let _ = out.flush();
+        let _ = std::io::stderr().write_all(b"\x1b[31mWARNING\x1b[0m colour codes and \x00 nul\n");
+    }
 
     if let Ok(message) = std::env::var("FAKE_VLLM_FAIL_STARTUP") {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -347,6 +369,10 @@ async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
     }
     let ready = !fake.hang && fake.started.elapsed() >= fake.startup;
     match path.as_str() {
+        "/health" if fake.stalled.load(Ordering::SeqCst) => {
+            std::future::pending::<()>().await;
+            full(StatusCode::OK, "application/json", "")
+        }
         "/health" if ready => full(StatusCode::OK, "application/json", ""),
         "/health" => full(StatusCode::SERVICE_UNAVAILABLE, "application/json", ""),
         _ if !ready => openai_error(
@@ -600,6 +626,9 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
     let delay = fake.token_delay;
     let crash = fake.crash_mid_stream;
     let cut = std::env::var_os("FAKE_VLLM_CUT_STREAM").is_some();
+    let stall = std::env::var_os("FAKE_VLLM_STALL").is_some();
+    let garbage = std::env::var_os("FAKE_VLLM_GARBAGE").is_some();
+    let stalled_fake = fake.clone();
     let tool = tool_call.clone();
     tokio::spawn(async move {
         let send = |v: Value| Ok(Frame::data(Bytes::from(format!("data: {v}\n\n"))));
@@ -652,6 +681,18 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
             tokio::time::sleep(delay).await;
             if cut && i == 2 {
                 return; // the chunked body ends properly, but the events stop
+            }
+            if garbage && i == 2 {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: {garbage\n\n"))))
+                    .await;
+            }
+            if stall && i == 2 {
+                stalled_fake.stalled.store(true, Ordering::SeqCst);
+                log("INFO", "EngineCore stopped making progress");
+                let _keep_open = tx;
+                std::future::pending::<()>().await;
+                return;
             }
             if crash && i == 2 {
                 log("ERROR", "Engine core died mid-request");

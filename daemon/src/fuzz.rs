@@ -1,0 +1,325 @@
+//! Randomized tests of everything that parses outside input — request bodies and their
+//! fields, durations and sizes, model names, the configuration file, engine event streams and
+//! error bodies, environment values, CORS patterns — checking that nothing panics (and a few
+//! round-trip properties). Stable Rust has no coverage-guided fuzzer that builds here
+//! (cargo-fuzz needs nightly), so inputs come from a seeded generator: random bytes, JSON
+//! built from the fields these parsers read, and mutations of recorded real inputs.
+//!
+//! `VLLAMA_FUZZ_ITERS` (default 2 000) inputs per target; `VLLAMA_FUZZ_SEED` picks the run.
+//! A failing input is printed with its target and seed.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde_json::{json, Map, Value};
+
+/// xorshift64*: small, fast, reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// Keys the parsers read, so that random JSON reaches past the first check.
+const KEYS: &[&str] = &[
+    "model",
+    "messages",
+    "role",
+    "content",
+    "images",
+    "tool_calls",
+    "function",
+    "name",
+    "arguments",
+    "tool_name",
+    "options",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "num_predict",
+    "stop",
+    "repeat_penalty",
+    "num_ctx",
+    "format",
+    "think",
+    "logprobs",
+    "top_logprobs",
+    "stream",
+    "keep_alive",
+    "prompt",
+    "system",
+    "raw",
+    "truncate",
+    "shift",
+    "tools",
+    "type",
+    "usage",
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "error",
+    "message",
+    "detail",
+    "choices",
+    "delta",
+    "reasoning",
+    "id",
+    "token",
+    "bytes",
+];
+
+const WORDS: &[&str] = &[
+    "",
+    "user",
+    "assistant",
+    "tool",
+    "system",
+    "tiny",
+    "qwen2.5:0.5b",
+    "org/name@rev",
+    "json",
+    "low",
+    "high",
+    "max",
+    "5m",
+    "-1",
+    "0",
+    "1h30m",
+    "iVBORw0KGgo",
+    "/9j/",
+    "data: [DONE]",
+    "\u{2588}\u{258c}",
+    "\u{0}",
+    "\\",
+    "\"",
+    "{",
+    "}",
+    "*",
+    "..",
+    "µs",
+    "9999999999999999999999",
+];
+
+fn json_value(rng: &mut Rng, depth: u32) -> Value {
+    match rng.below(if depth == 0 { 5 } else { 8 }) {
+        0 => Value::Null,
+        1 => json!(rng.below(2) == 1),
+        2 => json!(rng.next() as i64 >> rng.below(64)),
+        3 => json!((rng.next() as f64) / (rng.next().max(1) as f64) - 0.5),
+        4 => json!(rng.pick(WORDS)),
+        5 | 6 => {
+            let mut m = Map::new();
+            for _ in 0..rng.below(6) {
+                m.insert(rng.pick(KEYS).to_string(), json_value(rng, depth - 1));
+            }
+            Value::Object(m)
+        }
+        _ => Value::Array(
+            (0..rng.below(4))
+                .map(|_| json_value(rng, depth - 1))
+                .collect(),
+        ),
+    }
+}
+
+fn bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
+    (0..rng.below(max)).map(|_| rng.next() as u8).collect()
+}
+
+/// A seed with a few bytes flipped, inserted or removed.
+fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut v = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(v.len() + 1);
+        match rng.below(3) {
+            0 if at < v.len() => v[at] = rng.next() as u8,
+            1 => v.insert(at, *rng.pick(b"{}[]\":,\\\n0a\xff")),
+            _ if at < v.len() => {
+                v.remove(at);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// One input for a text parser: random bytes, a word, a mutated word, or JSON text.
+fn text(rng: &mut Rng) -> String {
+    let raw = match rng.below(4) {
+        0 => bytes(rng, 48),
+        1 => rng.pick(WORDS).as_bytes().to_vec(),
+        2 => {
+            let w = rng.pick(WORDS).as_bytes().to_vec();
+            mutate(rng, &w)
+        }
+        _ => json_value(rng, 2).to_string().into_bytes(),
+    };
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+const SEEDS: &[&str] = &[
+    include_str!("../../tests/fixtures/real-vllm/chat-stream.sse"),
+    include_str!("../../tests/fixtures/real-vllm/chat-tool-call-stream.sse"),
+    include_str!("../../tests/fixtures/real-vllm/messages-stream.sse"),
+    include_str!("../../tests/fixtures/real-vllm/responses-stream.sse"),
+    include_str!("../../tests/fixtures/real-vllm/chat-logprobs.json"),
+    include_str!("../../tests/fixtures/real-vllm/chat.json"),
+    include_str!("../../packaging/vllama.toml"),
+];
+
+fn iterations() -> u64 {
+    std::env::var("VLLAMA_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
+/// Runs `target` on `iterations()` inputs from `make`; a panic fails with the input.
+fn run<I: std::fmt::Debug>(name: &str, make: impl Fn(&mut Rng) -> I, target: impl Fn(&I)) -> u64 {
+    let seed = std::env::var("VLLAMA_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x9E37_79B9_7F4A_7C15u64);
+    let mut rng = Rng(seed ^ name.len() as u64 ^ 0x1234_5678);
+    let n = iterations();
+    for _ in 0..n {
+        let input = make(&mut rng);
+        if catch_unwind(AssertUnwindSafe(|| target(&input))).is_err() {
+            panic!("{name} panicked (VLLAMA_FUZZ_SEED={seed}) on {input:?}");
+        }
+    }
+    n
+}
+
+fn body(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(4) {
+        0 => bytes(rng, 256),
+        1 => {
+            let seed = rng.pick(SEEDS).as_bytes().to_vec();
+            mutate(rng, &seed)
+        }
+        _ => json_value(rng, 4).to_string().into_bytes(),
+    }
+}
+
+#[test]
+fn nothing_that_parses_outside_input_panics() {
+    use crate::ollama::translate;
+    let mut total = 0;
+    total += run("openai body", body, |b| {
+        if let Ok(parsed) = crate::openai::body::RequestBody::parse(b) {
+            let out = parsed.with_model("served");
+            // The rewritten body is JSON whose model is the new name (numbers beyond f64's
+            // range are valid JSON, passed on as they came: not parsed into a Value here).
+            let again = crate::openai::body::RequestBody::parse(&out).expect("valid JSON");
+            assert_eq!(again.model(), "served");
+        }
+    });
+    total += run(
+        "ollama fields",
+        |r| json_value(r, 4),
+        |v| {
+            let mut m = Map::new();
+            let _ = translate::options(Some(v), &mut m);
+            let _ = translate::format(Some(v), &mut m);
+            let _ = translate::Thinking::parse(Some(v));
+            let _ = translate::logprobs(Some(v), v.get("top_logprobs"));
+            let _ = translate::ollama_logprobs(v);
+            if let Value::Array(items) = v {
+                let _ = translate::messages(items);
+            }
+            let _ = translate::generate_messages(
+                v["system"].as_str(),
+                v["prompt"].as_str().unwrap_or(""),
+                v.get("images"),
+            );
+        },
+    );
+    total += run("durations and sizes", text, |t| {
+        let _ = crate::units::parse_go_duration_nanos(t);
+        let _ = crate::units::KeepAlive::parse(t);
+        let _ = crate::units::ByteSize::parse(t);
+        let _ = serde_json::from_str::<crate::units::KeepAlive>(t);
+    });
+    total += run("model names", text, |t| {
+        if let Ok(n) = crate::models::ModelName::parse(t) {
+            // A parsed name parses again to itself.
+            assert_eq!(
+                crate::models::ModelName::parse(&n.to_string()).ok(),
+                Some(n)
+            );
+        }
+    });
+    total += run(
+        "configuration file",
+        |r| {
+            let seed = include_str!("../../packaging/vllama.toml").replace("\n#", "\n");
+            String::from_utf8_lossy(&mutate(r, seed.as_bytes())).into_owned()
+        },
+        |t| {
+            let _ = crate::config::parse(t, std::path::Path::new("/fuzz.toml"));
+        },
+    );
+    total += run(
+        "engine event streams",
+        |r| {
+            let seed = r.pick(SEEDS).as_bytes().to_vec();
+            let data = if r.below(2) == 0 {
+                mutate(r, &seed)
+            } else {
+                bytes(r, 300)
+            };
+            let cuts: Vec<usize> = (0..r.below(5)).map(|_| r.below(data.len() + 1)).collect();
+            (data, cuts)
+        },
+        |(data, cuts)| {
+            let mut buf = bytes::BytesMut::new();
+            let mut usage = crate::openai::usage::UsageScan::default();
+            let mut ids = crate::openai::responses::IdScan::default();
+            let mut cuts = cuts.clone();
+            cuts.sort_unstable();
+            let mut from = 0;
+            for to in cuts.into_iter().chain([data.len()]) {
+                let chunk = &data[from..to.max(from)];
+                from = to.max(from);
+                buf.extend_from_slice(chunk);
+                usage.feed(chunk);
+                let _ = ids.feed(chunk);
+                while let Some(_event) = crate::sse::take_event(&mut buf) {}
+            }
+            let _ = crate::engine::limits::context_overflow(&String::from_utf8_lossy(data));
+            let _ = crate::engine::process::level_of(&String::from_utf8_lossy(data));
+            for d in [
+                crate::openai::Dialect::OpenAi,
+                crate::openai::Dialect::Anthropic,
+            ] {
+                let _ = d.engine_error(hyper::StatusCode::BAD_REQUEST, data);
+            }
+        },
+    );
+    total += run(
+        "environment and origins",
+        |r| (text(r), text(r)),
+        |(a, b)| {
+            for (var, _) in crate::config::ollama_env::MAPPED {
+                let _ = crate::config::ollama_env::translate(var, a);
+            }
+            // Patterns come from the configuration (few stars); origins from clients.
+            let pattern: String = a.chars().take(24).collect();
+            let _ = crate::cors::origin_allowed(b, &[pattern]);
+        },
+    );
+    eprintln!("fuzz: {total} inputs, no panic");
+}

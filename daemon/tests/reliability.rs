@@ -1,0 +1,333 @@
+//! The engine path under operator commands and races (issue 15's defects): an unload waits
+//! for the requests in flight (refusing new ones with a clear error) unless forced, a forced
+//! one ends its streams with an error rather than a hang, and a request that asks for a
+//! larger context never stops an engine another request holds.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vllama_testkit::{spawn_request, wait_until, workspace_bin, Daemon, DaemonOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
+
+fn fake() -> PathBuf {
+    workspace_bin(BIN, "fake-vllm")
+}
+
+fn slow() -> Daemon {
+    Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "slow",
+            &[
+                "env = { FAKE_VLLM_TOKEN_MS = \"40\" }",
+                "max_model_len = 2048",
+            ],
+        ),
+    )
+}
+
+fn stream_body(tokens: u32) -> String {
+    json!({"model": "slow", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": tokens}}).to_string()
+}
+
+fn ndjson(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits until the fake engine of `model` has received a generation request.
+fn engine_busy(d: &Daemon, model: &str) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(d.fake_state(model).join("requests.jsonl"))
+            .is_ok_and(|r| r.contains("/v1/chat/completions"))
+    })
+}
+
+#[test]
+fn unload_waits_for_the_requests_in_flight() {
+    let d = slow();
+    let stream = spawn_request(d.api, "/api/chat", stream_body(40));
+    assert!(engine_busy(&d, "slow"), "{}", d.log());
+    let admin = d.admin.clone();
+    let started = Instant::now();
+    let unload = std::thread::spawn(move || {
+        vllama_testkit::admin_request(&admin, "POST", "/v1/unload", r#"{"model":"slow"}"#)
+    });
+    // Meanwhile a new request is refused with a clear error, not queued behind the drain.
+    assert!(wait_until(Duration::from_secs(5), || d
+        .log()
+        .contains("unloading: refusing new requests")));
+    let refused = d.request("POST", "/api/chat", &stream_body(2));
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("being unloaded"));
+
+    // The stream in flight gets its whole answer.
+    let lines = ndjson(&stream.join().unwrap().body);
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "{lines:?}");
+    assert_eq!(last["eval_count"], 40, "{last}");
+    assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+    let unloaded = unload.join().unwrap();
+    assert_eq!(unloaded.status, 200, "{}", unloaded.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for the stream"
+    );
+    assert!(d.engine("slow:latest").is_none(), "{:?}", d.engines());
+    // And the model serves again: the next request starts it.
+    let again = d.request("POST", "/api/chat", &stream_body(2));
+    assert_eq!(again.status, 200, "{}", again.body);
+}
+
+#[test]
+fn a_forced_unload_ends_streams_with_an_error() {
+    let d = slow();
+    let stream = spawn_request(d.api, "/api/chat", stream_body(200));
+    assert!(engine_busy(&d, "slow"));
+    let started = Instant::now();
+    let r = d.admin("POST", "/v1/unload", r#"{"model":"slow","force":true}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines = ndjson(&stream.join().unwrap().body);
+    let last = lines.last().unwrap();
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped in the middle")),
+        "{lines:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "no hang");
+}
+
+#[test]
+fn a_larger_context_never_stops_an_engine_in_use() {
+    let d = slow();
+    // Start the engine with the default context, then keep streams running while requests
+    // asking for a larger context arrive: each must be served by the running engine.
+    let warm = d.request("POST", "/api/chat", &stream_body(1));
+    assert_eq!(warm.status, 200);
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(spawn_request(d.api, "/api/chat", stream_body(20)));
+    }
+    let mut bigger = Vec::new();
+    for _ in 0..8 {
+        let body = json!({"model": "slow", "messages": [{"role": "user", "content": "x"}],
+            "options": {"num_predict": 1, "num_ctx": 4096}})
+        .to_string();
+        bigger.push(spawn_request(d.api, "/api/chat", body));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for s in streams {
+        let lines = ndjson(&s.join().unwrap().body);
+        assert!(
+            lines.iter().all(|l| l.get("error").is_none()),
+            "a stream was cut: {lines:?}\n{}",
+            d.log()
+        );
+        assert_eq!(lines.last().unwrap()["eval_count"], 20);
+    }
+    for b in bigger {
+        assert_eq!(b.join().unwrap().status, 200);
+    }
+}
+
+#[test]
+fn without_a_gpu_engines_share_host_memory() {
+    // A chat and an embedding model, each with a known KV cache: both stay loaded (the
+    // default max_loaded = 0 used to mean one engine on a machine without a GPU).
+    let kv = "args = [\"--kv-cache-memory-bytes\", \"64M\"]";
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default()
+            .fake_model(&fake(), "chat", &[kv])
+            .fake_model(&fake(), "embed", &[kv])
+            .fake_model(&fake(), "greedy", &[]),
+    );
+    let ask = |model: &str| {
+        let body =
+            json!({"model": model, "prompt": "x", "stream": false, "options": {"num_predict": 1}});
+        d.request("POST", "/api/generate", &body.to_string())
+    };
+    for model in ["chat", "embed", "chat", "embed"] {
+        assert_eq!(ask(model).status, 200);
+    }
+    let started = |m: &str| {
+        d.log()
+            .lines()
+            .filter(|l| l.contains("starting engine") && l.contains(&format!("model={m}:latest")))
+            .count()
+    };
+    assert_eq!(
+        (started("chat"), started("embed")),
+        (1, 1),
+        "no reload on a switch"
+    );
+    assert!(d.engine("chat:latest").is_some() && d.engine("embed:latest").is_some());
+    // One whose KV cache vLLM sizes from the machine's memory needs it all: the idle ones
+    // make room.
+    assert_eq!(ask("greedy").status, 200);
+    assert!(
+        d.engine("chat:latest").is_none() && d.engine("embed:latest").is_none(),
+        "{:?}",
+        d.engines()
+    );
+}
+
+#[test]
+fn a_stalled_stream_fails_and_a_hung_engine_is_restarted() {
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default()
+            .set("engine", "stall_timeout = \"1s\"")
+            .fake_model(&fake(), "hung", &["env = { FAKE_VLLM_STALL = \"1\" }"]),
+    );
+    let started = Instant::now();
+    let body = json!({"model": "hung", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 10}});
+    let r = d.request("POST", "/api/chat", &body.to_string());
+    let lines = ndjson(&r.body);
+    let last = lines.last().unwrap();
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("engine.stall_timeout")),
+        "{lines:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // /health did not answer either: the engine is killed and started again.
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .engine("hung:latest")
+            .is_some_and(|e| e["crashes"].as_u64() >= Some(1))),
+        "{:?}\n{}",
+        d.engine("hung:latest"),
+        d.log()
+    );
+    assert!(d.log().contains("stopped answering"), "{}", d.log());
+    // The OpenAI pass-through fails its stream the same way, in its own shape.
+    let r = d.request(
+        "POST",
+        "/v1/chat/completions",
+        &vllama_testkit::chat_body("hung", 10, true),
+    );
+    let last = r
+        .body
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        last.starts_with("data: {\"error\"") && last.contains("engine.stall_timeout"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_lock_clients_out() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    // This test opens the connections: it needs the fds itself.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    if hard < 4096 {
+        eprintln!("skipped: the hard open-file limit ({hard}) is too low to try");
+        return;
+    }
+    // vllamad started by hand with the usual soft limit (1 024).
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("vllamad-low-nofile");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -Sn 1024\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start(wrapper.to_str().unwrap(), DaemonOptions::default());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers[0], numbers[1], "soft raised to hard: {line}");
+
+    // 1 200 clients that never finish their headers.
+    let idle: Vec<std::net::TcpStream> = (0..1200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(d.api).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = d.get("/api/version");
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(!d.log().contains("Too many open files"), "{}", d.log());
+    drop(idle);
+}
+
+#[test]
+fn oversized_headers_get_431() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(BIN, DaemonOptions::default());
+    let mut s = std::net::TcpStream::connect(d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // More header fields than hyper keeps (100): refused whole, before any route runs.
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let big = format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many}\r\n");
+    let _ = s.write_all(big.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 431"), "{out:.200}");
+    // The daemon goes on serving.
+    assert_eq!(d.get("/").status, 200);
+}
+
+#[test]
+fn an_ollama_answer_cut_before_done_is_an_error_not_an_answer() {
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "cut",
+            &["env = { FAKE_VLLM_CUT_STREAM = \"1\" }"],
+        ),
+    );
+    for stream in [true, false] {
+        let body = json!({"model": "cut", "messages": [{"role": "user", "content": "x"}],
+            "stream": stream, "options": {"num_predict": 10}});
+        let r = d.request("POST", "/api/chat", &body.to_string());
+        let error = if stream {
+            ndjson(&r.body)
+                .last()
+                .and_then(|l| l["error"].as_str().map(str::to_string))
+        } else {
+            assert_eq!(r.status, 500, "{}", r.body);
+            r.json()["error"].as_str().map(str::to_string)
+        };
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("without [DONE]")),
+            "stream {stream}: {}",
+            r.body
+        );
+    }
+}
