@@ -20,6 +20,10 @@ pub use http::request::Parts;
 /// The response body type of every route: whole bodies now, streams later.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// How long a just-accepted connection is given, at shutdown, for its first request to
+/// arrive.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
+
 /// Serves HTTP/1.1 (keep-alive, pipelining) on one connection until the client leaves or
 /// `shutdown` fires; then the request in flight finishes and the connection closes.
 pub fn spawn_connection<I, S>(
@@ -43,13 +47,24 @@ pub fn spawn_connection<I, S>(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
+        let born = tokio::time::Instant::now();
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
             _ = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                // A connection accepted a moment ago has its first request on the way (a
+                // client writes right after connecting): closed now, before hyper has read
+                // it, that client would get an empty reply during a restart. It gets the
+                // moment, and its request is served before the connection closes.
+                let young = tokio::time::sleep_until(born + FIRST_REQUEST_GRACE);
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = young => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
             }
         };
         if let Err(e) = result {

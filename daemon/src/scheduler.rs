@@ -548,17 +548,9 @@ impl Scheduler {
                 let budget = host_budget.unwrap_or(u64::MAX);
                 let mut env = config.config.engine.env.clone();
                 env.extend(model.env.clone());
-                let args: Vec<String> = config
-                    .config
-                    .engine
-                    .args
-                    .iter()
-                    .chain(&model.args)
-                    .cloned()
-                    .collect();
                 let need = crate::host_memory::need(
                     weights,
-                    crate::host_memory::kv_bytes(&args, &env),
+                    crate::host_memory::kv_bytes(&configured_args(&config.config, model), &env),
                     budget,
                 );
                 if crate::host_memory::fits(host_used, need, budget, loaded) {
@@ -989,6 +981,17 @@ fn host_memory_for(weights: u64) -> bool {
     available_kib * 1024 > weights / 5 * 6 + ByteSize::GIB
 }
 
+/// The engine arguments the configuration gives a model: `[engine] args`, then its own.
+fn configured_args(config: &Config, model: &ModelConfig) -> Vec<String> {
+    config
+        .engine
+        .args
+        .iter()
+        .chain(&model.args)
+        .cloned()
+        .collect()
+}
+
 /// The command line and environment of one engine.
 pub fn engine_spec(
     config: &Config,
@@ -1054,13 +1057,7 @@ pub fn engine_spec(
             args.push("--enable-sleep-mode".into());
         }
     }
-    let configured: Vec<String> = config
-        .engine
-        .args
-        .iter()
-        .chain(&model.args)
-        .cloned()
-        .collect();
+    let configured = configured_args(config, model);
     // Tools and reasoning: the flags the model's family needs (configured ones win).
     args.extend(profile.args(&configured));
     args.extend(configured);

@@ -29,23 +29,7 @@ fn daemon(store: bool) -> Daemon {
     )
 }
 
-fn sse(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or("")
-                .to_string();
-            let data = e
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap_or("null");
-            (name, serde_json::from_str(data).unwrap_or(Value::Null))
-        })
-        .collect()
-}
+use vllama_testkit::sse_named as sse;
 
 /// The requests the fake engine of `model` received on `path`.
 fn engine_requests(d: &Daemon, model: &str, path: &str) -> Vec<Value> {

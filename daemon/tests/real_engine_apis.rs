@@ -8,7 +8,6 @@
 //! the engine's answers into tests/fixtures/real-vllm/.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -39,23 +38,11 @@ fn normalized(mut v: Value) -> Value {
     v
 }
 
-/// The data of each event of an SSE body (with its `event:` name), normalized.
+/// The events of an SSE body, normalized.
 fn events(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or("")
-                .to_string();
-            let data = e
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap_or("");
-            let value = serde_json::from_str(data).unwrap_or_else(|_| json!(data));
-            (name, normalized(value))
-        })
+    vllama_testkit::sse_named(body)
+        .into_iter()
+        .map(|(name, v)| (name, normalized(v)))
         .collect()
 }
 
@@ -259,26 +246,12 @@ fn newer_apis_on_real_vllm() {
     assert_eq!(unknown.json()["error"]["type"], "not_found_error");
 
     // The official clients, unchanged.
-    let python = std::env::var_os("VLLAMA_CLIENTS_PYTHON");
-    assert!(
-        python.is_some() || std::env::var_os("VLLAMA_REQUIRE_CLIENTS").is_none(),
-        "VLLAMA_REQUIRE_CLIENTS is set but VLLAMA_CLIENTS_PYTHON is not"
-    );
-    if let Some(python) = python {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/real_apis_check.py");
-        let out = Command::new(python)
-            .arg(script)
-            .env("VLLAMA_URL", format!("http://{}", d.api))
-            .env("VLLAMA_MODEL", MODEL)
-            .output()
-            .expect("python");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+    if let Some(python) = vllama_testkit::clients_python() {
+        vllama_testkit::run_client_script(
+            &python,
+            "real_apis_check.py",
+            &d,
+            &[("VLLAMA_MODEL", MODEL)],
         );
-        eprintln!("{text}");
-        assert!(out.status.success(), "{text}\n{}", d.log());
     }
 }

@@ -254,25 +254,7 @@ fn tools_and_thinking_on_real_vllm() {
     );
 
     // The official client, whole and streamed, on all three.
-    let python = std::env::var_os("VLLAMA_CLIENTS_PYTHON");
-    assert!(
-        python.is_some() || std::env::var_os("VLLAMA_REQUIRE_CLIENTS").is_none(),
-        "VLLAMA_REQUIRE_CLIENTS is set but VLLAMA_CLIENTS_PYTHON is not"
-    );
-    if let Some(python) = python {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/real_tools_check.py");
-        let out = Command::new(python)
-            .arg(script)
-            .env("VLLAMA_URL", format!("http://{}", d.api))
-            .output()
-            .expect("python");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("{text}");
-        assert!(out.status.success(), "{text}\n{}", d.log());
+    if let Some(python) = vllama_testkit::clients_python() {
+        vllama_testkit::run_client_script(&python, "real_tools_check.py", &d, &[]);
     }
 }

@@ -19,16 +19,7 @@ target = os.path.abspath(os.environ.get("TARGET", "target/release"))
 ctl = os.path.join(target, "vllamactl")
 fake = os.path.join(target, "fake-vllm")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import cpu_seconds as cpu, free_port as port
-
-
-def wait_port(p):
-    for _ in range(500):
-        try:
-            socket.create_connection(("127.0.0.1", p), 0.2).close(); return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"port {p} never opened")
+from procs import cpu_seconds as cpu, free_port as port, wait_port
 
 
 def bench(url, api, c, n):

@@ -24,7 +24,7 @@ BOUND_S = 20.0  # load_timeout 3 s + stall 1 s + restarts' backoff, with room
 target = os.path.abspath(os.environ.get("TARGET", "target/release"))
 fake = os.path.join(target, "fake-vllm")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, rss_mib
+from procs import free_port, rss_mib, wait_port
 
 FAULTS = {
     "healthy": {},
@@ -142,11 +142,7 @@ try:
         f'stall_timeout = "1s"\nrestart_backoff_max = "2s"\nmax_queue = 100000\n' + models)
     vd = subprocess.Popen([os.path.join(target, "vllamad"), "--config", cfg],
                           stderr=open(os.path.join(work, "vllamad.log"), "w"))
-    for _ in range(500):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close(); break
-        except OSError:
-            time.sleep(0.02)
+    wait_port(port)
     rss0, fds0 = rss_mib(vd.pid), fds(vd.pid)
     rng = random.Random(7)
     pick = lambda: (("healthy" if rng.random() < 0.9 else rng.choice(list(FAULTS))) if SOAK else rng.choice(list(FAULTS)),

@@ -16,6 +16,18 @@ def free_port():
     return port
 
 
+def wait_port(port, seconds=10):
+    """Waits until something accepts on 127.0.0.1:port."""
+    import time
+    for _ in range(int(seconds / 0.02)):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"port {port} never opened")
+
+
 def cpu_seconds(pid):
     """User + system CPU time of a process (clock-tick resolution)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()

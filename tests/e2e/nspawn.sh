@@ -179,10 +179,28 @@ echo "== an engine, and nothing left after stop"
 $IN install -D -m 755 /pkgs/fake-vllm /var/lib/vllama/venv/bin/vllm
 $IN mkdir -p /var/lib/vllama/models/tiny
 $IN sh -c 'echo "{\"model_type\":\"llama\"}" > /var/lib/vllama/models/tiny/config.json; chown -R vllama:vllama /var/lib/vllama'
-$IN sh -c 'printf "[models.\"tiny\"]\nsource = \"/var/lib/vllama/models/tiny\"\nenv = { FAKE_VLLM_GRANDCHILD = \"1\" }\n" >> /etc/vllama/vllama.toml'
+$IN sh -c 'printf "[models.\"tiny\"]\nsource = \"/var/lib/vllama/models/tiny\"\nenv = { FAKE_VLLM_GRANDCHILD = \"1\", FAKE_VLLM_TOKEN_MS = \"50\" }\n" >> /etc/vllama/vllama.toml'
 $IN systemctl restart vllamad
-out=$(api /api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false}')
+out=$(api /api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":4}}')
 echo "$out" | grep -q '"done":true' && ok "chat through an engine under systemd" || bad "chat: $out"
+
+echo "== kill -9 of vllamad with a stream open"
+old_engines=$($IN pgrep -u vllama -f "serve|sleep" | tr '\n' ' ')
+$IN sh -c 'curl -sS -N -m 30 -H "Host: localhost" http://127.0.0.1:11434/api/chat -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"options\":{\"num_predict\":400}}" > /tmp/stream.out 2>&1; echo "curl rc=$?" >> /tmp/stream.out' &
+STREAM=$!
+sleep 1
+n0=$(show NRestarts); t=$(now_ms)
+$IN systemctl kill -s KILL --kill-who=main vllamad
+for _ in $(seq 100); do kill -0 "$STREAM" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$STREAM" 2>/dev/null && bad "the client's stream did not end within 10 s of the kill" \
+  || ok "the client's stream ended $(( $(now_ms) - t )) ms after the kill ($($IN tail -c 60 /tmp/stream.out | tr '\n' ' '))"
+for _ in $(seq 150); do [ "$(show NRestarts)" -gt "$n0" ] && [ "$(show ActiveState)" = active ] && break; sleep 0.1; done
+[ "$(show NRestarts)" -gt "$n0" ] && ok "systemd restarted vllamad ($(( $(now_ms) - t )) ms)" || bad "no restart after kill -9 ($(show ActiveState))"
+left=""
+for p in $old_engines; do $IN kill -0 "$p" 2>/dev/null && left="$left $p"; done
+[ -z "$left" ] && ok "no engine process of the killed vllamad is left (${old_engines% })" || bad "left from the killed vllamad:$left"
+out=$(api /api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":4}}')
+echo "$out" | grep -q '"done":true' && ok "the next request is served" || bad "after the restart: $out"
 # vllamad, the engine and its grandchild: else "nothing left after stop" would prove nothing.
 n=$($IN pgrep -u vllama -c -f . 2>/dev/null)
 [ "${n:-0}" -ge 3 ] && ok "$n processes of user vllama while serving" || bad "only ${n:-0} processes of user vllama while serving"

@@ -467,22 +467,7 @@ impl Daemon {
 /// True while a process with this pid exists (and is not a zombie).
 /// A request to an admin socket, as root (usable from another thread than the test's).
 pub fn admin_request(socket: &Path, method: &str, path: &str, body: &str) -> Response {
-    use std::os::unix::net::UnixStream;
-    let mut s = UnixStream::connect(socket).expect("admin socket");
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    let raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(raw.as_bytes()).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    parse_responses(&text)
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no admin response in {text:?}"))
+    unix_request(socket, method, path, body, Duration::from_secs(60))
 }
 
 pub fn process_alive(pid: i32) -> bool {
@@ -576,6 +561,60 @@ pub fn unix_request(
         .into_iter()
         .next()
         .unwrap_or_else(|| panic!("no response in {text:?}"))
+}
+
+/// The events of an SSE body as (`event:` name, `data:` JSON; `null` when it is not JSON).
+pub fn sse_named(body: &str) -> Vec<(String, serde_json::Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("")
+                .to_string();
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("");
+            (
+                name,
+                serde_json::from_str(data).unwrap_or(serde_json::Value::Null),
+            )
+        })
+        .collect()
+}
+
+/// The Python with the official client libraries (`VLLAMA_CLIENTS_PYTHON`, prepared by
+/// tests/run); `None` skips, unless `VLLAMA_REQUIRE_CLIENTS` is set (CI).
+pub fn clients_python() -> Option<PathBuf> {
+    let python = std::env::var_os("VLLAMA_CLIENTS_PYTHON").map(PathBuf::from);
+    assert!(
+        python.is_some() || std::env::var_os("VLLAMA_REQUIRE_CLIENTS").is_none(),
+        "VLLAMA_REQUIRE_CLIENTS is set but VLLAMA_CLIENTS_PYTHON is not"
+    );
+    python
+}
+
+/// Runs a client script of tests/clients/ against `daemon`, with `VLLAMA_URL` and `env`;
+/// fails the test with its output and the daemon's log unless it succeeds.
+pub fn run_client_script(python: &Path, script: &str, daemon: &Daemon, env: &[(&str, &str)]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(script);
+    let out = Command::new(python)
+        .arg(&path)
+        .env("VLLAMA_URL", format!("http://{}", daemon.api))
+        .envs(env.iter().copied())
+        .output()
+        .expect("python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}\n{}", daemon.log());
 }
 
 /// One parsed HTTP response.

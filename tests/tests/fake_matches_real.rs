@@ -121,32 +121,15 @@ fn keys(v: &Value) -> Vec<String> {
 
 /// Every key of `real` is in `fake`, at each level the clients read.
 fn assert_shape(what: &str, real: &Value, fake: &Value) {
-    let pairs = [
-        ("top", real, fake),
-        ("choices[0]", &real["choices"][0], &fake["choices"][0]),
-        (
-            "message",
-            &real["choices"][0]["message"],
-            &fake["choices"][0]["message"],
-        ),
-        (
-            "delta",
-            &real["choices"][0]["delta"],
-            &fake["choices"][0]["delta"],
-        ),
-        ("usage", &real["usage"], &fake["usage"]),
-        ("error", &real["error"], &fake["error"]),
-        ("data[0]", &real["data"][0], &fake["data"][0]),
+    let levels = [
+        "/choices/0",
+        "/choices/0/message",
+        "/choices/0/delta",
+        "/usage",
+        "/error",
+        "/data/0",
     ];
-    for (level, r, f) in pairs {
-        let fake_keys = keys(f);
-        for key in keys(r) {
-            assert!(
-                fake_keys.contains(&key),
-                "{what}: {level} lacks `{key}` (fake: {f})"
-            );
-        }
-    }
+    assert_keys(what, real, fake, &levels);
 }
 
 #[test]
@@ -241,24 +224,7 @@ fn errors_health_and_sleep_match() {
     }
 }
 
-/// Named events (`event: NAME`, `data: …`) of an SSE body.
-fn named_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or("")
-                .to_string();
-            let data = e
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap_or("null");
-            (name, serde_json::from_str(data).unwrap())
-        })
-        .collect()
-}
+use vllama_testkit::sse_named as named_events;
 
 /// The events' names in order, a run of deltas as one (vLLM groups tokens into deltas by
 /// timing: how many there are varies from run to run).

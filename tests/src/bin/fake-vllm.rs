@@ -325,6 +325,18 @@ fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response<Body>
     )
 }
 
+/// vLLM's answer for a model it does not serve.
+fn unknown_model(model: &str, fake: &Fake) -> Response<Body> {
+    openai_error(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "The model `{model}` does not exist. Valid aliases: {}.",
+            fake.served_name
+        ),
+        "NotFoundError",
+    )
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -475,14 +487,7 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
     let chat = path == "/v1/chat/completions";
     let model = req["model"].as_str().unwrap_or("").to_string();
     if model != fake.served_name {
-        return openai_error(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "The model `{model}` does not exist. Valid aliases: {}.",
-                fake.served_name
-            ),
-            "NotFoundError",
-        );
+        return unknown_model(&model, &fake);
     }
     while fake.sleeping.load(Ordering::SeqCst) {
         // Held until woken, as the real engine does.
@@ -883,14 +888,7 @@ async fn messages(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
 async fn responses(req: Value, fake: Arc<Fake>) -> Response<Body> {
     let model = req["model"].as_str().unwrap_or("");
     if model != fake.served_name {
-        return openai_error(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "The model `{model}` does not exist. Valid aliases: {}.",
-                fake.served_name
-            ),
-            "NotFoundError",
-        );
+        return unknown_model(model, &fake);
     }
     let input = match &req["input"] {
         Value::String(s) => s.split_whitespace().count() as u64 + 15,
@@ -939,14 +937,7 @@ async fn responses(req: Value, fake: Arc<Fake>) -> Response<Body> {
 fn tokenize(path: &str, req: &Value, fake: &Fake) -> Response<Body> {
     let model = req["model"].as_str().unwrap_or("");
     if model != fake.served_name {
-        return openai_error(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "The model `{model}` does not exist. Valid aliases: {}.",
-                fake.served_name
-            ),
-            "NotFoundError",
-        );
+        return unknown_model(model, fake);
     }
     if path == "/detokenize" {
         let n = req["tokens"].as_array().map_or(0, Vec::len);
