@@ -8,7 +8,8 @@
         clippy::string_slice,
         clippy::panic,
         clippy::todo,
-        clippy::unimplemented
+        clippy::unimplemented,
+        clippy::indexing_slicing
     )
 )]
 
@@ -325,7 +326,9 @@ async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
             let what: serde_json::Value = answer.json()?;
             println!(
                 "removed {model} ({})",
-                what["removed"].as_str().unwrap_or("")
+                what.get("removed")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -422,7 +425,7 @@ async fn preload(
                 let width = 100usize;
                 let mut text = format!(
                     "{} {} {} {:>5.1}s  {message}",
-                    spinner[ticks % spinner.len()],
+                    spinner.get(ticks % spinner.len()).unwrap_or(&' '),
                     event.model,
                     event.state,
                     event.elapsed_seconds

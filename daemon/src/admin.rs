@@ -65,7 +65,7 @@ pub fn spawn(
                 let peer = peer.clone();
                 async move { Ok::<_, Infallible>(handle(req, &daemon, &peer).await) }
             });
-            http::spawn_connection(&conns, shutdown.clone(), stream, timeout, service);
+            http::spawn_connection(&conns, shutdown.clone(), stream, timeout, None, service);
         }
         tracing::debug!("admin listener closed");
     });
@@ -157,7 +157,8 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role)
         let access = &daemon.config().access;
         return http::error(StatusCode::FORBIDDEN, access.refusal(route.needs(), peer));
     }
-    let body = match http::read_body(req, MAX_ADMIN_BODY).await {
+    let idle = daemon.config().config.api.header_read_timeout.0;
+    let body = match http::read_body(req, MAX_ADMIN_BODY, idle).await {
         Ok((_, body)) => body,
         Err(e) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
     };

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{
@@ -81,6 +82,8 @@ fn serve<H, F>(
 {
     let conns = tracker.clone();
     tracker.spawn(async move {
+        let registry = daemon.connections.clone();
+        let mut shed_log = crate::connections::LogEvery::new(Duration::from_secs(10));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -88,24 +91,77 @@ fn serve<H, F>(
             };
             let (stream, peer) = match accepted {
                 Ok(conn) => conn,
+                Err(e) if crate::connections::out_of_fds(&e) => {
+                    make_room(&listener, &registry, &mut shed_log).await;
+                    continue;
+                }
                 Err(e) => {
                     crate::server::accept_failed(&e).await;
                     continue;
                 }
             };
+            let config = daemon.config();
+            let limit = config.config.api.max_headerless_per_client;
+            let (registration, shed) = registry.admit(peer.ip(), limit);
+            if shed && shed_log.due() {
+                tracing::warn!(%peer, limit, "closing the oldest connections of a client that holds more than its share open without sending a request (api.max_headerless_per_client)");
+            }
             let _ = stream.set_nodelay(true);
             tracing::trace!(%peer, listener = name, "connection");
+            let timeout = config.config.api.header_read_timeout.0;
             let daemon = daemon.clone();
-            let timeout = daemon.config().config.api.header_read_timeout.0;
             let handler = handler.clone();
+            let conn = registration.conn().clone();
             let service = hyper::service::service_fn(move |req| {
+                conn.begin();
                 let fut = handler(req, daemon.clone());
-                async move { Ok::<_, Infallible>(fut.await) }
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(http::Tracked::wrap(fut.await, conn)) }
             });
-            http::spawn_connection(&conns, shutdown.clone(), stream, timeout, service);
+            http::spawn_connection(
+                &conns,
+                shutdown.clone(),
+                stream,
+                timeout,
+                Some(registration),
+                service,
+            );
         }
         tracing::debug!(listener = name, "listener closed");
     });
+}
+
+/// `accept` failed for want of descriptors: close the oldest connection that serves no
+/// request and let the next `accept` take the new client; if every connection is busy, tell
+/// the next client 503 at once rather than leave it waiting in the backlog.
+async fn make_room(
+    listener: &TcpListener,
+    registry: &crate::connections::Connections,
+    log: &mut crate::connections::LogEvery,
+) {
+    if let Some(gone) = registry.shed_oldest() {
+        if log.due() {
+            tracing::warn!(
+                "out of file descriptors: closing the oldest idle or header-less connections to serve new clients"
+            );
+        }
+        // Its task closes it at once; wait for the descriptor to be free.
+        let _ = tokio::time::timeout(Duration::from_millis(100), gone.cancelled()).await;
+        return;
+    }
+    if log.due() {
+        tracing::warn!(
+            "out of file descriptors and every connection is busy: answering new clients 503"
+        );
+    }
+    let _reserve = registry.release_reserve();
+    let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+    if let Ok(Ok((stream, _))) = accepted {
+        registry.refused();
+        let _ = stream.try_write(crate::connections::NO_ROOM_RESPONSE);
+    } else {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The Ollama API version vllama implements (its `/v1/messages`, `/v1/responses`, logprobs,
@@ -229,7 +285,8 @@ fn metrics_here(daemon: &Daemon) -> bool {
 async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (parts, body) = match http::read_body(req, limit).await {
+    let idle = daemon.config().config.api.header_read_timeout.0;
+    let (parts, body) = match http::read_body(req, limit, idle).await {
         Ok(read) => read,
         Err(BodyError::TooLarge { limit }) => {
             let mut resp = error_for(
@@ -241,6 +298,12 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
                 ),
             );
             // The rest of the body is not read: this connection cannot carry another request.
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+        Err(e @ BodyError::Stalled(_)) => {
+            let mut resp = error_for(&path, StatusCode::REQUEST_TIMEOUT, e.to_string());
             resp.headers_mut()
                 .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             return resp;

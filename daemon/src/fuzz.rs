@@ -288,17 +288,26 @@ fn nothing_that_parses_outside_input_panics() {
             let mut buf = bytes::BytesMut::new();
             let mut usage = crate::openai::usage::UsageScan::default();
             let mut ids = crate::openai::responses::IdScan::default();
-            let mut cuts = cuts.clone();
-            cuts.sort_unstable();
+            let ends = crate::openai::dialect::stream_end(
+                ["/v1/chat/completions", "/v1/messages", "/v1/responses"][data.len() % 3],
+            )
+            .0;
+            let mut marker = crate::openai::relay::Marker::new(ends);
+            let mut sorted = cuts.clone();
+            sorted.sort_unstable();
             let mut from = 0;
-            for to in cuts.into_iter().chain([data.len()]) {
+            for to in sorted.into_iter().chain([data.len()]) {
                 let chunk = &data[from..to.max(from)];
                 from = to.max(from);
                 buf.extend_from_slice(chunk);
                 usage.feed(chunk);
+                marker.feed(chunk);
                 let _ = ids.feed(chunk);
                 while let Some(_event) = crate::sse::take_event(&mut buf) {}
             }
+            // The end marker is found across any frame cuts exactly when the stream holds it.
+            let whole = ends.iter().any(|n| memchr::memmem::find(data, n).is_some());
+            assert_eq!(marker.seen(), whole, "{cuts:?}");
             let _ = crate::engine::limits::context_overflow(&String::from_utf8_lossy(data));
             let _ = crate::engine::process::level_of(&String::from_utf8_lossy(data));
             for d in [

@@ -2,10 +2,11 @@
 //! graceful shutdown, reading a request body under a limit, JSON and error responses.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -14,6 +15,8 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::connections::{Conn, Registration};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use http::request::Parts;
@@ -25,12 +28,15 @@ pub type Body = BoxBody<Bytes, BoxError>;
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
 /// Serves HTTP/1.1 (keep-alive, pipelining) on one connection until the client leaves or
-/// `shutdown` fires; then the request in flight finishes and the connection closes.
+/// `shutdown` fires; then the request in flight finishes and the connection closes. A
+/// registered connection also closes at once when the registry sheds it (it serves no
+/// request then).
 pub fn spawn_connection<I, S>(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
     io: I,
     header_read_timeout: Duration,
+    registration: Option<Registration>,
     service: S,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -48,10 +54,19 @@ pub fn spawn_connection<I, S>(
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
         let born = tokio::time::Instant::now();
+        let shed = registration.as_ref().map(Registration::shed);
+        let shed = async {
+            match shed {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
+            // Dropping `conn` closes the socket; `registration` then tells the registry.
+            _ = shed => Ok(()),
             _ = shutdown.cancelled() => {
                 // A connection accepted a moment ago has its first request on the way (a
                 // client writes right after connecting): closed now, before hyper has read
@@ -71,7 +86,46 @@ pub fn spawn_connection<I, S>(
             // Clients that vanish or send garbage are normal on a public port.
             tracing::debug!(error = %e, "connection ended with an error");
         }
+        drop(registration);
     });
+}
+
+/// A response body that marks its connection idle again once it is sent (or dropped).
+pub struct Tracked {
+    body: Body,
+    conn: Arc<Conn>,
+}
+
+impl Tracked {
+    pub fn wrap(resp: Response<Body>, conn: Arc<Conn>) -> Response<Body> {
+        resp.map(|body| Tracked { body, conn }.boxed())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.conn.end();
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Why a request body could not be read.
@@ -79,15 +133,20 @@ pub fn spawn_connection<I, S>(
 pub enum BodyError {
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("the request body stopped arriving: nothing for {0:?} (api.header_read_timeout)")]
+    Stalled(Duration),
     #[error("reading the request body failed: {0}")]
     Read(String),
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes: a declared
-/// `Content-Length` over the limit is refused before a byte of it is read.
+/// Reads the whole request body, refusing more than `limit` bytes (a declared
+/// `Content-Length` over the limit is refused before a byte of it is read) and giving up when
+/// nothing arrives for `idle`: a client that trickles its body, or stops sending it, does not
+/// hold its connection forever. A slow link that keeps sending is not cut.
 pub async fn read_body(
     req: Request<Incoming>,
     limit: u64,
+    idle: Duration,
 ) -> Result<(http::request::Parts, Bytes), BodyError> {
     let declared = req
         .headers()
@@ -97,13 +156,41 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge { limit });
     }
-    let (parts, body) = req.into_parts();
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
-        Err(e) => Err(BodyError::Read(e.to_string())),
+    let (parts, mut body) = req.into_parts();
+    let mut first: Option<Bytes> = None;
+    let mut more = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let so_far = first.as_ref().map_or(0, Bytes::len) + more.len();
+        if (so_far + data.len()) as u64 > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        // Most bodies come in one frame: kept as it is, without a copy.
+        match &first {
+            None if more.is_empty() => first = Some(data),
+            _ => {
+                if let Some(head) = first.take() {
+                    let expected = declared.unwrap_or(0).min(limit);
+                    more.reserve(usize::try_from(expected).unwrap_or(0));
+                    more.extend_from_slice(&head);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
     }
+    let bytes = match first {
+        Some(head) if more.is_empty() => head,
+        _ => more.freeze(),
+    };
+    Ok((parts, bytes))
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {

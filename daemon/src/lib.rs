@@ -13,7 +13,8 @@
         clippy::string_slice,
         clippy::panic,
         clippy::todo,
-        clippy::unimplemented
+        clippy::unimplemented,
+        clippy::indexing_slicing
     )
 )]
 
@@ -22,6 +23,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod cors;
 pub mod doctor;
 pub mod engine;

@@ -6,7 +6,8 @@
         clippy::string_slice,
         clippy::panic,
         clippy::todo,
-        clippy::unimplemented
+        clippy::unimplemented,
+        clippy::indexing_slicing
     )
 )]
 use std::process::ExitCode;

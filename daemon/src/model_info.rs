@@ -48,21 +48,35 @@ impl ModelInfo {
         let config_text = std::fs::read(&config_path)?;
         let config: Value = serde_json::from_slice(&config_text).unwrap_or(Value::Null);
         let text = config.get("text_config").unwrap_or(&config);
-        let family = config["model_type"]
-            .as_str()
+        let family = config
+            .get("model_type")
+            .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_string();
-        let architecture = config["architectures"][0]
-            .as_str()
+        let architecture = config
+            .pointer("/architectures/0")
+            .and_then(Value::as_str)
             .unwrap_or(&family)
             .to_string();
-        let context_length = text["max_position_embeddings"]
-            .as_u64()
-            .or_else(|| config["max_position_embeddings"].as_u64())
-            .or_else(|| config["max_seq_len"].as_u64());
-        let quantization = match config["quantization_config"]["quant_method"].as_str() {
+        let context_length = text
+            .get("max_position_embeddings")
+            .and_then(Value::as_u64)
+            .or_else(|| {
+                config
+                    .get("max_position_embeddings")
+                    .and_then(Value::as_u64)
+            })
+            .or_else(|| config.get("max_seq_len").and_then(Value::as_u64));
+        let quantization = match config
+            .pointer("/quantization_config/quant_method")
+            .and_then(Value::as_str)
+        {
             Some(q) => q.to_ascii_uppercase(),
-            None => match config["torch_dtype"].as_str().or(config["dtype"].as_str()) {
+            None => match config
+                .get("torch_dtype")
+                .and_then(Value::as_str)
+                .or(config.get("dtype").and_then(Value::as_str))
+            {
                 Some("bfloat16") => "BF16".into(),
                 Some("float16") => "F16".into(),
                 Some("float32") => "F32".into(),
@@ -167,13 +181,13 @@ fn chat_template(dir: &Path) -> Option<String> {
     }
     let cfg: Value =
         serde_json::from_slice(&std::fs::read(dir.join("tokenizer_config.json")).ok()?).ok()?;
-    match &cfg["chat_template"] {
+    match cfg.get("chat_template")? {
         Value::String(t) => Some(t.clone()),
         Value::Array(list) => list
             .iter()
-            .find(|t| t["name"] == "default")
+            .find(|t| t.get("name").is_some_and(|n| n == "default"))
             .or(list.first())
-            .and_then(|t| t["template"].as_str())
+            .and_then(|t| t.get("template").and_then(Value::as_str))
             .map(str::to_string),
         _ => None,
     }

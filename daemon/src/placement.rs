@@ -78,7 +78,7 @@ pub fn place(
         gpus: tensor_parallel.max(1),
         best_free,
     };
-    let chosen = &room[..tp.min(room.len())];
+    let chosen = room.get(..tp).unwrap_or(&room);
     let best_free = chosen.last().map_or(0, |c| c.1);
     if chosen.len() < tp {
         return Err(shortfall(best_free));

@@ -78,6 +78,9 @@ struct Slot {
     last_used: Instant,
     /// Changes on every acquire and release, so stale keep_alive timers do nothing.
     epoch: u64,
+    /// The slot's one keep_alive timer: the deadline and the epoch it was set at. Dropped
+    /// with the slot, which ends the timer's task.
+    expiry: watch::Sender<Option<(tokio::time::Instant, u64)>>,
     pinned: bool,
     sleep: bool,
     /// An unload waits for the requests in flight; new ones are refused meanwhile.
@@ -374,17 +377,51 @@ impl Scheduler {
             KeepAlive::Forever => slot.expires_at = None,
             KeepAlive::For(after) => {
                 slot.expires_at = Some((Instant::now() + after, SystemTime::now() + after));
-                let me = self.clone();
-                let name = name.clone();
-                let cancel = self.inner.cancel.clone();
-                self.inner.tracker.spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(after) => me.expire(&name, epoch).await,
-                        _ = cancel.cancelled() => {}
-                    }
-                });
+                // Re-arms the slot's timer: no task per request.
+                slot.expiry
+                    .send_replace(Some((tokio::time::Instant::now() + after, epoch)));
             }
         }
+    }
+
+    /// The task that unloads `name` when its keep_alive deadline passes unused. One per slot,
+    /// for the slot's life: a task per release would leave one sleeping for the whole
+    /// keep_alive after every request that left the model idle (thousands under load).
+    fn spawn_keep_alive_timer(
+        &self,
+        name: &ModelName,
+    ) -> watch::Sender<Option<(tokio::time::Instant, u64)>> {
+        let (tx, mut rx) = watch::channel(None);
+        let scheduler = Arc::downgrade(&self.inner);
+        let cancel = self.inner.cancel.clone();
+        let name = name.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                let deadline = *rx.borrow_and_update();
+                let fired = async {
+                    match deadline {
+                        Some((at, epoch)) => {
+                            tokio::time::sleep_until(at).await;
+                            epoch
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    epoch = fired => {
+                        let Some(inner) = scheduler.upgrade() else { return };
+                        Scheduler { inner }.expire(&name, epoch).await;
+                        // Wait for the next deadline (or the slot's end).
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        });
+        tx
     }
 
     /// keep_alive ended: unload the model unless it was used since.
@@ -482,6 +519,7 @@ impl Scheduler {
         let keep_alive = keep_alive
             .or(model.keep_alive)
             .unwrap_or(config.engine.keep_alive);
+        let expiry = self.spawn_keep_alive_timer(name);
         self.slots().insert(
             name.clone(),
             Slot {
@@ -492,6 +530,7 @@ impl Scheduler {
                 expires_at: None,
                 last_used: Instant::now(),
                 epoch: 0,
+                expiry,
                 pinned: model.pinned,
                 sleep: model.sleep,
                 draining: false,
@@ -1121,4 +1160,82 @@ pub fn engine_spec(
         stable_after: config.engine.stable_after.0,
         auto_restart: model.pinned,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A scheduler whose one model `m` is served by a stand-in that only sleeps (it never
+    /// becomes ready: enough for the bookkeeping of leases).
+    fn scheduler(dir: &std::path::Path) -> (Scheduler, ModelName) {
+        scheduler_with(dir, "")
+    }
+
+    fn scheduler_with(dir: &std::path::Path, model_lines: &str) -> (Scheduler, ModelName) {
+        let program = dir.join("engine");
+        std::fs::write(&program, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let model = dir.join("m");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), r#"{"model_type":"llama"}"#).unwrap();
+        let text = format!(
+            "[paths]\nstate_dir = \"{d}/s\"\nruntime_dir = \"{d}/r\"\ncache_dir = \"{d}/c\"\n\
+             [engine]\nvllm = \"{p}\"\nstop_grace = \"1s\"\n[models.\"m:latest\"]\nsource = \"{m}\"\n{model_lines}",
+            d = dir.display(),
+            p = program.display(),
+            m = model.display()
+        );
+        let config = crate::config::parse(&text, &dir.join("v.toml")).unwrap();
+        let active = ActiveConfig {
+            access: crate::auth::AccessPolicy::resolve(&config.admin),
+            config,
+            file: None,
+            generation: 1,
+            loaded_at: SystemTime::now(),
+        };
+        let (_tx, rx) = watch::channel(Arc::new(active));
+        std::mem::forget(_tx);
+        let s = Scheduler::new(
+            rx,
+            Arc::new(crate::gpu::NoGpu::default()),
+            TaskTracker::new(),
+            Arc::new(crate::metrics::Metrics::new().unwrap()),
+            Arc::new(|| {}),
+        );
+        (s, ModelName::parse("m").unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_context_restart_never_stops_an_engine_a_lease_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, name) = scheduler(dir.path());
+        let (canonical, model) = models::lookup(&s.config().config, &name).unwrap();
+        // The request that got its lease between the larger-context request's look at
+        // `pending` and its stop: the stop must see the lease and leave the engine alone.
+        let lease = s.start(&canonical, model, None).await.unwrap();
+        assert!(!s.stop_if_idle(&canonical).await, "stopped under a lease");
+        assert_eq!(s.engines().len(), 1);
+        drop(lease);
+        assert!(s.stop_if_idle(&canonical).await);
+        assert!(s.engines().is_empty());
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn one_timer_per_model_unloads_it_when_keep_alive_passes_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, name) = scheduler_with(dir.path(), "keep_alive = \"300ms\"\n");
+        let (canonical, model) = models::lookup(&s.config().config, &name).unwrap();
+        drop(s.start(&canonical, model, None).await.unwrap());
+        // Used again before the deadline: the timer is re-armed, not doubled.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s.lease_existing(&canonical, None).unwrap().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(s.engines().len(), 1, "unloaded by the first deadline");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(s.engines().is_empty(), "not unloaded after keep_alive");
+        s.shutdown().await;
+    }
 }

@@ -52,6 +52,8 @@ pub struct Daemon {
     pub tasks: tokio_util::task::TaskTracker,
     /// Which model made each recent Responses answer (`GET /v1/responses/{id}`).
     pub responses: Arc<crate::openai::responses::ResponseIds>,
+    /// The public listener's connections (shedding when out of descriptors).
+    pub connections: Arc<crate::connections::Connections>,
     /// The public listener is on a loopback address: the DNS-rebinding guard applies.
     pub api_on_loopback: bool,
     config: watch::Sender<Arc<ActiveConfig>>,
@@ -95,6 +97,7 @@ impl Daemon {
             installer,
             tasks,
             responses: Arc::default(),
+            connections: Arc::default(),
             config,
             last_reload_error: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),

@@ -15,6 +15,19 @@ fn fake() -> PathBuf {
     workspace_bin(BIN, "fake-vllm")
 }
 
+/// vllamad run by a shell that first sets its open-file limit (`ulimit ARGS`).
+fn with_ulimit(dir: &std::path::Path, args: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join("vllamad-with-ulimit");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit {args}\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper.to_str().unwrap().to_string()
+}
+
 fn slow() -> Daemon {
     Daemon::start(
         BIN,
@@ -238,7 +251,6 @@ fn a_stalled_stream_fails_and_a_hung_engine_is_restarted() {
 fn a_thousand_idle_connections_do_not_lock_clients_out() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
     // This test opens the connections: it needs the fds itself.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
@@ -248,14 +260,8 @@ fn a_thousand_idle_connections_do_not_lock_clients_out() {
     }
     // vllamad started by hand with the usual soft limit (1 024).
     let dir = tempfile::tempdir().unwrap();
-    let wrapper = dir.path().join("vllamad-low-nofile");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nulimit -Sn 1024\nexec {BIN} \"$@\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let d = Daemon::start(wrapper.to_str().unwrap(), DaemonOptions::default());
+    let wrapper = with_ulimit(dir.path(), "-Sn 1024");
+    let d = Daemon::start(&wrapper, DaemonOptions::default());
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
     let line = limits
         .lines()
@@ -330,4 +336,320 @@ fn an_ollama_answer_cut_before_done_is_an_error_not_an_answer() {
             r.body
         );
     }
+}
+
+/// A connection to the daemon from `127.0.0.<last>`: every 127/8 address is loopback, so one
+/// machine can play many clients.
+fn connect_from(last: u8, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+            .unwrap();
+        socket.connect(to).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Opens connections that send half a request's headers and then nothing.
+fn headerless(
+    from: std::ops::RangeInclusive<u8>,
+    each: usize,
+    to: std::net::SocketAddr,
+) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    for last in from {
+        for _ in 0..each {
+            let mut s = connect_from(last, to);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+                .unwrap();
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn metric_opt(d: &Daemon, line_start: &str) -> Option<f64> {
+    let text = d.get("/metrics").body;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn metric(d: &Daemon, line_start: &str) -> f64 {
+    metric_opt(d, line_start).unwrap_or_else(|| panic!("no {line_start} in /metrics"))
+}
+
+#[test]
+fn out_of_descriptors_the_oldest_idle_connections_make_room() {
+    // vllamad run with a hard limit of 256 open files.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = with_ulimit(dir.path(), "-n 256");
+    let d = Daemon::start(
+        &wrapper,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "slow",
+            &["env = { FAKE_VLLM_TOKEN_MS = \"40\" }"],
+        ),
+    );
+    // A stream in flight before the flood, which must not be the one shed.
+    let stream = spawn_request(d.api, "/api/chat", stream_body(60));
+    let serving = wait_until(Duration::from_secs(30), || {
+        metric_opt(&d, "vllama_requests_in_flight{model=\"slow:latest\"}").is_some_and(|n| n >= 1.0)
+    });
+    assert!(serving, "the stream never reached the engine");
+    // 300 clients on ten addresses (30 each, under the per-address bound) that never finish
+    // their headers: more than the fd table holds.
+    let idle = headerless(2..=11, 30, d.api);
+    // Older than a request on its way.
+    std::thread::sleep(Duration::from_millis(1200));
+    let t = Instant::now();
+    let r = d.get("/api/version");
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "new client waited {:?}",
+        t.elapsed()
+    );
+    assert!(metric(&d, "vllama_connections_shed_total{reason=\"fd_limit\"}") >= 1.0);
+    assert!(metric(&d, "process_open_fds") <= 256.0);
+    let r = stream.join().unwrap();
+    let lines = ndjson(&r.body);
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "the busy stream was cut: {}", r.body);
+    assert!(d.log().contains("out of file descriptors"), "{}", d.log());
+    drop(idle);
+}
+
+#[test]
+fn an_address_over_its_share_of_headerless_connections_loses_its_oldest() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().set("api", "max_headerless_per_client = 8"),
+    );
+    let mut held = headerless(3..=3, 8, d.api);
+    // Older than a request on its way.
+    std::thread::sleep(Duration::from_millis(1200));
+    // A ninth from that address is served, and its oldest held connection closed.
+    let mut ninth = connect_from(3, d.api);
+    ninth
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    ninth.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    held[0]
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(held[0].read(&mut buf), Ok(0) | Err(_)),
+        "the oldest was not closed"
+    );
+    // The others from that address are left, and answered when they send their request.
+    held[1].write_all(b"Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    held[1].read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Other addresses are not touched.
+    let mut other = connect_from(4, d.api);
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    other.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(
+        metric(&d, "vllama_connections_shed_total{reason=\"per_client\"}"),
+        1.0
+    );
+    assert_eq!(metric(&d, "vllama_connections{state=\"headerless\"}"), 6.0);
+    drop(held);
+}
+
+/// A client that sends its headers and then trickles (or stops sending) its body.
+fn partial_post(to: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(to).unwrap();
+    s.write_all(
+        b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"model\":",
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_408() {
+    use std::io::Read;
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().set("api", "header_read_timeout = \"1s\""),
+    );
+    let mut s = partial_post(d.api);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("api.header_read_timeout"), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[test]
+fn out_of_descriptors_with_every_connection_busy_new_clients_get_503() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = with_ulimit(dir.path(), "-n 64");
+    let d = Daemon::start(&wrapper, DaemonOptions::default());
+    // More clients than the fd table holds, each in the middle of sending its body: busy,
+    // so none may be shed.
+    let busy: Vec<_> = (0..70).map(|_| partial_post(d.api)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("file descriptors"),
+        "{v}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(busy);
+    let served = wait_until(Duration::from_secs(5), || d.get("/").status == 200);
+    assert!(served);
+    assert!(metric(&d, "vllama_connections_shed_total{reason=\"refused\"}") >= 1.0);
+    assert_eq!(
+        metric(&d, "vllama_connections_shed_total{reason=\"fd_limit\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn a_flapping_health_probe_neither_fails_a_start_nor_restarts_a_serving_engine() {
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default()
+            .set("engine", "stall_timeout = \"1s\"")
+            .fake_model(
+                &fake(),
+                "flappy",
+                &["env = { FAKE_VLLM_HEALTH_FLAP = \"1\", FAKE_VLLM_STARTUP_MS = \"50\" }"],
+            ),
+    );
+    for i in 0..20 {
+        let body = json!({"model": "flappy", "messages": [{"role": "user", "content": "x"}], "stream": i % 2 == 0, "options": {"num_predict": 4}});
+        let r = d.request("POST", "/api/chat", &body.to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(ndjson(&r.body).last().unwrap()["done"], true, "{}", r.body);
+    }
+    let engines = d.engines();
+    let e = &engines[0];
+    assert_eq!(e["state"], "ready", "{e}");
+    assert_eq!(
+        (e["restarts"].as_u64(), e["crashes"].as_u64()),
+        (Some(0), Some(0)),
+        "{e}"
+    );
+}
+
+#[test]
+fn requests_that_leave_a_model_idle_leave_no_task_behind() {
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "m",
+            &["env = { FAKE_VLLM_STARTUP_MS = \"50\" }"],
+        ),
+    );
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": false, "options": {"num_predict": 1}}).to_string();
+    assert_eq!(d.request("POST", "/api/chat", &body).status, 200);
+    let before = metric(&d, "vllama_runtime_tasks");
+    // One at a time: each leaves the model idle, with its keep_alive (5 minutes) to run.
+    for _ in 0..200 {
+        assert_eq!(d.request("POST", "/api/chat", &body).status, 200);
+    }
+    let after = metric(&d, "vllama_runtime_tasks");
+    assert!(after <= before + 5.0, "tasks alive: {before} → {after}");
+}
+
+#[test]
+fn a_larger_context_races_short_requests_without_cutting_one() {
+    // Short requests one after another on several threads make the engine idle and busy
+    // by turns while requests for ever larger contexts restart it when they find it idle:
+    // no short request may fail. (The exact interleaving of the old race, a lease taken
+    // between the look at `pending` and the stop, is tested deterministically in
+    // `scheduler::tests`; timing alone hits it too rarely.)
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "slow",
+            &[
+                "env = { FAKE_VLLM_TOKEN_MS = \"1\", FAKE_VLLM_STARTUP_MS = \"20\" }",
+                "max_model_len = 2048",
+            ],
+        ),
+    );
+    let short = json!({"model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": false, "options": {"num_predict": 1}}).to_string();
+    assert_eq!(d.request("POST", "/api/chat", &short).status, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (api, short, stop) = (d.api, short.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = spawn_request(api, "/api/chat", short.clone())
+                        .join()
+                        .unwrap();
+                    if r.status != 200 {
+                        failures.push(r.body);
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    for i in 0..40u32 {
+        let body = json!({"model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": false,
+            "options": {"num_predict": 1, "num_ctx": 2048 + 64 * (i + 1)}})
+        .to_string();
+        let r = d.request("POST", "/api/chat", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failures: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} short requests failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let restarts = d
+        .log()
+        .matches("restarted it with the larger context")
+        .count();
+    assert!(
+        restarts > 0,
+        "no restart happened: the race was not tried\n{}",
+        d.log()
+    );
 }

@@ -7,7 +7,10 @@ fault and outcome.
 
 `soak SECONDS [CONCURRENCY]` instead runs for that long with 90 % of the requests on the
 healthy engine and the faults at a low rate, sampling vllamad's RSS and open fds every 10 s:
-growth after the first minute (warm-up) is what counts.
+growth after the first minute (warm-up) is what counts. `SOAK_FAULTS` (default 0.1) is the
+share of requests sent to the faulty engines. `VLLAMAD_PREFIX` runs vllamad under a tool
+(`heaptrack -o /tmp/vd`); vllamad is then ended with SIGKILL after the run, so what it still
+holds shows in the tool's report as not freed.
 
 usage: cargo build --release --workspace && tests/bench/faults.py [REQUESTS] [CONCURRENCY]
        tests/bench/faults.py soak 600 64
@@ -20,6 +23,7 @@ args = sys.argv[2:] if SOAK else sys.argv[1:]
 REQUESTS = 0 if SOAK else int(args[0]) if args else 1000
 SOAK_S = float(args[0]) if SOAK and args else 600.0
 CONCURRENCY = int(args[1]) if len(args) > 1 else (64 if SOAK else 16)
+FAULT_SHARE = float(os.environ.get("SOAK_FAULTS", "0.1"))
 BOUND_S = 20.0  # load_timeout 3 s + stall 1 s + restarts' backoff, with room
 target = os.path.abspath(os.environ.get("TARGET", "target/release"))
 fake = os.path.join(target, "fake-vllm")
@@ -36,6 +40,7 @@ FAULTS = {
     "truncated SSE": {"FAKE_VLLM_CUT_STREAM": "1"},
     "garbage SSE": {"FAKE_VLLM_GARBAGE": "1"},
     "noisy output": {"FAKE_VLLM_NOISE": "1"},
+    "/health flapping": {"FAKE_VLLM_HEALTH_FLAP": "1"},
     "SIGTERM ignored + grandchild": {"FAKE_VLLM_IGNORE_SIGTERM": "1", "FAKE_VLLM_GRANDCHILD": "1",
                                      "FAKE_VLLM_EXIT_AFTER": "3"},
 }
@@ -140,12 +145,22 @@ try:
         f'[log]\nformat = "text"\naccess = false\n'
         f'[engine]\nvllm = "{fake}"\nmax_loaded = {len(FAULTS)}\nload_timeout = "3s"\nstop_grace = "1s"\n'
         f'stall_timeout = "1s"\nrestart_backoff_max = "2s"\nmax_queue = 100000\n' + models)
-    vd = subprocess.Popen([os.path.join(target, "vllamad"), "--config", cfg],
+    prefix = os.environ.get("VLLAMAD_PREFIX", "").split()
+    vd = subprocess.Popen(prefix + [os.path.join(target, "vllamad"), "--config", cfg],
                           stderr=open(os.path.join(work, "vllamad.log"), "w"))
     wait_port(port)
+    wrapper_pid = vd.pid
+    if prefix:  # the tool's own process is vd; measure vllamad itself
+        class Real: pass
+        real = Real()
+        for pid in subprocess.run(["pgrep", "-f", "--", f"--config {cfg}"], capture_output=True, text=True).stdout.split():
+            if open(f"/proc/{pid}/comm").read().strip() == "vllamad":
+                real.pid = int(pid)
+        real.wait, real.kill, real.send_signal = vd.wait, vd.kill, lambda _: os.kill(real.pid, signal.SIGKILL)
+        vd = real
     rss0, fds0 = rss_mib(vd.pid), fds(vd.pid)
     rng = random.Random(7)
-    pick = lambda: (("healthy" if rng.random() < 0.9 else rng.choice(list(FAULTS))) if SOAK else rng.choice(list(FAULTS)),
+    pick = lambda: (("healthy" if rng.random() >= FAULT_SHARE else rng.choice(list(FAULTS))) if SOAK else rng.choice(list(FAULTS)),
                     rng.choice(["ollama", "openai"]), rng.random() < 0.7)
     plan = [pick() for _ in range(REQUESTS)]
     results, lock = [], threading.Lock()
@@ -183,17 +198,18 @@ try:
                         slug(fault)], capture_output=True)
     time.sleep(2)
     left = subprocess.run(["pgrep", "-f", work], capture_output=True, text=True).stdout.split()
-    left = [p for p in left if int(p) != vd.pid]
+    left = [p for p in left if int(p) not in (vd.pid, wrapper_pid)]
     rss1, fds1 = rss_mib(vd.pid), fds(vd.pid)
 
     if SOAK:
         warm = [x for x in samples if x[0] - t0 >= 60] or samples
         rss_w, fd_w = warm[0][1], warm[0][2]
         print(f"soak: {len(results)} requests in {wall:.0f} s at c = {CONCURRENCY} "
-              f"({len(results) / wall:.0f}/s); 90 % healthy, the rest over the faults")
+              f"({len(results) / wall:.0f}/s); {100 - 100 * FAULT_SHARE:.0f} % healthy, the rest over the faults")
         print(f"RSS after warm-up {rss_w:.1f} MiB → max {max(x[1] for x in warm):.1f} → end {warm[-1][1]:.1f} MiB "
               f"(growth {100 * (warm[-1][1] - rss_w) / rss_w:+.1f} %); "
               f"fds {fd_w} → max {max(x[2] for x in warm)} → end {warm[-1][2]}")
+        print("RSS MiB by minute: " + " ".join(f"{x[1]:.1f}" for x in samples[::6]))
     print(f"{len(results)} requests at c = {CONCURRENCY} over {len(FAULTS)} fake engines, one fault each; "
           f"70 % streamed; Ollama and OpenAI routes; bound {BOUND_S:.0f} s; {wall:.0f} s in all")
     by = Counter((f, o) for f, o, _ in results)

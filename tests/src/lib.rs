@@ -518,7 +518,45 @@ impl Drop for Daemon {
             }
             let _ = child.wait();
         }
+        // SIGKILL gives vllamad no time to stop its engines: PR_SET_PDEATHSIG takes their
+        // leaders, but a real vLLM's EngineCore and Workers (a GiB and more each) would live
+        // on and pile up over a test run. Kill what carries this daemon's engine mark.
+        kill_engines_of(&self.dir.path().join("run"));
     }
+}
+
+/// Kills the process groups of the engines started with runtime directory `runtime_dir`
+/// (their environment names it, as vllamad's own orphan sweep reads it).
+pub fn kill_engines_of(runtime_dir: &Path) -> usize {
+    let mark = format!("VLLAMA_ENGINE_RUNTIME_DIR={}", runtime_dir.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut groups = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|var| var == mark.as_bytes()) {
+            // SAFETY: getpgid has no memory effects.
+            let pgid = unsafe { libc::getpgid(pid) };
+            if pgid > 1 && !groups.contains(&pgid) {
+                groups.push(pgid);
+            }
+        }
+    }
+    for &pgid in &groups {
+        // SAFETY: kill has no memory effects; pgid > 1.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+    groups.len()
 }
 
 /// Sends `raw` and reads until the server closes the connection (10 s at most).

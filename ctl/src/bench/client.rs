@@ -107,8 +107,8 @@ impl Target {
             Api::Openai => {
                 let mut b = json!({"model": self.model, "messages": messages, "stream": self.stream,
                     "max_tokens": self.max_tokens});
-                if self.stream {
-                    b["stream_options"] = json!({"include_usage": true});
+                if let (true, Some(o)) = (self.stream, b.as_object_mut()) {
+                    o.insert("stream_options".into(), json!({"include_usage": true}));
                 }
                 b
             }
@@ -212,9 +212,15 @@ fn whole_tokens(api: Api, v: &Value) -> Result<u64, String> {
         return Err("error in answer".into());
     }
     Ok(match api {
-        Api::Ollama => v["eval_count"].as_u64().unwrap_or(0),
-        Api::Openai => v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-        Api::Anthropic | Api::Responses => v["usage"]["output_tokens"].as_u64().unwrap_or(0),
+        Api::Ollama => v.get("eval_count").and_then(Value::as_u64).unwrap_or(0),
+        Api::Openai => v
+            .pointer("/usage/completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        Api::Anthropic | Api::Responses => v
+            .pointer("/usage/output_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     })
 }
 
@@ -236,19 +242,22 @@ fn parse(api: Api, line: &str) -> Result<Event, String> {
                 return Ok(Event::Other);
             };
             let v: Value = serde_json::from_str(data).map_err(|_| "bad event".to_string())?;
-            Ok(match v["type"].as_str().unwrap_or("") {
+            Ok(match v.get("type").and_then(Value::as_str).unwrap_or("") {
                 "error" => return Err("error in stream".into()),
                 "content_block_delta"
                 | "response.output_text.delta"
                 | "response.reasoning_text.delta" => Event::Piece,
-                "message_delta" => match v["usage"]["output_tokens"].as_u64() {
-                    Some(n) => Event::Tokens(n),
-                    None => Event::Other,
-                },
-                "message_stop" => Event::Done(None),
-                "response.completed" | "response.incomplete" => {
-                    Event::Done(v["response"]["usage"]["output_tokens"].as_u64())
+                "message_delta" => {
+                    match v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                        Some(n) => Event::Tokens(n),
+                        None => Event::Other,
+                    }
                 }
+                "message_stop" => Event::Done(None),
+                "response.completed" | "response.incomplete" => Event::Done(
+                    v.pointer("/response/usage/output_tokens")
+                        .and_then(Value::as_u64),
+                ),
                 "response.failed" => return Err("error in stream".into()),
                 _ => Event::Other,
             })
@@ -264,12 +273,20 @@ fn parse(api: Api, line: &str) -> Result<Event, String> {
             if v.get("error").is_some() {
                 return Err("error in stream".into());
             }
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            if let Some(n) = v
+                .pointer("/usage/completion_tokens")
+                .and_then(Value::as_u64)
+            {
                 return Ok(Event::Tokens(n));
             }
-            let delta = &v["choices"][0]["delta"];
-            let text = delta["content"].as_str().unwrap_or("");
-            let reasoning = delta["reasoning_content"].as_str().unwrap_or("");
+            let delta = v.pointer("/choices/0/delta");
+            let field = |k: &str| {
+                delta
+                    .and_then(|d| d.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            };
+            let (text, reasoning) = (field("content"), field("reasoning_content"));
             Ok(if text.is_empty() && reasoning.is_empty() {
                 Event::Other
             } else {
@@ -281,11 +298,17 @@ fn parse(api: Api, line: &str) -> Result<Event, String> {
             if v.get("error").is_some() {
                 return Err("error in stream".into());
             }
-            if v["done"].as_bool() == Some(true) {
-                return Ok(Event::Done(v["eval_count"].as_u64()));
+            if v.get("done").and_then(Value::as_bool) == Some(true) {
+                return Ok(Event::Done(v.get("eval_count").and_then(Value::as_u64)));
             }
-            let text = v["message"]["content"].as_str().unwrap_or("");
-            let thinking = v["message"]["thinking"].as_str().unwrap_or("");
+            let text = v
+                .pointer("/message/content")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let thinking = v
+                .pointer("/message/thinking")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             Ok(if text.is_empty() && thinking.is_empty() {
                 Event::Other
             } else {

@@ -297,7 +297,9 @@ async fn drive(
                 if count.is_some_and(|n| i >= n) || deadline.is_some_and(|d| Instant::now() >= d) {
                     return;
                 }
-                let outcome = target.send(&prompts[i % prompts.len()]).await;
+                let outcome = target
+                    .send(prompts.get(i % prompts.len()).map_or("", String::as_str))
+                    .await;
                 outcomes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

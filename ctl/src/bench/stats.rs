@@ -20,14 +20,17 @@ impl Summary {
         values.sort_by(|a, b| a.total_cmp(b));
         let rank = |p: f64| {
             let i = ((p / 100.0) * values.len() as f64).ceil() as usize;
-            values[i.clamp(1, values.len()) - 1]
+            values
+                .get(i.clamp(1, values.len()) - 1)
+                .copied()
+                .unwrap_or(0.0)
         };
         Summary {
             mean: values.iter().sum::<f64>() / values.len() as f64,
             p50: rank(50.0),
             p90: rank(90.0),
             p99: rank(99.0),
-            max: values[values.len() - 1],
+            max: values.last().copied().unwrap_or(0.0),
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct ApiConfig {
     pub max_request_body: ByteSize,
     /// A client must send its request headers within this time.
     pub header_read_timeout: HumanDuration,
+    /// Connections one client address may hold open without having sent a request; more
+    /// are closed as they arrive (0: no bound).
+    pub max_headerless_per_client: u32,
     /// Browser origins allowed besides Ollama's defaults (localhost, 127.0.0.1, 0.0.0.0 on
     /// any port, app://, file://, tauri://, vscode-webview://); `*` wildcards.
     pub origins: Vec<String>,
@@ -63,6 +66,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 11434)),
             max_request_body: ByteSize(32 * ByteSize::MIB),
             header_read_timeout: HumanDuration::from_secs(30),
+            max_headerless_per_client: 256,
             origins: Vec::new(),
             allow_pull: true,
             allow_delete: false,
@@ -361,7 +365,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
     let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
     (line, column)

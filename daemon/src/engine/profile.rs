@@ -123,14 +123,17 @@ pub const FAMILIES: &[Family] = &[
         Think::None,
         "model_type phi3 without `<|tool|>` (Phi-4 14B)",
     ),
-    family(
-        "other",
-        None,
-        None,
-        Think::None,
-        "anything else: no parser unless configured",
-    ),
+    OTHER,
 ];
+
+/// The last row: what a model of no known family gets.
+const OTHER: Family = family(
+    "other",
+    None,
+    None,
+    Think::None,
+    "anything else: no parser unless configured",
+);
 
 /// The table's entry by name (docs and tests).
 pub fn family_named(name: &str) -> Option<&'static Family> {
@@ -138,7 +141,7 @@ pub fn family_named(name: &str) -> Option<&'static Family> {
 }
 
 fn named(name: &str) -> &'static Family {
-    family_named(name).unwrap_or(&FAMILIES[FAMILIES.len() - 1])
+    family_named(name).unwrap_or(&OTHER)
 }
 
 /// The family of a model, from `model_type` and its chat template.

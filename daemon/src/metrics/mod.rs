@@ -196,11 +196,20 @@ impl Metrics {
     }
 
     /// The exposition of everything but the engines' own metrics.
-    pub fn render(&self, engines: &[EngineView], uptime: Duration) -> String {
+    pub fn render(
+        &self,
+        engines: &[EngineView],
+        connections: crate::connections::Counts,
+        uptime: Duration,
+    ) -> String {
         let mut families = self.registry.gather();
-        match self.gauges(engines, uptime) {
+        match self.gauges(engines, connections, uptime) {
             Ok(g) => families.extend(g),
             Err(e) => tracing::warn!(error = %e, "metrics: gauges left out"),
+        }
+        match shed_counter(connections) {
+            Ok(c) => families.extend(c),
+            Err(e) => tracing::warn!(error = %e, "metrics: connection counters left out"),
         }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
@@ -213,6 +222,7 @@ impl Metrics {
     fn gauges(
         &self,
         engines: &[EngineView],
+        connections: crate::connections::Counts,
         uptime: Duration,
     ) -> Result<Vec<MetricFamily>, MetricsError> {
         let mut out = Vec::new();
@@ -265,6 +275,27 @@ impl Metrics {
             "vllamad's open file descriptors.",
             &[],
             &mut |g| g.with_label_values(&[] as &[&str]).set(own.open_fds as f64),
+        )?;
+        gauge(
+            "vllama_runtime_tasks",
+            "Tasks alive in vllamad's async runtime (connections, streams, timers, engine supervisors).",
+            &[],
+            &mut |g| {
+                let n = tokio::runtime::Handle::try_current()
+                    .map_or(0, |h| h.metrics().num_alive_tasks());
+                g.with_label_values(&[] as &[&str]).set(n as f64);
+            },
+        )?;
+        gauge(
+            "vllama_connections",
+            "Open connections on the public listener; header-less: no request read yet.",
+            &["state"],
+            &mut |g| {
+                let c = connections;
+                g.with_label_values(&["open"]).set(c.open as f64);
+                g.with_label_values(&["headerless"])
+                    .set(c.headerless as f64);
+            },
         )?;
         gauge(
             "vllama_engine_state",
@@ -396,9 +427,11 @@ impl Metrics {
 pub async fn respond(daemon: &crate::state::Daemon) -> hyper::Response<crate::http::Body> {
     let timeout = daemon.config().config.metrics.engine_timeout.0;
     let theirs = engines::scrape(daemon.scheduler.engine_handles(), timeout);
-    let mut text = daemon
-        .metrics
-        .render(&daemon.scheduler.engines(), daemon.started.elapsed());
+    let mut text = daemon.metrics.render(
+        &daemon.scheduler.engines(),
+        daemon.connections.counts(),
+        daemon.started.elapsed(),
+    );
     text.push_str(&theirs.await);
     let mut resp = hyper::Response::new(crate::http::full(text));
     resp.headers_mut().insert(
@@ -406,6 +439,25 @@ pub async fn respond(daemon: &crate::state::Daemon) -> hyper::Response<crate::ht
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// `vllama_connections_shed_total`: kept by the connection registry, rendered here.
+fn shed_counter(c: crate::connections::Counts) -> Result<Vec<MetricFamily>, MetricsError> {
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "vllama_connections_shed_total",
+            "Connections vllamad closed to keep serving other clients: fd_limit (the oldest idle or header-less one, when out of descriptors), per_client (over api.max_headerless_per_client), refused (answered 503: out of descriptors with every connection busy).",
+        ),
+        &["reason"],
+    )?;
+    for (reason, n) in [
+        ("fd_limit", c.shed_fd_limit),
+        ("per_client", c.shed_per_client),
+        ("refused", c.refused_fd_limit),
+    ] {
+        counter.with_label_values(&[reason]).inc_by(n);
+    }
+    Ok(counter.collect())
 }
 
 /// The bounded `route` label of a request path: its route, or `other`.
@@ -477,7 +529,11 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.request_done("/api/chat", "qwen:0.5b", 200, Duration::from_millis(30));
         m.reload(false);
-        let text = m.render(&[], Duration::from_secs(3));
+        let text = m.render(
+            &[],
+            crate::connections::Counts::default(),
+            Duration::from_secs(3),
+        );
         assert!(
             text.contains(
                 "vllama_requests_total{model=\"qwen:0.5b\",route=\"/api/chat\",status=\"200\"} 1"

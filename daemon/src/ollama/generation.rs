@@ -120,11 +120,13 @@ impl Progress {
     /// Takes one chunk; returns the new content and thinking text in it.
     fn feed(&mut self, chunk: &Value) -> (String, String) {
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.prompt_tokens = usage["prompt_tokens"]
-                .as_u64()
+            self.prompt_tokens = usage
+                .get("prompt_tokens")
+                .and_then(Value::as_u64)
                 .unwrap_or(self.prompt_tokens);
-            self.completion_tokens = usage["completion_tokens"]
-                .as_u64()
+            self.completion_tokens = usage
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
                 .unwrap_or(self.completion_tokens);
         }
         if let Some(Value::Array(ids)) = chunk.get("prompt_token_ids") {
@@ -143,30 +145,33 @@ impl Progress {
         if let Some(Value::Array(ids)) = choice.get("prompt_token_ids") {
             self.prompt_ids = ids.clone();
         }
-        if let Some(reason) = choice["finish_reason"].as_str() {
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             self.finish = Some(reason.to_string());
         }
         let delta = choice.get("delta").unwrap_or(choice);
-        let piece = delta["content"]
-            .as_str()
-            .or_else(|| choice["text"].as_str())
+        let piece = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .or_else(|| choice.get("text").and_then(Value::as_str))
             .unwrap_or("")
             .to_string();
-        let thought = delta["reasoning"]
-            .as_str()
-            .or_else(|| delta["reasoning_content"].as_str())
+        let thought = delta
+            .get("reasoning")
+            .and_then(Value::as_str)
+            .or_else(|| delta.get("reasoning_content").and_then(Value::as_str))
             .unwrap_or("")
             .to_string();
         if let Some(Value::Array(calls)) = delta.get("tool_calls") {
             for call in calls {
-                let index = call["index"]
-                    .as_u64()
+                let index = call
+                    .get("index")
+                    .and_then(Value::as_u64)
                     .unwrap_or(self.tool_calls.len() as u64);
                 let entry = self.tool_calls.entry(index).or_default();
-                if let Some(name) = call["function"]["name"].as_str() {
+                if let Some(name) = call.pointer("/function/name").and_then(Value::as_str) {
                     entry.0.push_str(name);
                 }
-                if let Some(args) = call["function"]["arguments"].as_str() {
+                if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str) {
                     entry.1.push_str(args);
                 }
             }
@@ -244,14 +249,16 @@ fn object(job: &Job, message: Option<(&str, &str, Vec<Value>)>, done: bool) -> M
     if let Some((content, thinking, tool_calls)) = message {
         match job.kind {
             Kind::Chat => {
-                let mut m = json!({"role": "assistant", "content": content});
+                let mut m = Map::new();
+                m.insert("role".into(), json!("assistant"));
+                m.insert("content".into(), json!(content));
                 if !thinking.is_empty() {
-                    m["thinking"] = json!(thinking);
+                    m.insert("thinking".into(), json!(thinking));
                 }
                 if !tool_calls.is_empty() {
-                    m["tool_calls"] = Value::Array(tool_calls);
+                    m.insert("tool_calls".into(), Value::Array(tool_calls));
                 }
-                o.insert("message".into(), m);
+                o.insert("message".into(), Value::Object(m));
             }
             Kind::Generate { .. } => {
                 o.insert("response".into(), json!(content));
@@ -324,9 +331,9 @@ async fn error_of(resp: Response<hyper::body::Incoming>) -> (StatusCode, String)
     let message = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| {
-            v["error"]["message"]
-                .as_str()
-                .or(v["detail"].as_str())
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .or(v.get("detail").and_then(Value::as_str))
                 .map(str::to_string)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
@@ -401,7 +408,7 @@ async fn over_context(lease: &Lease, job: &Job, context: u64, message: &str) -> 
             .await
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b.to_bytes()).ok())
-            .and_then(|v| v["count"].as_u64()),
+            .and_then(|v| v.get("count").and_then(Value::as_u64)),
         _ => None,
     };
     let text = match counted {
@@ -469,8 +476,9 @@ pub async fn run(mut job: Job, lease: Lease, tasks: &TaskTracker) -> Response<Bo
             match event {
                 Ok(Event::Done) => break,
                 Ok(Event::Data(v)) if v.get("error").is_some() => {
-                    let msg = v["error"]["message"]
-                        .as_str()
+                    let msg = v
+                        .pointer("/error/message")
+                        .and_then(Value::as_str)
                         .unwrap_or("engine error")
                         .to_string();
                     return http::error(StatusCode::INTERNAL_SERVER_ERROR, msg);
@@ -521,8 +529,9 @@ async fn stream(
             Some(e) => e,
         };
         let failure = match event {
-            Ok(Event::Data(v)) if v.get("error").is_some() => v["error"]["message"]
-                .as_str()
+            Ok(Event::Data(v)) if v.get("error").is_some() => v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
                 .unwrap_or("engine error")
                 .to_string(),
             Ok(Event::Data(v)) => {

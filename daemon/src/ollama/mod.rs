@@ -437,16 +437,18 @@ async fn embed(
         };
         return Ok(http::json(StatusCode::OK, &o));
     }
-    let mut oai =
-        json!({"model": lease.served_name(), "input": inputs, "encoding_format": "float"});
+    let mut oai = serde_json::Map::new();
+    oai.insert("model".into(), json!(lease.served_name()));
+    oai.insert("input".into(), json!(inputs));
+    oai.insert("encoding_format".into(), json!("float"));
     if !legacy {
         if bool_of(&req, "truncate", true)? {
-            oai["truncate_prompt_tokens"] = json!(-1);
+            oai.insert("truncate_prompt_tokens".into(), json!(-1));
         }
         match req.get("dimensions") {
             None | Some(Value::Null) => {}
             Some(Value::Number(n)) if n.as_u64().is_some_and(|d| d > 0) => {
-                oai["dimensions"] = json!(n)
+                oai.insert("dimensions".into(), json!(n));
             }
             Some(other) => {
                 return Err(Reject(
@@ -486,8 +488,9 @@ async fn embed(
         .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
-        let msg = answer["error"]["message"]
-            .as_str()
+        let msg = answer
+            .pointer("/error/message")
+            .and_then(Value::as_str)
             .unwrap_or("embedding failed");
         let status = if status.as_u16() == 400 {
             StatusCode::BAD_REQUEST
@@ -496,17 +499,18 @@ async fn embed(
         };
         return Err(Reject(status, format!("{raw}: {msg}")));
     }
-    let mut data: Vec<&Value> = answer["data"]
-        .as_array()
+    let mut data: Vec<&Value> = answer
+        .get("data")
+        .and_then(Value::as_array)
         .map(|d| d.iter().collect())
         .unwrap_or_default();
-    data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
+    data.sort_by_key(|d| d.get("index").and_then(Value::as_u64).unwrap_or(0));
     let embeddings: Vec<Value> = data.iter().map(|d| d["embedding"].clone()).collect();
     let o = if legacy {
         json!({"embedding": embeddings.first().cloned().unwrap_or(json!([]))})
     } else {
         json!({"model": raw, "embeddings": embeddings, "total_duration": started.elapsed().as_nanos() as u64,
-               "load_duration": load.as_nanos() as u64, "prompt_eval_count": answer["usage"]["prompt_tokens"]})
+               "load_duration": load.as_nanos() as u64, "prompt_eval_count": answer.pointer("/usage/prompt_tokens")})
     };
     Ok(http::json(StatusCode::OK, &o))
 }

@@ -334,14 +334,15 @@ pub fn messages(messages: &[Value]) -> Result<(Vec<Value>, usize), Invalid> {
         if let Some(Value::Array(calls)) = m.get("tool_calls") {
             let mut openai_calls = Vec::new();
             for call in calls {
-                let name = call["function"]["name"]
-                    .as_str()
+                let name = call
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                let args = match &call["function"]["arguments"] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => "{}".to_string(),
-                    other => other.to_string(),
+                let args = match call.pointer("/function/arguments") {
+                    Some(Value::String(s)) => s.clone(),
+                    None | Some(Value::Null) => "{}".to_string(),
+                    Some(other) => other.to_string(),
                 };
                 let id = format!("call_{}", call_ids.len());
                 call_ids.push((name.clone(), id.clone()));

@@ -36,8 +36,8 @@ impl<'a> RequestBody<'a> {
             .iter()
             .rposition(|(k, _)| k == "model")
             .ok_or(BodyError::NoModel)?;
-        let model = serde_json::from_str::<String>(members[model_at].1.get())
-            .map_err(|_| BodyError::ModelNotAString)?;
+        let raw = members.get(model_at).ok_or(BodyError::NoModel)?.1.get();
+        let model = serde_json::from_str::<String>(raw).map_err(|_| BodyError::ModelNotAString)?;
         Ok(RequestBody {
             members,
             model_at,

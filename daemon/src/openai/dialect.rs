@@ -60,15 +60,20 @@ impl Dialect {
     /// even on its Anthropic routes, and with its own type names (`NotFoundError`).
     pub fn engine_error(self, status: StatusCode, body: &[u8]) -> Response<Body> {
         let parsed = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
-        let message = parsed["error"]["message"]
-            .as_str()
-            .or(parsed["detail"].as_str())
-            .or(parsed["message"].as_str())
+        let message = parsed
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .or(parsed.get("detail").and_then(Value::as_str))
+            .or(parsed.get("message").and_then(Value::as_str))
             .map(str::to_string)
             .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
         match self {
             // vLLM's OpenAI errors are OpenAI's shape already; only others are rewritten.
-            Dialect::OpenAi if parsed["error"]["message"].is_string() => {
+            Dialect::OpenAi
+                if parsed
+                    .pointer("/error/message")
+                    .is_some_and(Value::is_string) =>
+            {
                 http::json(status, &parsed)
             }
             Dialect::OpenAi => self.error(status, message, openai_type(status)),

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 
 pub(crate) mod body;
 pub mod dialect;
-mod relay;
+pub(crate) mod relay;
 pub mod responses;
 pub(crate) mod usage;
 

@@ -72,8 +72,9 @@ impl IdScan {
         self.buf.extend_from_slice(data);
         let found = memchr::memmem::find(&self.buf, NEEDLE).and_then(|at| {
             let start = at + NEEDLE.len() - "resp_".len();
-            let len = memchr::memchr(b'"', &self.buf[start..])?;
-            std::str::from_utf8(&self.buf[start..start + len])
+            let rest = self.buf.get(start..)?;
+            let len = memchr::memchr(b'"', rest)?;
+            std::str::from_utf8(rest.get(..len)?)
                 .ok()
                 .map(str::to_string)
         });

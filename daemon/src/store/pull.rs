@@ -335,7 +335,9 @@ async fn pull(
         let (gate, counters) = (gate.clone(), counters.clone());
         downloads.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            download(&hub, &repo, &commit, &f, &blobs, &counters[i]).await
+            let unused = AtomicU64::new(0);
+            let counter = counters.get(i).unwrap_or(&unused);
+            download(&hub, &repo, &commit, &f, &blobs, counter).await
         });
     }
     let mut ticker = tokio::time::interval(TICK);
@@ -488,7 +490,7 @@ fn hash_file(path: &Path, f: &Wanted) -> std::io::Result<String> {
         if n == 0 {
             return Ok(hasher.hex());
         }
-        hasher.update(&buf[..n]);
+        hasher.update(buf.get(..n).unwrap_or(&buf));
     }
 }
 

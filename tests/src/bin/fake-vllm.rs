@@ -21,6 +21,8 @@
 //! - `FAKE_VLLM_STALL=1`: after two streamed tokens send nothing more (the connection stays
 //!   open), and from then on `/health` never answers: a hung EngineCore behind a live API
 //!   server;
+//! - `FAKE_VLLM_HEALTH_FLAP=1`: once ready, `/health` answers 503 and 200 by turns (a load
+//!   balancer's or a dying GPU's flapping probe) while generation works;
 //! - `FAKE_VLLM_STRICT_BIND=1`: fail like vLLM when `--uds` names an existing file;
 //! - `FAKE_VLLM_METRICS_MS`: delay `/metrics` answers this long (a stuck exporter);
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
@@ -77,6 +79,8 @@ struct Fake {
     responses: apis::Store,
     /// `FAKE_VLLM_STALL`: a stream has stalled, so `/health` hangs.
     stalled: AtomicBool,
+    /// `FAKE_VLLM_HEALTH_FLAP`: `/health` calls so far, when flapping.
+    health_flap: Option<AtomicU64>,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -180,6 +184,7 @@ async fn serve(args: Vec<String>) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2048),
         stalled: AtomicBool::new(false),
+        health_flap: std::env::var_os("FAKE_VLLM_HEALTH_FLAP").map(|_| AtomicU64::new(0)),
         responses: apis::Store {
             enabled: std::env::var("VLLM_ENABLE_RESPONSES_API_STORE").as_deref() == Ok("1"),
             ..apis::Store::default()
@@ -384,6 +389,15 @@ async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
         "/health" if fake.stalled.load(Ordering::SeqCst) => {
             std::future::pending::<()>().await;
             full(StatusCode::OK, "application/json", "")
+        }
+        "/health"
+            if ready
+                && fake
+                    .health_flap
+                    .as_ref()
+                    .is_some_and(|n| n.fetch_add(1, Ordering::SeqCst) % 2 == 0) =>
+        {
+            full(StatusCode::SERVICE_UNAVAILABLE, "application/json", "")
         }
         "/health" if ready => full(StatusCode::OK, "application/json", ""),
         "/health" => full(StatusCode::SERVICE_UNAVAILABLE, "application/json", ""),
