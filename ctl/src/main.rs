@@ -17,6 +17,7 @@ mod bench;
 mod client;
 mod doctor;
 mod engine;
+mod key;
 mod pull;
 mod render;
 
@@ -28,8 +29,8 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use vllama_proto::{
     EngineInfo, PreloadEvent, PreloadRequest, ReloadOutcome, RemoveRequest, Status, StoredModel,
-    UnloadRequest, DEFAULT_ADMIN_SOCKET, ENGINES_PATH, MODELS_PATH, PRELOAD_PATH, RELOAD_PATH,
-    REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
+    UnloadRequest, DEFAULT_ADMIN_SOCKET, ENGINES_PATH, KEYS_PATH, MODELS_PATH, PRELOAD_PATH,
+    RELOAD_PATH, REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
 };
 
 use client::{AdminClient, ClientError};
@@ -152,12 +153,38 @@ enum Command {
     /// Install vLLM for the engines, or show what is installed
     #[command(subcommand)]
     Engine(EngineCommand),
+    /// The public API's keys: once there is one, clients must present a key
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Check the daemon, engine, GPU, disk, hub, configuration and port; each problem with
     /// its fix. Exit status 0 only when every check passes.
     Doctor {
         /// Print the checks as JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Make a key and print it (this once): in force at once, no restart
+    Add {
+        /// A name for whoever uses it (letters, digits, '-', '_', '.')
+        name: String,
+        /// The models it may use (comma-separated); all when not given
+        #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
+        models: Vec<String>,
+    },
+    /// List the keys: ids, names, models, last use (never the secrets)
+    List {
+        /// Print the admin API's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key (by id or name): refused from the next request on
+    Rm {
+        /// The key's id (key_…) or name
+        id: String,
     },
 }
 
@@ -389,6 +416,13 @@ async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
         }
         Command::Engine(EngineCommand::Status { json }) => engine::status(&client, json).await,
         Command::Doctor { json } => doctor::doctor(&client, json).await,
+        Command::Key(KeyCommand::Add { name, models }) => key::add(&client, name, models).await,
+        Command::Key(KeyCommand::List { json }) => {
+            let empty =
+                "no API keys: the API is open to whoever reaches it (vllamactl key add NAME)";
+            list::<vllama_proto::KeyInfo>(&client, KEYS_PATH, json, empty, key::table).await
+        }
+        Command::Key(KeyCommand::Rm { id }) => key::remove(&client, id).await,
         Command::Reload { json } => {
             let answer = client.request(Method::POST, RELOAD_PATH).await?;
             // 422 carries the outcome too: the reload was refused, the reason inside.

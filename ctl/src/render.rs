@@ -199,7 +199,7 @@ pub fn stored_one(m: &StoredModel) -> String {
 }
 
 /// Columns padded to their widest cell.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

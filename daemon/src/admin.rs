@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 use bytes::Bytes;
 use tokio::sync::watch;
 use vllama_proto::{
-    EngineInstallRequest, InstallProgress, PreloadEvent, PreloadRequest, PullProgress, PullRequest,
-    RemoveRequest, UnloadRequest, DOCTOR_PATH, ENGINES_PATH, ENGINE_INSTALL_PATH, ENGINE_PATH,
+    EngineInstallRequest, InstallProgress, KeyAddRequest, KeyAdded, KeyInfo, KeyRemoveRequest,
+    PreloadEvent, PreloadRequest, PullProgress, PullRequest, RemoveRequest, UnloadRequest,
+    DOCTOR_PATH, ENGINES_PATH, ENGINE_INSTALL_PATH, ENGINE_PATH, KEYS_PATH, KEY_REMOVE_PATH,
     MODELS_PATH, PRELOAD_PATH, PULL_PATH, RELOAD_PATH, REMOVE_PATH, STATUS_PATH, UNLOAD_PATH,
 };
 
@@ -101,20 +102,28 @@ enum Route {
     Engine,
     EngineInstall,
     Doctor,
+    Keys,
+    KeyAdd,
+    KeyRemove,
 }
 
 impl Route {
     fn needs(self) -> Role {
         match self {
-            Route::Status | Route::Engines | Route::Models | Route::Engine | Route::Doctor => {
-                Role::Read
-            }
+            Route::Status
+            | Route::Engines
+            | Route::Models
+            | Route::Engine
+            | Route::Doctor
+            | Route::Keys => Role::Read,
             Route::Reload
             | Route::Preload
             | Route::Unload
             | Route::Pull
             | Route::Remove
-            | Route::EngineInstall => Role::Admin,
+            | Route::EngineInstall
+            | Route::KeyAdd
+            | Route::KeyRemove => Role::Admin,
         }
     }
 
@@ -130,6 +139,9 @@ impl Route {
             REMOVE_PATH => (Route::Remove, Method::POST),
             ENGINE_PATH => (Route::Engine, Method::GET),
             ENGINE_INSTALL_PATH => (Route::EngineInstall, Method::POST),
+            KEYS_PATH if *method == Method::GET => (Route::Keys, Method::GET),
+            KEYS_PATH => (Route::KeyAdd, Method::POST),
+            KEY_REMOVE_PATH => (Route::KeyRemove, Method::POST),
             DOCTOR_PATH => (Route::Doctor, Method::GET),
             other => {
                 return Err(Reject(
@@ -213,6 +225,117 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role)
             Err(reject) => reject.into(),
         },
         Route::Doctor => http::json(StatusCode::OK, &crate::doctor::run(daemon).await),
+        Route::Keys => {
+            let keys = daemon.keys();
+            let list: Vec<KeyInfo> = keys.keys().iter().map(|k| key_info(k)).collect();
+            http::json(StatusCode::OK, &list)
+        }
+        Route::KeyAdd => match parse::<KeyAddRequest>(&body) {
+            Ok(req) => key_add(daemon, req).await,
+            Err(reject) => reject.into(),
+        },
+        Route::KeyRemove => match parse::<KeyRemoveRequest>(&body) {
+            Ok(req) => key_remove(daemon, req).await,
+            Err(reject) => reject.into(),
+        },
+    }
+}
+
+fn key_info(key: &crate::keys::Key) -> KeyInfo {
+    KeyInfo {
+        id: key.record.id.clone(),
+        name: key.record.name.clone(),
+        models: key.record.models.clone(),
+        created: key.record.created,
+        last_used: key.last_used(),
+    }
+}
+
+fn key_error(e: &crate::keys::KeyError) -> Response<Body> {
+    use crate::keys::KeyError;
+    let status = match e {
+        KeyError::NameTaken(_) => StatusCode::CONFLICT,
+        KeyError::NoSuchKey(_) => StatusCode::NOT_FOUND,
+        KeyError::BadModel(..) | KeyError::BadName => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    http::error(status, e.to_string())
+}
+
+/// Writes the new ring to the keys file, reads it back (the file is the truth, as at a
+/// start) and puts it in force: requests in flight keep the key they were let in with, the
+/// next ones meet the new ring. The refusal to answer when that fails.
+async fn save_keys(daemon: &Daemon, ring: crate::keys::KeyRing) -> Option<Response<Body>> {
+    let path = daemon.config().config.api.keys_file.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        ring.save(&path)?;
+        crate::keys::KeyRing::load(&path)
+    })
+    .await;
+    match saved {
+        Ok(Ok(loaded)) => {
+            daemon.set_keys(loaded);
+            None
+        }
+        Ok(Err(e)) => Some(key_error(&e)),
+        Err(e) => Some(http::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn key_add(daemon: &Daemon, req: KeyAddRequest) -> Response<Body> {
+    // One change of the keys file at a time, and none during a reload.
+    let _one = daemon.reload_lock.lock().await;
+    let (ring, secret, record) = match daemon.keys().with_new(&req.name, &req.models) {
+        Ok(made) => made,
+        Err(e) => return key_error(&e),
+    };
+    if let Some(refused) = save_keys(daemon, ring).await {
+        return refused;
+    }
+    tracing::info!(key = %record.id, key_name = %record.name, models = ?record.models, "API key added");
+    let info = daemon
+        .keys()
+        .keys()
+        .iter()
+        .find(|k| k.record.id == record.id)
+        .map(|k| key_info(k));
+    match info {
+        Some(info) => http::json(StatusCode::OK, &KeyAdded { key: secret, info }),
+        None => http::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the new key did not read back from the keys file",
+        ),
+    }
+}
+
+async fn key_remove(daemon: &Daemon, req: KeyRemoveRequest) -> Response<Body> {
+    let _one = daemon.reload_lock.lock().await;
+    let keys = daemon.keys();
+    let (ring, gone) = match keys.without(&req.id) {
+        Ok(made) => made,
+        Err(e) => return key_error(&e),
+    };
+    if ring.is_empty() && daemon.exposed() && !daemon.config().config.api.allow_unauthenticated {
+        return http::error(
+            StatusCode::CONFLICT,
+            "this is the last API key and the API listens on a non-loopback address: removing it would open the API to anyone (add another key first, or set api.allow_unauthenticated = true)",
+        );
+    }
+    let info = keys
+        .keys()
+        .iter()
+        .find(|k| k.record.id == gone.id)
+        .map(|k| key_info(k));
+    if let Some(refused) = save_keys(daemon, ring).await {
+        return refused;
+    }
+    tracing::info!(key = %gone.id, key_name = %gone.name, "API key removed");
+    match info {
+        Some(info) => http::json(StatusCode::OK, &info),
+        None => http::empty_ok(),
     }
 }
 

@@ -112,8 +112,9 @@ fn serve<H, F>(
             let daemon = daemon.clone();
             let handler = handler.clone();
             let conn = registration.conn().clone();
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 conn.begin();
+                req.extensions_mut().insert(ClientAddr(peer));
                 let fut = handler(req, daemon.clone());
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(http::Tracked::wrap(fut.await, conn)) }
@@ -185,6 +186,8 @@ async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
         method = %req.method(),
         path = %req.uri().path(),
         model = tracing::field::Empty,
+        key = tracing::field::Empty,
+        key_name = tracing::field::Empty,
     );
     let config = daemon.config();
     let observed = observe::Request::new(
@@ -205,7 +208,87 @@ async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     resp
 }
 
-/// Host and Origin checks (CORS), then the route.
+/// The address of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// Whether a request may pass with no key although keys are in force: what clients probe
+/// (`GET /`, `/api/version`), and `/metrics` when `metrics.require_key` is off.
+fn open_route(req: &Request<Incoming>, daemon: &Daemon) -> bool {
+    match req.uri().path() {
+        "/" => matches!(*req.method(), Method::GET | Method::HEAD),
+        "/api/version" => true,
+        "/metrics" => !daemon.config().config.metrics.require_key,
+        _ => false,
+    }
+}
+
+/// The key a request presents, when keys are in force (`None`: none are, or the route is
+/// open); the span gets its id and name.
+fn authenticate(
+    req: &Request<Incoming>,
+    daemon: &Daemon,
+) -> Result<Option<Arc<crate::keys::Key>>, crate::keys::Denied> {
+    let keys = daemon.keys();
+    if keys.is_empty() || open_route(req, daemon) {
+        return Ok(None);
+    }
+    let key = keys.check(req.headers())?;
+    let span = tracing::Span::current();
+    span.record("key", tracing::field::display(&key.record.id));
+    span.record("key_name", tracing::field::display(&key.record.name));
+    Ok(Some(key))
+}
+
+/// A refusal for the request's key: counted, logged (at most once per 10 s), answered 401
+/// (403 for a model the key may not use) in the route's dialect.
+fn refuse(
+    daemon: &Daemon,
+    path: &str,
+    peer: Option<std::net::SocketAddr>,
+    denied: &crate::keys::Denied,
+) -> Response<Body> {
+    daemon.metrics.auth_failure(denied.reason());
+    let due = daemon.auth_log.lock().map(|mut l| l.due()).unwrap_or(true);
+    if due {
+        tracing::warn!(
+            reason = denied.reason(),
+            peer = peer.map(tracing::field::display),
+            "request refused: {} (logged at most once per 10 s; vllama_auth_failures_total counts them all)",
+            denied.message()
+        );
+    }
+    let status = match denied {
+        crate::keys::Denied::Model(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut resp = error_for(path, status, denied.message());
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+/// A key restricted to some models may use the one this body names (or an alias of one).
+fn model_allowed(key: &crate::keys::Key, body: &[u8]) -> Result<(), crate::keys::Denied> {
+    let Some(named) = crate::keys::model_in(body) else {
+        return Ok(());
+    };
+    let Ok(name) = crate::models::ModelName::parse(&named) else {
+        return Ok(()); // the route refuses it as it would without a key
+    };
+    let target = crate::store::aliases::target(&name);
+    if key.allows(&name) || target.is_some_and(|t| key.allows(&t)) {
+        Ok(())
+    } else {
+        Err(crate::keys::Denied::Model(named))
+    }
+}
+
+/// Host and Origin checks (CORS), the API key, then the route.
 async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     let config = daemon.config();
     let origin = req
@@ -234,7 +317,14 @@ async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
             return preflight(o, &req);
         }
     }
-    let mut resp = route(req, daemon, config.config.api.max_request_body.0).await;
+    let key = match authenticate(&req, daemon) {
+        Ok(key) => key,
+        Err(denied) => {
+            let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
+            return refuse(daemon, req.uri().path(), peer, &denied);
+        }
+    };
+    let mut resp = route(req, daemon, config.config.api.max_request_body.0, key).await;
     if let Some(o) = origin {
         if let Ok(v) = HeaderValue::from_str(&o) {
             resp.headers_mut().insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
@@ -282,9 +372,15 @@ fn metrics_here(daemon: &Daemon) -> bool {
             .any(|l| l.name == crate::listeners::METRICS)
 }
 
-async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    daemon: &Daemon,
+    limit: u64,
+    key: Option<Arc<crate::keys::Key>>,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
     let idle = daemon.config().config.api.header_read_timeout.0;
     let (parts, body) = match http::read_body(req, limit, idle).await {
         Ok(read) => read,
@@ -312,6 +408,11 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, limit: u64) -> Response<
             return error_for(&path, StatusCode::BAD_REQUEST, e.to_string())
         }
     };
+    if let Some(key) = key.filter(|k| k.restricted()) {
+        if let Err(denied) = model_allowed(&key, &body) {
+            return refuse(daemon, &path, peer, &denied);
+        }
+    }
     use crate::openai::Dialect;
     if let Some((id, cancel)) = stored_response(&path) {
         if (method == Method::GET && !cancel) || (method == Method::POST && cancel) {

@@ -311,8 +311,8 @@ pub fn hub(endpoint: &str, repo: &str, answer: Result<(), crate::store::hub::Hub
     }
 }
 
-/// The public listener: loopback only, or open to the network.
-pub fn exposure(listeners: &[ListenerInfo]) -> Check {
+/// The public listener: loopback only, or open to the network — with API keys, or to anyone.
+pub fn exposure(listeners: &[ListenerInfo], keys: usize) -> Check {
     const NAME: &str = "exposure";
     let Some(api) = listeners.iter().find(|l| l.name == crate::listeners::API) else {
         return Check::skip(NAME, "no public listener");
@@ -321,14 +321,22 @@ pub fn exposure(listeners: &[ListenerInfo]) -> Check {
         Ok(addr) if addr.ip().is_loopback() => {
             Check::pass(NAME, format!("the API listens on {} ({}): this machine only", api.address, api.source))
         }
+        Ok(_) if keys > 0 => Check::pass(
+            NAME,
+            format!(
+                "the API listens on {} ({}), for clients with one of its {keys} API keys",
+                api.address, api.source
+            ),
+        ),
         Ok(_) => Check::fail(
             NAME,
             format!(
                 "the API listens on {} ({}): anyone who can reach this machine can use the models, unauthenticated",
                 api.address, api.source
             ),
-            "listen on loopback (api.listen = \"127.0.0.1:11434\", or ListenStream=127.0.0.1:11434 in \
-             `sudo systemctl edit vllamad.socket`) and put a reverse proxy with authentication in front",
+            "add an API key (sudo vllamactl key add NAME) and give it to the clients, or listen on \
+             loopback (api.listen = \"127.0.0.1:11434\", or ListenStream=127.0.0.1:11434 in \
+             `sudo systemctl edit vllamad.socket`)",
         ),
         Err(_) => Check::pass(NAME, format!("the API listens on {}", api.address)),
     }
@@ -383,7 +391,7 @@ pub async fn run(daemon: &Daemon) -> Vec<Check> {
         daemon.last_reload_error().as_deref(),
     ));
     checks.push(hub_check(config).await);
-    checks.push(exposure(&daemon.listeners));
+    checks.push(exposure(&daemon.listeners, daemon.keys().len()));
     checks
 }
 
@@ -684,8 +692,12 @@ mod tests {
                 source: ListenerSource::Bound,
             }]
         };
-        assert_eq!(exposure(&l("127.0.0.1:11434")).outcome, CheckOutcome::Pass);
-        assert_eq!(exposure(&l("[::1]:11434")).outcome, CheckOutcome::Pass);
-        fails_with(&exposure(&l("0.0.0.0:11434")), "127.0.0.1:11434");
+        assert_eq!(
+            exposure(&l("127.0.0.1:11434"), 0).outcome,
+            CheckOutcome::Pass
+        );
+        assert_eq!(exposure(&l("[::1]:11434"), 0).outcome, CheckOutcome::Pass);
+        fails_with(&exposure(&l("0.0.0.0:11434"), 0), "vllamactl key add");
+        assert_eq!(exposure(&l("0.0.0.0:11434"), 2).outcome, CheckOutcome::Pass);
     }
 }

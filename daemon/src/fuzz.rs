@@ -330,5 +330,26 @@ fn nothing_that_parses_outside_input_panics() {
             let _ = crate::cors::origin_allowed(b, &[pattern]);
         },
     );
+    let (ring, _, _) = crate::keys::KeyRing::default()
+        .with_new("fuzz", &["tiny".to_string()])
+        .expect("a key");
+    let keys_file = ring.render();
+    total += run(
+        "API keys",
+        |r| (mutate(r, keys_file.as_bytes()), body(r), text(r)),
+        |(file, body, presented)| {
+            let _ = crate::keys::KeyRing::parse(
+                &String::from_utf8_lossy(file),
+                std::path::Path::new("/fuzz/api-keys.toml"),
+            );
+            let _ = crate::keys::model_in(body);
+            let mut headers = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {presented}")) {
+                headers.insert(http::header::AUTHORIZATION, v);
+            }
+            // A random secret never matches the key.
+            assert!(ring.check(&headers).is_err());
+        },
+    );
     eprintln!("fuzz: {total} inputs, no panic");
 }

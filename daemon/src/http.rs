@@ -61,23 +61,26 @@ pub fn spawn_connection<I, S>(
                 None => std::future::pending().await,
             }
         };
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            // Dropping `conn` closes the socket; `registration` then tells the registry.
-            _ = shed => Ok(()),
-            _ = shutdown.cancelled() => {
-                // A connection accepted a moment ago has its first request on the way (a
-                // client writes right after connecting): closed now, before hyper has read
-                // it, that client would get an empty reply during a restart. It gets the
-                // moment, and its request is served before the connection closes.
-                let young = tokio::time::sleep_until(born + FIRST_REQUEST_GRACE);
-                tokio::select! {
-                    result = conn.as_mut() => result,
-                    _ = young => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+        // In a block of its own: the socket is closed when `conn` is dropped at its end,
+        // before `registration` tells the registry the descriptor is free.
+        let result = {
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = shed => Ok(()),
+                _ = shutdown.cancelled() => {
+                    // A connection accepted a moment ago has its first request on the way (a
+                    // client writes right after connecting): closed now, before hyper has read
+                    // it, that client would get an empty reply during a restart. It gets the
+                    // moment, and its request is served before the connection closes.
+                    let young = tokio::time::sleep_until(born + FIRST_REQUEST_GRACE);
+                    tokio::select! {
+                        result = conn.as_mut() => result,
+                        _ = young => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
                     }
                 }
             }

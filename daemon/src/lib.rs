@@ -33,6 +33,7 @@ pub mod gpu;
 pub mod host_memory;
 pub mod http;
 pub mod install;
+pub mod keys;
 pub mod lines;
 pub mod listeners;
 pub mod logging;

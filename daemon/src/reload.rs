@@ -18,6 +18,10 @@ pub enum ReloadError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Log(#[from] crate::logging::LogError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("the API listens on a non-loopback address and this configuration has no API keys: add one (vllamactl key add NAME) or set api.allow_unauthenticated = true")]
+    Exposed,
 }
 
 /// Loads the configuration and resolves its groups; blocking. Also returns the warnings
@@ -89,13 +93,22 @@ async fn try_reload(daemon: &Daemon, generation: u64) -> Result<Vec<String>, Rel
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
+    // The keys file may have been edited by hand (or moved): read it with the rest, so a
+    // bad one keeps the old configuration and keys in force.
+    let keys_file = new.config.api.keys_file.clone();
+    let keys =
+        tokio::task::spawn_blocking(move || crate::keys::KeyRing::load(&keys_file)).await??;
     let old = daemon.config();
+    if daemon.exposed() && keys.is_empty() && !new.config.api.allow_unauthenticated {
+        return Err(ReloadError::Exposed);
+    }
     let needs_restart = config::restart_only_changes(&old.config, &new.config);
     if let Some(log) = &daemon.log {
         log.set_filter(&new.config.log.filter)?;
     }
     let state_dir = new.config.paths.state_dir.clone();
     daemon.publish(new);
+    daemon.set_keys(keys);
     // Aliases may have been edited by hand.
     let _ = tokio::task::spawn_blocking(move || crate::store::aliases::load(&state_dir)).await;
     Ok(needs_restart)

@@ -27,6 +27,12 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("cannot install a signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("the API listens on {0}, which other machines can reach, and no API key is configured: add one (vllamactl key add NAME; the daemon must run for that, so first listen on 127.0.0.1), or set api.allow_unauthenticated = true to serve anyone on purpose")]
+    Exposed(String),
+    #[error("the key loader stopped unexpectedly: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
 /// What `main` hands the server.
@@ -99,6 +105,11 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     }
     let state_dir = active.config.paths.state_dir.clone();
     let _ = tokio::task::spawn_blocking(move || crate::store::aliases::load(&state_dir)).await;
+    let keys_file = active.config.api.keys_file.clone();
+    let allow_unauthenticated = active.config.api.allow_unauthenticated;
+    let keys = tokio::task::spawn_blocking(move || crate::keys::KeyRing::load(&keys_file))
+        .await?
+        .inspect_err(|e| notifier.status(&format!("API keys: {e}")))?;
     let probe: Arc<dyn crate::gpu::GpuProbe> =
         match tokio::task::spawn_blocking(crate::gpu::detect).await {
             Ok(probe) => Arc::from(probe),
@@ -134,6 +145,22 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
             tasks: http_tasks.clone(),
         },
     ));
+
+    if !keys.is_empty() {
+        tracing::info!(keys = keys.len(), "API keys required on the public API");
+    }
+    daemon.set_keys(keys);
+    if daemon.exposed() && daemon.keys().is_empty() && !allow_unauthenticated {
+        let address = daemon
+            .listeners
+            .iter()
+            .find(|l| l.name == crate::listeners::API)
+            .map(|l| l.address.clone())
+            .unwrap_or_default();
+        let e = ServerError::Exposed(address);
+        notifier.status(&e.to_string());
+        return Err(e);
+    }
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;

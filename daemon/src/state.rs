@@ -52,6 +52,10 @@ pub struct Daemon {
     pub tasks: tokio_util::task::TaskTracker,
     /// Which model made each recent Responses answer (`GET /v1/responses/{id}`).
     pub responses: Arc<crate::openai::responses::ResponseIds>,
+    /// The API keys in force (empty: none required on a loopback listener).
+    keys: std::sync::RwLock<Arc<crate::keys::KeyRing>>,
+    /// Failed authentications, for the log's rate limit.
+    pub(crate) auth_log: Mutex<crate::connections::LogEvery>,
     /// The public listener's connections (shedding when out of descriptors).
     pub connections: Arc<crate::connections::Connections>,
     /// The public listener is on a loopback address: the DNS-rebinding guard applies.
@@ -98,10 +102,43 @@ impl Daemon {
             tasks,
             responses: Arc::default(),
             connections: Arc::default(),
+            keys: std::sync::RwLock::default(),
+            auth_log: Mutex::new(crate::connections::LogEvery::new(
+                std::time::Duration::from_secs(10),
+            )),
             config,
             last_reload_error: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The API keys in force. Cheap: an `Arc` clone.
+    pub fn keys(&self) -> Arc<crate::keys::KeyRing> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_keys(&self, ring: crate::keys::KeyRing) {
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ring.keep_last_use(&keys);
+        *keys = Arc::new(ring);
+    }
+
+    /// The public API listens on an address other machines can reach.
+    pub fn exposed(&self) -> bool {
+        self.listeners
+            .iter()
+            .filter(|l| l.name == crate::listeners::API)
+            .any(|l| {
+                l.address
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| !a.ip().is_loopback())
+            })
     }
 
     /// The configuration in force. Cheap: an `Arc` clone.

@@ -60,3 +60,37 @@ fn official_python_clients() {
         d.log()
     );
 }
+
+#[test]
+fn official_python_clients_with_api_keys() {
+    let Some(python) = vllama_testkit::clients_python() else {
+        eprintln!("skipped: VLLAMA_CLIENTS_PYTHON not set (tests/run prepares it)");
+        return;
+    };
+    let fake = workspace_bin(BIN, "fake-vllm");
+    // A chat model and two others, for the key limited to the chat model.
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default()
+            .set("engine", "max_loaded = 3")
+            .fake_model(&fake, "tiny", &[])
+            .model_file("tiny", "config.json", LLAMA_CONFIG)
+            .fake_model(&fake, "vision", &[])
+            .fake_model(&fake, "embed", &[])
+            .model_file("embed", "config.json", EMBED_CONFIG),
+    );
+    let key = |name: &str, models: &[&str]| {
+        let body = serde_json::json!({"name": name, "models": models}).to_string();
+        let r = d.admin("POST", "/v1/keys", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["key"].as_str().unwrap().to_string()
+    };
+    let (all, tiny) = (key("all", &[]), key("tiny-only", &["tiny"]));
+    vllama_testkit::run_client_script(
+        &python,
+        "keys_check.py",
+        &d,
+        &[("VLLAMA_KEY", &all), ("VLLAMA_KEY_TINY", &tiny)],
+    );
+}

@@ -505,3 +505,41 @@ impl Check {
         }
     }
 }
+
+/// `GET` → `Vec<KeyInfo>`; `POST` [`KeyAddRequest`] → [`KeyAdded`].
+pub const KEYS_PATH: &str = "/v1/keys";
+/// `POST` [`KeyRemoveRequest`] → [`KeyInfo`] (the key removed).
+pub const KEY_REMOVE_PATH: &str = "/v1/keys/remove";
+
+/// An API key as `vllamactl key list` shows it: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    /// The models it may use; empty: all.
+    pub models: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Its last use since vllamad started, seconds since the Unix epoch.
+    pub last_used: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyAddRequest {
+    pub name: String,
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+/// A new key: the secret is in this answer only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyAdded {
+    pub key: String,
+    pub info: KeyInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyRemoveRequest {
+    /// The key's id or name.
+    pub id: String,
+}

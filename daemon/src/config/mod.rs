@@ -58,6 +58,11 @@ pub struct ApiConfig {
     pub allow_pull: bool,
     /// Clients may delete models (`/api/delete`); else only `vllamactl rm` can.
     pub allow_delete: bool,
+    /// The API keys (`vllamactl key add`); with any key in it every request but `GET /`,
+    /// `HEAD /` and `/api/version` must present one. Relative: to the state directory.
+    pub keys_file: PathBuf,
+    /// Serve a non-loopback address with no keys (anyone who reaches it can use it).
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +75,8 @@ impl Default for ApiConfig {
             origins: Vec::new(),
             allow_pull: true,
             allow_delete: false,
+            keys_file: PathBuf::from("api-keys.toml"),
+            allow_unauthenticated: false,
         }
     }
 }
@@ -164,6 +171,8 @@ pub struct MetricsConfig {
     pub engine_timeout: HumanDuration,
     /// How often GPUs (NVML) and engine memory are read, off the request path.
     pub sample_interval: HumanDuration,
+    /// With API keys in force, `/metrics` on the API listener wants one too.
+    pub require_key: bool,
 }
 
 impl Default for MetricsConfig {
@@ -173,6 +182,7 @@ impl Default for MetricsConfig {
             listen: None,
             engine_timeout: HumanDuration::from_secs(1),
             sample_interval: HumanDuration::from_secs(5),
+            require_key: true,
         }
     }
 }
@@ -527,6 +537,12 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
         if path.is_relative() && (!program || path.components().count() > 1) {
             *path = normalize(&base.join(&*path));
         }
+    }
+    if config.api.keys_file.as_os_str().is_empty() {
+        return Err(key_err("api.keys_file", "must not be empty".into()));
+    }
+    if config.api.keys_file.is_relative() {
+        config.api.keys_file = normalize(&config.paths.state_dir.join(&config.api.keys_file));
     }
     // <runtime_dir>/engines/<id>.sock must fit in sun_path; ids are at most 48 bytes.
     if config.paths.runtime_dir.as_os_str().len() > 107 - "/engines/.sock".len() - 48 {

@@ -68,6 +68,7 @@ pub struct Metrics {
     engine_wakes: IntCounterVec,
     engine_load_duration: HistogramVec,
     reloads: IntCounterVec,
+    auth_failures: IntCounterVec,
     samples: Mutex<sampler::Samples>,
 }
 
@@ -114,6 +115,7 @@ impl Metrics {
             engine_wakes: counter(&r, "vllama_engine_wakes_total", "Sleeping engines woken.", &["model"])?,
             engine_load_duration: histogram(&r, "vllama_engine_load_duration_seconds", "Time from an engine's spawn to its first healthy answer.", &["model"], LOAD_BUCKETS)?,
             reloads: counter(&r, "vllama_config_reloads_total", "Configuration reloads by result (ok, failed).", &["result"])?,
+            auth_failures: counter(&r, "vllama_auth_failures_total", "Public API requests refused for their API key, by reason (missing, invalid, model: not allowed for the key).", &["reason"])?,
             registry: r,
             samples: Mutex::new(sampler::Samples::default()),
         })
@@ -153,6 +155,11 @@ impl Metrics {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "failed" }])
             .inc();
+    }
+
+    /// A request refused for its API key (`reason`: missing, invalid, model).
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     /// What the supervisor reports as an engine's life goes on.

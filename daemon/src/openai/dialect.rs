@@ -117,6 +117,8 @@ pub fn anthropic_type(status: StatusCode) -> &'static str {
 pub fn openai_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 405 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
         404 => "not_found_error",
         _ => "engine_error",
     }
