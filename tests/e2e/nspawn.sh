@@ -184,6 +184,21 @@ $IN systemctl restart vllamad
 out=$(api /api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":4}}')
 echo "$out" | grep -q '"done":true' && ok "chat through an engine under systemd" || bad "chat: $out"
 
+echo "== API keys under the sandbox"
+key=$($IN vllamactl key add e2e 2>/dev/null)
+[ "${key:0:3}" = vk- ] && ok "vllamactl key add: the sandboxed daemon wrote its keys file" || bad "key add: $key"
+[ "$($IN stat -c '%U %a' /var/lib/vllama/api-keys.toml 2>/dev/null)" = "vllama 600" ] \
+  && ok "api-keys.toml is vllama's, mode 600" || bad "keys file: $($IN stat -c '%U %a' /var/lib/vllama/api-keys.toml 2>&1)"
+code=$($IN curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://127.0.0.1:11434/api/tags)
+[ "$code" = 401 ] && ok "without a key: 401" || bad "without a key: $code"
+$IN systemctl restart vllamad
+out=$(api /api/chat -H "Authorization: Bearer $key" -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":2}}')
+echo "$out" | grep -q '"done":true' && ok "with the key, after a restart: served" || bad "with the key: $out"
+$IN journalctl -u vllamad -o json --no-pager | grep -q '"KEY_NAME":"e2e"' \
+  && ok "the journal names the key (KEY_NAME=e2e)" || bad "no KEY_NAME in the journal"
+$IN vllamactl key rm e2e >/dev/null 2>&1 && out=$(api /api/version) && code=$($IN curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://127.0.0.1:11434/api/tags) \
+  && [ "$code" = 200 ] && ok "vllamactl key rm: open again (loopback)" || bad "after key rm: $code"
+
 echo "== kill -9 of vllamad with a stream open"
 old_engines=$($IN pgrep -u vllama -f "serve|sleep" | tr '\n' ' ')
 $IN sh -c 'curl -sS -N -m 30 -H "Host: localhost" http://127.0.0.1:11434/api/chat -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"options\":{\"num_predict\":400}}" > /tmp/stream.out 2>&1; echo "curl rc=$?" >> /tmp/stream.out' &

@@ -62,6 +62,17 @@ fn start_time() -> Option<f64> {
     (hz > 0.0).then(|| btime + ticks / hz)
 }
 
+/// Gives the pages that freed memory left in glibc's arenas back to the system, so that
+/// vllamad's RSS follows what it holds (its heap stays within a few MiB; without this the
+/// arenas keep a load peak's pages). Called by the sampler, off the request path.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim walks the allocator's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,7 +62,11 @@ pub fn spawn(daemon: &Arc<Daemon>, tracker: &TaskTracker, shutdown: Cancellation
                 .filter_map(|e| Some((e.model, e.pid?)))
                 .collect();
             let probe = daemon.scheduler.probe();
-            let reading = tokio::task::spawn_blocking(move || sample(&*probe, &engines)).await;
+            let reading = tokio::task::spawn_blocking(move || {
+                super::process::trim_heap();
+                sample(&*probe, &engines)
+            })
+            .await;
             if let Ok(samples) = reading {
                 daemon.metrics.store_samples(samples);
                 let line = daemon.status_line();
