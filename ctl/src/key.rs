@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 use vllama_proto::{
-    KeyAddRequest, KeyAdded, KeyInfo, KeyRemoveRequest, KEYS_PATH, KEY_REMOVE_PATH,
+    KeyAddRequest, KeyAdded, KeyInfo, KeyLimits, KeyRemoveRequest, KEYS_PATH, KEY_REMOVE_PATH,
 };
 
 use crate::client::{AdminClient, ClientError};
@@ -21,8 +21,13 @@ pub async fn add(
     client: &AdminClient,
     name: String,
     models: Vec<String>,
+    limits: KeyLimits,
 ) -> Result<ExitCode, ClientError> {
-    let request = KeyAddRequest { name, models };
+    let request = KeyAddRequest {
+        name,
+        models,
+        limits,
+    };
     let answer = client
         .request_with(Method::POST, KEYS_PATH, body(&request)?)
         .await?
@@ -34,8 +39,10 @@ pub async fn add(
         added.info.models.join(", ")
     };
     eprintln!(
-        "added key {} ({}) for {scope}; in force now. The key is shown this once:",
-        added.info.id, added.info.name
+        "added key {} ({}) for {scope}, {}; in force now. The key is shown this once:",
+        added.info.id,
+        added.info.name,
+        limits_text(&added.info.limits)
     );
     println!("{}", added.key);
     Ok(ExitCode::SUCCESS)
@@ -80,8 +87,25 @@ fn ago(then: u64, now: u64) -> String {
     }
 }
 
+/// "60 rpm, 10000 tpm, 4 at once", or "no limits".
+fn limits_text(l: &KeyLimits) -> String {
+    let parts: Vec<String> = [
+        l.rpm.map(|n| format!("{n} rpm")),
+        l.tpm.map(|n| format!("{n} tpm")),
+        l.concurrency.map(|n| format!("{n} at once")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "no limits".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn render(keys: &[KeyInfo], now: u64) -> String {
-    let rows: Vec<[String; 5]> = keys
+    let rows: Vec<[String; 6]> = keys
         .iter()
         .map(|k| {
             [
@@ -92,13 +116,17 @@ fn render(keys: &[KeyInfo], now: u64) -> String {
                 } else {
                     k.models.join(", ")
                 },
+                limits_text(&k.limits),
                 ago(k.created, now),
                 k.last_used
                     .map_or("not since start".into(), |t| ago(t, now)),
             ]
         })
         .collect();
-    crate::render::table(&["ID", "NAME", "MODELS", "CREATED", "LAST USED"], &rows)
+    crate::render::table(
+        &["ID", "NAME", "MODELS", "LIMITS", "CREATED", "LAST USED"],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -113,6 +141,11 @@ mod tests {
             models: vec!["tiny:latest".into()],
             created: 1_000,
             last_used: Some(1_000 + 7_200),
+            limits: KeyLimits {
+                rpm: Some(60),
+                concurrency: Some(4),
+                ..KeyLimits::default()
+            },
         }];
         let text = render(&keys, 1_000 + 7_300);
         assert!(
@@ -123,5 +156,6 @@ mod tests {
             text.contains("2 h ago") && text.contains("1 min ago"),
             "{text}"
         );
+        assert!(text.contains("60 rpm, 4 at once"), "{text}");
     }
 }

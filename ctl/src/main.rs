@@ -174,6 +174,15 @@ enum KeyCommand {
         /// The models it may use (comma-separated); all when not given
         #[arg(long, value_delimiter = ',', value_name = "MODEL,...")]
         models: Vec<String>,
+        /// At most this many requests a minute (over it: 429 with Retry-After)
+        #[arg(long, value_name = "N")]
+        rpm: Option<u32>,
+        /// At most this many tokens (prompt + generated) a minute, counted from real usage
+        #[arg(long, value_name = "N")]
+        tpm: Option<u64>,
+        /// At most this many requests at once
+        #[arg(long, value_name = "N")]
+        concurrency: Option<u32>,
     },
     /// List the keys: ids, names, models, last use (never the secrets)
     List {
@@ -416,7 +425,20 @@ async fn run(cli: Cli, command: Command) -> Result<ExitCode, ClientError> {
         }
         Command::Engine(EngineCommand::Status { json }) => engine::status(&client, json).await,
         Command::Doctor { json } => doctor::doctor(&client, json).await,
-        Command::Key(KeyCommand::Add { name, models }) => key::add(&client, name, models).await,
+        Command::Key(KeyCommand::Add {
+            name,
+            models,
+            rpm,
+            tpm,
+            concurrency,
+        }) => {
+            let limits = vllama_proto::KeyLimits {
+                rpm,
+                tpm,
+                concurrency,
+            };
+            key::add(&client, name, models, limits).await
+        }
         Command::Key(KeyCommand::List { json }) => {
             let empty =
                 "no API keys: the API is open to whoever reaches it (vllamactl key add NAME)";

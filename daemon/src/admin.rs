@@ -248,6 +248,7 @@ fn key_info(key: &crate::keys::Key) -> KeyInfo {
         models: key.record.models.clone(),
         created: key.record.created,
         last_used: key.last_used(),
+        limits: key.record.limits,
     }
 }
 
@@ -288,7 +289,7 @@ async fn save_keys(daemon: &Daemon, ring: crate::keys::KeyRing) -> Option<Respon
 async fn key_add(daemon: &Daemon, req: KeyAddRequest) -> Response<Body> {
     // One change of the keys file at a time, and none during a reload.
     let _one = daemon.reload_lock.lock().await;
-    let (ring, secret, record) = match daemon.keys().with_new(&req.name, &req.models) {
+    let (ring, secret, record) = match daemon.keys().with_new(&req.name, &req.models, req.limits) {
         Ok(made) => made,
         Err(e) => return key_error(&e),
     };

@@ -272,6 +272,25 @@ fn refuse(
     resp
 }
 
+/// 429 with `Retry-After`, in the route's dialect: the key is over one of its limits.
+fn over_limit(
+    daemon: &Daemon,
+    path: &str,
+    key: &crate::keys::Key,
+    limited: crate::keys::Limited,
+) -> Response<Body> {
+    daemon
+        .metrics
+        .rejected("", &format!("key_{}", limited.limit));
+    tracing::debug!(key = %key.record.id, limit = limited.limit, "over the key's limit");
+    let mut resp = error_for(path, StatusCode::TOO_MANY_REQUESTS, limited.message());
+    let secs = limited.retry_after.as_secs().max(1);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    resp
+}
+
 /// A key restricted to some models may use the one this body names (or an alias of one).
 fn model_allowed(key: &crate::keys::Key, body: &[u8]) -> Result<(), crate::keys::Denied> {
     let Some(named) = crate::keys::model_in(body) else {
@@ -324,6 +343,16 @@ async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
             return refuse(daemon, req.uri().path(), peer, &denied);
         }
     };
+    if let Some(key) = &key {
+        match key.admit() {
+            Ok(admitted) => {
+                if let Some(r) = observe::current() {
+                    r.admitted(admitted);
+                }
+            }
+            Err(limited) => return over_limit(daemon, req.uri().path(), key, limited),
+        }
+    }
     let mut resp = route(req, daemon, config.config.api.max_request_body.0, key).await;
     if let Some(o) = origin {
         if let Ok(v) = HeaderValue::from_str(&o) {

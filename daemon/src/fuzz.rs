@@ -331,7 +331,11 @@ fn nothing_that_parses_outside_input_panics() {
         },
     );
     let (ring, _, _) = crate::keys::KeyRing::default()
-        .with_new("fuzz", &["tiny".to_string()])
+        .with_new(
+            "fuzz",
+            &["tiny".to_string()],
+            crate::keys::Limits::default(),
+        )
         .expect("a key");
     let keys_file = ring.render();
     total += run(

@@ -6,6 +6,11 @@
 //! this long: there is nothing to guess from a dictionary — with an id (`key_…`, what logs
 //! and `vllamactl key list` show), a name, and the models the key may use (none listed: all).
 //!
+//! A key may carry limits: requests per minute, tokens per minute (counted from the real
+//! usage of its answers) and requests at once. Over one, a request is refused with 429 and
+//! `Retry-After` before it reaches an engine. The counts live with the key across changes of
+//! the keys file (a `key add` does not reset another key's minute).
+//!
 //! The keys live in one TOML file (`api.keys_file`, by default `api-keys.toml` in the state
 //! directory), which `vllamactl key add|rm` rewrite atomically (written beside and renamed)
 //! and which vllamad reads at start, on reload, and after each change. A missing file is no
@@ -14,9 +19,9 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -67,6 +72,104 @@ pub struct KeyRecord {
     pub models: Vec<String>,
     /// When it was made, seconds since the Unix epoch.
     pub created: u64,
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+/// A key's limits (none set: none): the admin API's type, kept in the file as it is.
+pub use vllama_proto::KeyLimits as Limits;
+
+/// Which limit a request met, and when to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub limit: &'static str,
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    pub fn message(&self) -> String {
+        let what = match self.limit {
+            "rpm" => "requests per minute",
+            "tpm" => "tokens per minute",
+            _ => "requests at once",
+        };
+        format!(
+            "this API key is over its limit of {what}; retry in {} s",
+            self.retry_after.as_secs().max(1)
+        )
+    }
+}
+
+/// A minute's allowance that refills continuously (a token bucket of a minute's size).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    level: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(per_minute: f64, now: Instant) -> Bucket {
+        Bucket {
+            level: per_minute,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, per_minute: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.level = (self.level + elapsed * per_minute / 60.0).min(per_minute);
+        self.at = now;
+    }
+
+    /// Time until the level is at least `need` (a whole second at least).
+    fn wait_for(&self, need: f64, per_minute: f64) -> Duration {
+        let short = (need - self.level).max(0.0);
+        Duration::from_secs_f64((short * 60.0 / per_minute.max(1e-9)).ceil().max(1.0))
+    }
+}
+
+/// What a key has used: shared by the key's successive versions, as the keys file changes.
+#[derive(Debug, Default)]
+struct Usage {
+    last_used: AtomicU64,
+    in_flight: AtomicU32,
+    requests: Mutex<Option<Bucket>>,
+    tokens: Mutex<Option<Bucket>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held while an admitted request runs: dropping it ends the request's share of the key's
+/// concurrency and counts the tokens it was told ([`Admitted::tokens`]).
+#[derive(Debug)]
+pub struct Admitted {
+    key: Arc<Key>,
+    tokens: u64,
+}
+
+impl Admitted {
+    /// The request's usage (prompt and generated tokens), counted when it ends.
+    pub fn tokens(&mut self, n: u64) {
+        self.tokens = n;
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let usage = &self.key.usage;
+        let _ = usage
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if let (Some(tpm), true) = (self.key.record.limits.tpm, self.tokens > 0) {
+            let (now, per_minute) = (Instant::now(), tpm as f64);
+            let mut tokens = lock(&usage.tokens);
+            let bucket = tokens.get_or_insert(Bucket::full(per_minute, now));
+            bucket.refill(per_minute, now);
+            bucket.level -= self.tokens as f64;
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -81,8 +184,7 @@ struct KeysFile {
 pub struct Key {
     pub record: KeyRecord,
     models: Vec<ModelName>,
-    /// Seconds since the epoch of its last use (0: not used since vllamad started).
-    last_used: AtomicU64,
+    usage: Arc<Usage>,
 }
 
 impl Key {
@@ -96,11 +198,69 @@ impl Key {
     }
 
     pub fn touch(&self) {
-        self.last_used.store(now(), Ordering::Relaxed);
+        self.usage.last_used.store(now(), Ordering::Relaxed);
     }
 
+    /// Seconds since the epoch of its last use (none since vllamad started: `None`).
     pub fn last_used(&self) -> Option<u64> {
-        Some(self.last_used.load(Ordering::Relaxed)).filter(|&t| t > 0)
+        Some(self.usage.last_used.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    /// Lets a request in under the key's limits, or says which it meets and for how long.
+    /// Tokens are counted when requests end, so a key may go over its minute by what its
+    /// last requests used; the next ones then wait for the minute to refill.
+    pub fn admit(self: &Arc<Self>) -> Result<Admitted, Limited> {
+        let limits = self.record.limits;
+        let usage = &self.usage;
+        let now = Instant::now();
+        let max = limits.concurrency.unwrap_or(u32::MAX);
+        let taken = usage
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(Limited {
+                limit: "concurrency",
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        // From here on a refusal gives the slot back (the guard's drop).
+        let admitted = Admitted {
+            key: self.clone(),
+            tokens: 0,
+        };
+        if let Some(tpm) = limits.tpm {
+            let per_minute = tpm as f64;
+            let mut tokens = lock(&usage.tokens);
+            let bucket = tokens.get_or_insert(Bucket::full(per_minute, now));
+            bucket.refill(per_minute, now);
+            if bucket.level <= 0.0 {
+                return Err(Limited {
+                    limit: "tpm",
+                    retry_after: bucket.wait_for(1.0, per_minute),
+                });
+            }
+        }
+        if let Some(rpm) = limits.rpm {
+            let per_minute = f64::from(rpm);
+            let mut requests = lock(&usage.requests);
+            let bucket = requests.get_or_insert(Bucket::full(per_minute, now));
+            bucket.refill(per_minute, now);
+            if bucket.level < 1.0 {
+                return Err(Limited {
+                    limit: "rpm",
+                    retry_after: bucket.wait_for(1.0, per_minute),
+                });
+            }
+            bucket.level -= 1.0;
+        }
+        Ok(admitted)
+    }
+
+    /// Requests of this key running now.
+    pub fn in_flight(&self) -> u32 {
+        self.usage.in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -193,7 +353,7 @@ impl KeyRing {
             let key = Arc::new(Key {
                 record,
                 models,
-                last_used: AtomicU64::new(0),
+                usage: Arc::default(),
             });
             ring.by_hash.insert(hash, key.clone());
             ring.keys.push(key);
@@ -231,6 +391,7 @@ impl KeyRing {
         &self,
         name: &str,
         models: &[String],
+        limits: Limits,
     ) -> Result<(KeyRing, String, KeyRecord), KeyError> {
         if !valid_name(name) {
             return Err(KeyError::BadName);
@@ -253,11 +414,11 @@ impl KeyRing {
             sha256: hex(&digest(&secret)),
             models: canonical,
             created: now(),
+            limits,
         };
         let mut records = self.records();
         records.push(record.clone());
-        let ring = KeyRing::from_records(records, "new key")?;
-        ring.keep_last_use(self);
+        let ring = KeyRing::from_records(records, "new key")?.carry_usage(self);
         Ok((ring, secret, record))
     }
 
@@ -274,19 +435,32 @@ impl KeyRing {
             .into_iter()
             .filter(|r| r.id != gone.id)
             .collect();
-        let ring = KeyRing::from_records(records, "keys")?;
-        ring.keep_last_use(self);
+        let ring = KeyRing::from_records(records, "keys")?.carry_usage(self);
         Ok((ring, gone))
     }
 
-    /// Carries the last-use times over from the ring this one replaces.
-    pub fn keep_last_use(&self, old: &KeyRing) {
-        for key in &self.keys {
-            if let Some(before) = old.keys.iter().find(|k| k.record.id == key.record.id) {
-                key.last_used
-                    .store(before.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-        }
+    /// This ring with each key's usage (last use, requests running, its minute's counts)
+    /// carried over from the ring it replaces.
+    pub fn carry_usage(self, old: &KeyRing) -> KeyRing {
+        let carried = |key: &Arc<Key>| match old.keys.iter().find(|k| k.record.id == key.record.id)
+        {
+            Some(before) => Arc::new(Key {
+                record: key.record.clone(),
+                models: key.models.clone(),
+                usage: before.usage.clone(),
+            }),
+            None => key.clone(),
+        };
+        let keys: Vec<Arc<Key>> = self.keys.iter().map(carried).collect();
+        let by_hash = self
+            .by_hash
+            .iter()
+            .filter_map(|(hash, key)| {
+                let k = keys.iter().find(|k| k.record.id == key.record.id)?;
+                Some((*hash, k.clone()))
+            })
+            .collect();
+        KeyRing { by_hash, keys }
     }
 
     /// The file's text.
@@ -403,7 +577,7 @@ mod tests {
     #[test]
     fn a_new_key_verifies_and_is_kept_only_as_its_hash() {
         let (ring, secret, record) = KeyRing::default()
-            .with_new("ci", &["tiny".to_string()])
+            .with_new("ci", &["tiny".to_string()], Limits::default())
             .unwrap();
         assert!(secret.starts_with(PREFIX) && secret.len() == PREFIX.len() + 48);
         let key = ring.verify(&secret).unwrap();
@@ -420,13 +594,74 @@ mod tests {
         let again = KeyRing::parse(&text, Path::new("k.toml")).unwrap();
         assert_eq!(again.verify(&secret).unwrap().record, record);
         assert!(matches!(
-            ring.with_new("ci", &[]),
+            ring.with_new("ci", &[], Limits::default()),
             Err(KeyError::NameTaken(_))
         ));
-        assert!(matches!(ring.with_new("a b", &[]), Err(KeyError::BadName)));
+        assert!(matches!(
+            ring.with_new("a b", &[], Limits::default()),
+            Err(KeyError::BadName)
+        ));
         let (empty, gone) = ring.without("ci").unwrap();
         assert_eq!(gone.id, record.id);
         assert!(empty.is_empty() && empty.verify(&secret).is_none());
+    }
+
+    fn key_with(limits: Limits) -> (KeyRing, Arc<Key>) {
+        let (ring, secret, _) = KeyRing::default().with_new("l", &[], limits).unwrap();
+        let key = ring.verify(&secret).unwrap();
+        (ring, key)
+    }
+
+    #[test]
+    fn requests_per_minute_refill_over_the_minute() {
+        let (_, key) = key_with(Limits {
+            rpm: Some(2),
+            ..Limits::default()
+        });
+        let (a, b) = (key.admit().unwrap(), key.admit().unwrap());
+        let over = key.admit().unwrap_err();
+        assert_eq!(over.limit, "rpm");
+        // One request comes back every 30 s at 2 a minute.
+        assert!((29..=31).contains(&over.retry_after.as_secs()), "{over:?}");
+        drop((a, b));
+        assert_eq!(key.in_flight(), 0, "a refusal holds no slot");
+    }
+
+    #[test]
+    fn concurrency_counts_requests_until_they_end() {
+        let (ring, key) = key_with(Limits {
+            concurrency: Some(1),
+            ..Limits::default()
+        });
+        let first = key.admit().unwrap();
+        assert_eq!(key.admit().unwrap_err().limit, "concurrency");
+        // A new version of the ring (a key added) shares the count.
+        let (ring2, _, _) = ring.with_new("other", &[], Limits::default()).unwrap();
+        let same = ring2
+            .keys()
+            .iter()
+            .find(|k| k.record.id == key.record.id)
+            .unwrap()
+            .clone();
+        assert_eq!(same.admit().unwrap_err().limit, "concurrency");
+        drop(first);
+        assert!(same.admit().is_ok());
+    }
+
+    #[test]
+    fn tokens_are_counted_when_requests_end() {
+        let (_, key) = key_with(Limits {
+            tpm: Some(60),
+            ..Limits::default()
+        });
+        let mut a = key.admit().unwrap();
+        a.tokens(100);
+        drop(a);
+        let over = key.admit().unwrap_err();
+        assert_eq!(over.limit, "tpm");
+        // 40 tokens short at a token a second.
+        assert!((40..=42).contains(&over.retry_after.as_secs()), "{over:?}");
+        assert!(over.message().contains("tokens per minute"));
     }
 
     #[test]

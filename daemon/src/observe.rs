@@ -36,6 +36,8 @@ pub struct Request {
     tokens: Mutex<Option<(u64, u64)>>,
     /// Time to the response head.
     head: AtomicU64,
+    /// The API key's share this request holds (its limits count it until it ends).
+    admitted: Mutex<Option<crate::keys::Admitted>>,
 }
 
 impl Request {
@@ -59,6 +61,7 @@ impl Request {
             first_token: OnceLock::new(),
             tokens: Mutex::new(None),
             head: AtomicU64::new(0),
+            admitted: Mutex::new(None),
         })
     }
 
@@ -82,6 +85,14 @@ impl Drop for Request {
         let status = self.status.load(Ordering::Relaxed);
         let model = self.model.get().map_or("", String::as_str);
         let tokens = *self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let admitted = self
+            .admitted
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut admitted) = admitted {
+            admitted.tokens(tokens.map_or(0, |(p, g)| p + g));
+        }
         if let Some(metrics) = &self.metrics {
             metrics.request_done(self.route, model, status, elapsed);
             if let Some(ttft) = self.first_token.get() {
@@ -143,6 +154,11 @@ impl Request {
         let _ = self
             .first_token
             .set(at.saturating_duration_since(self.started));
+    }
+
+    /// The request runs under its API key's limits until it ends.
+    pub fn admitted(&self, admitted: crate::keys::Admitted) {
+        *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(admitted);
     }
 
     pub fn tokens(&self, prompt: u64, generated: u64) {

@@ -125,7 +125,7 @@ impl Daemon {
             .keys
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        ring.keep_last_use(&keys);
+        let ring = ring.carry_usage(&keys);
         *keys = Arc::new(ring);
     }
 

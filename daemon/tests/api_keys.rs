@@ -15,6 +15,18 @@ fn fake() -> PathBuf {
     workspace_bin(BIN, "fake-vllm")
 }
 
+/// One model whose tokens come 20 ms apart, for streams that last.
+fn slow_daemon() -> Daemon {
+    Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "m",
+            &["env = { FAKE_VLLM_STARTUP_MS = \"50\", FAKE_VLLM_TOKEN_MS = \"20\" }"],
+        ),
+    )
+}
+
 fn daemon() -> Daemon {
     Daemon::start(
         BIN,
@@ -53,6 +65,17 @@ fn add_key(d: &Daemon, name: &str, models: &[&str]) -> String {
     assert_eq!(r.status, 200, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     v["key"].as_str().unwrap().to_string()
+}
+
+/// A stream of `tokens` tokens with `key` on another thread; join it for the raw answer.
+fn stream_with(d: &Daemon, key: &str, tokens: u32) -> std::thread::JoinHandle<String> {
+    let long = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": tokens}}).to_string();
+    let raw = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{long}",
+        long.len()
+    );
+    let api = d.api;
+    std::thread::spawn(move || exchange(api, raw.as_bytes()))
 }
 
 fn chat(model: &str) -> String {
@@ -180,23 +203,10 @@ fn a_key_for_some_models_is_refused_the_others() {
 
 #[test]
 fn keys_change_at_once_without_dropping_a_request() {
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake(),
-            "m",
-            &["env = { FAKE_VLLM_STARTUP_MS = \"50\", FAKE_VLLM_TOKEN_MS = \"20\" }"],
-        ),
-    );
+    let d = slow_daemon();
     let first = add_key(&d, "first", &[]);
     // A stream let in with the first key...
-    let long = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 40}}).to_string();
-    let raw = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {first}\r\nContent-Length: {}\r\n\r\n{long}",
-        long.len()
-    );
-    let api = d.api;
-    let stream = std::thread::spawn(move || exchange(api, raw.as_bytes()));
+    let stream = stream_with(&d, &first, 40);
     std::thread::sleep(Duration::from_millis(300));
     // ...goes on while keys are added and the first one removed.
     let second = add_key(&d, "second", &[]);
@@ -319,7 +329,7 @@ fn an_exposed_address_without_keys_is_refused_at_start() {
 
     // With a key in the keys file it serves.
     let (ring, secret, _) = vllamad::keys::KeyRing::default()
-        .with_new("lan", &[])
+        .with_new("lan", &[], vllamad::keys::Limits::default())
         .unwrap();
     ring.save(&dir.path().join("s/api-keys.toml")).unwrap();
     let mut child = std::process::Command::new(BIN)
@@ -359,4 +369,118 @@ fn an_exposed_address_without_keys_is_refused_at_start() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(served, "did not serve with allow_unauthenticated");
+}
+
+fn add_limited(d: &Daemon, name: &str, limits: Value) -> String {
+    let r = d.admin(
+        "POST",
+        "/v1/keys",
+        &json!({"name": name, "limits": limits}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["info"]["limits"], limits, "{v}");
+    v["key"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn over_its_requests_per_minute_a_key_gets_429_and_recovers() {
+    let d = daemon();
+    let key = add_limited(&d, "sixty", json!({"rpm": 60}));
+    let auth = bearer(&key);
+    // The minute refills at one a second, so the first refusal comes after 60 or a few more.
+    let until_refused = |method: &str, path: &str, body: &str| {
+        (1..=200)
+            .map(|i| (i, call(&d, method, path, &[("Authorization", &auth)], body)))
+            .find(|(_, r)| r.status != 200)
+            .expect("never refused")
+    };
+    let (n, r) = until_refused("GET", "/api/tags", "");
+    assert!(n > 60, "refused after {} requests", n - 1);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.body.contains("requests per minute"), "{}", r.body);
+    let (_, r) = until_refused("POST", "/v1/chat/completions", "{}");
+    assert_eq!(r.status, 429);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    // Another key is not held back.
+    let other = add_key(&d, "other", &[]);
+    assert_eq!(
+        call(
+            &d,
+            "GET",
+            "/api/tags",
+            &[("Authorization", &bearer(&other))],
+            ""
+        )
+        .status,
+        200
+    );
+    // A second later the minute has room for one more.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        call(&d, "GET", "/api/tags", &[("Authorization", &auth)], "").status,
+        200
+    );
+    let metrics = call(
+        &d,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer(&other))],
+        "",
+    )
+    .body;
+    assert!(
+        metrics.contains("vllama_requests_rejected_total{model=\"\",reason=\"key_rpm\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_key_limited_to_one_request_at_once_waits_for_its_stream() {
+    let d = slow_daemon();
+    let key = add_limited(&d, "one", json!({"concurrency": 1}));
+    let stream = stream_with(&d, &key, 30);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = call(
+        &d,
+        "GET",
+        "/api/tags",
+        &[("Authorization", &bearer(&key))],
+        "",
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("requests at once"), "{}", r.body);
+    assert!(stream.join().unwrap().contains("\"done\":true"));
+    assert_eq!(
+        call(
+            &d,
+            "GET",
+            "/api/tags",
+            &[("Authorization", &bearer(&key))],
+            ""
+        )
+        .status,
+        200
+    );
+}
+
+#[test]
+fn tokens_per_minute_are_counted_from_the_answers() {
+    let d = daemon();
+    let key = add_limited(&d, "tokens", json!({"tpm": 30}));
+    let auth = bearer(&key);
+    let ask = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": false, "options": {"num_predict": 16}}).to_string();
+    // 5 prompt + 16 generated tokens each: the first two fit in 30 (the second goes over).
+    for _ in 0..2 {
+        let r = call(&d, "POST", "/api/chat", &[("Authorization", &auth)], &ask);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = call(&d, "POST", "/api/chat", &[("Authorization", &auth)], &ask);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("tokens per minute"), "{}", r.body);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    // 12 tokens over, at half a token a second: 26 s.
+    assert!((20..=30).contains(&wait), "Retry-After {wait}");
 }

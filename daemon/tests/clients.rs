@@ -87,10 +87,22 @@ fn official_python_clients_with_api_keys() {
         v["key"].as_str().unwrap().to_string()
     };
     let (all, tiny) = (key("all", &[]), key("tiny-only", &["tiny"]));
+    let r = d.admin(
+        "POST",
+        "/v1/keys",
+        r#"{"name": "sixty", "limits": {"rpm": 60}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rpm: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let rpm = rpm["key"].as_str().unwrap().to_string();
     vllama_testkit::run_client_script(
         &python,
         "keys_check.py",
         &d,
-        &[("VLLAMA_KEY", &all), ("VLLAMA_KEY_TINY", &tiny)],
+        &[
+            ("VLLAMA_KEY", &all),
+            ("VLLAMA_KEY_TINY", &tiny),
+            ("VLLAMA_KEY_RPM", &rpm),
+        ],
     );
 }

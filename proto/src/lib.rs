@@ -522,6 +522,22 @@ pub struct KeyInfo {
     pub created: u64,
     /// Its last use since vllamad started, seconds since the Unix epoch.
     pub last_used: Option<u64>,
+    #[serde(default)]
+    pub limits: KeyLimits,
+}
+
+/// An API key's limits (none: unlimited).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + generated) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Requests at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -529,6 +545,8 @@ pub struct KeyAddRequest {
     pub name: String,
     #[serde(default)]
     pub models: Vec<String>,
+    #[serde(default)]
+    pub limits: KeyLimits,
 }
 
 /// A new key: the secret is in this answer only.

@@ -1,8 +1,10 @@
 """The official clients with API keys (run by daemon/tests/clients.rs against a vllamad with
-two keys: VLLAMA_KEY for every model, VLLAMA_KEY_TINY for `tiny` only). Each client, given
-its key the way its users give it, is served (whole and streamed); without a key, or with a
-wrong one, it raises its own authentication error; the restricted key gets its own
-permission error for another model."""
+three keys: VLLAMA_KEY for every model, VLLAMA_KEY_TINY for `tiny` only, VLLAMA_KEY_RPM at 60
+requests a minute). Each client, given its key the way its users give it, is served (whole
+and streamed); without a key, or with a wrong one, it raises its own authentication error;
+the restricted key gets its own permission error for another model; and the OpenAI client,
+over the rate-limited key's minute, waits out the 429's Retry-After and is served."""
+import time
 import os
 import sys
 
@@ -13,6 +15,7 @@ import openai
 URL = os.environ["VLLAMA_URL"]
 KEY = os.environ["VLLAMA_KEY"]
 TINY_ONLY = os.environ["VLLAMA_KEY_TINY"]
+RPM = os.environ["VLLAMA_KEY_RPM"]
 MSG = [{"role": "user", "content": "hi"}]
 
 
@@ -44,6 +47,22 @@ expect(openai.AuthenticationError, lambda: openai.OpenAI(base_url=URL + "/v1", a
 ot = openai.OpenAI(base_url=URL + "/v1", api_key=TINY_ONLY, max_retries=0)
 expect(openai.PermissionDeniedError, lambda: ot.embeddings.create(model="embed", input="x"), 403)
 print("openai: served with its key, AuthenticationError with a wrong one, PermissionDeniedError for another model")
+limited = openai.OpenAI(base_url=URL + "/v1", api_key=RPM, max_retries=0)
+served = 0
+for _ in range(200):  # the minute refills at one a second: refused after 60 or a few more
+    try:
+        limited.models.list()
+        served += 1
+    except openai.RateLimitError as e:
+        assert e.status_code == 429 and e.response.headers.get("retry-after") == "1", e.response.headers
+        break
+assert served >= 60, served
+patient = openai.OpenAI(base_url=URL + "/v1", api_key=RPM, max_retries=3)
+t = time.monotonic()
+patient.models.list()  # the SDK honours Retry-After
+waited = time.monotonic() - t
+assert waited <= 10, waited
+print(f"openai: RateLimitError over 60 rpm; with retries the SDK waited {waited:.1f} s (Retry-After: 1) and was served")
 
 ac = anthropic.Anthropic(base_url=URL, api_key=KEY, max_retries=0)
 assert ac.messages.create(model="tiny", max_tokens=2, messages=MSG).content[0].text

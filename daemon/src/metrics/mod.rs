@@ -107,7 +107,7 @@ impl Metrics {
             ttft: histogram(&r, "vllama_time_to_first_token_seconds", "Time from a generation request's arrival to its first token.", &["route", "model"], TTFT_BUCKETS)?,
             prompt_tokens: counter(&r, "vllama_prompt_tokens_total", "Prompt tokens of Ollama API requests (OpenAI pass-through: see vllm_prompt_tokens_total).", &["model"])?,
             generated_tokens: counter(&r, "vllama_generated_tokens_total", "Generated tokens of Ollama API requests (OpenAI pass-through: see vllm_generation_tokens_total).", &["model"])?,
-            rejected: counter(&r, "vllama_requests_rejected_total", "Requests refused before reaching an engine, by reason (busy: the model's queue was full).", &["model", "reason"])?,
+            rejected: counter(&r, "vllama_requests_rejected_total", "Requests refused before reaching an engine, by reason (busy: the model's queue was full; key_rpm, key_tpm, key_concurrency: over an API key's limit, model empty).", &["model", "reason"])?,
             engine_starts: counter(&r, "vllama_engine_starts_total", "Engine processes spawned.", &["model"])?,
             engine_load_failures: counter(&r, "vllama_engine_load_failures_total", "Engine starts that failed or timed out before becoming ready.", &["model"])?,
             engine_crashes: counter(&r, "vllama_engine_crashes_total", "Engines that exited while serving, unasked.", &["model"])?,

@@ -120,6 +120,7 @@ pub fn openai_type(status: StatusCode) -> &'static str {
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
+        429 => "rate_limit_error",
         _ => "engine_error",
     }
 }
