@@ -194,8 +194,13 @@ code=$($IN curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://12
 $IN systemctl restart vllamad
 out=$(api /api/chat -H "Authorization: Bearer $key" -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":2}}')
 echo "$out" | grep -q '"done":true' && ok "with the key, after a restart: served" || bad "with the key: $out"
-$IN journalctl -u vllamad -o json --no-pager | grep -q '"KEY_NAME":"e2e"' \
-  && ok "the journal names the key (KEY_NAME=e2e)" || bad "no KEY_NAME in the journal"
+for _ in $(seq 20); do  # journald writes the entry a moment after the answer
+  $IN journalctl -u vllamad -o json --no-pager > "$ART/journal-keys.json"
+  grep '"KEY_NAME":"e2e"' "$ART/journal-keys.json" | grep -q '"TARGET":"vllamad::access"' && break
+  sleep 0.1
+done
+grep '"KEY_NAME":"e2e"' "$ART/journal-keys.json" | grep -q '"TARGET":"vllamad::access"' \
+  && ok "the access line names the key (KEY_NAME=e2e)" || bad "no KEY_NAME on the access line"
 $IN vllamactl key rm e2e >/dev/null 2>&1 && out=$(api /api/version) && code=$($IN curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://127.0.0.1:11434/api/tags) \
   && [ "$code" = 200 ] && ok "vllamactl key rm: open again (loopback)" || bad "after key rm: $code"
 
