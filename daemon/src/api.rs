@@ -180,16 +180,24 @@ async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     let id = request_id::of(req.headers());
     req.headers_mut()
         .insert(request_id::HEADER, request_id::value(&id));
+    let config = daemon.config();
+    let client = req.extensions().get::<ClientAddr>().map(|peer| {
+        crate::forwarded::client(
+            peer.0.ip(),
+            req.headers(),
+            &config.config.api.trusted_proxies,
+        )
+    });
     let span = tracing::info_span!(
         "request",
         request_id = %id,
+        client = client.map(tracing::field::display),
         method = %req.method(),
         path = %req.uri().path(),
         model = tracing::field::Empty,
         key = tracing::field::Empty,
         key_name = tracing::field::Empty,
     );
-    let config = daemon.config();
     let observed = observe::Request::new(
         id.clone(),
         req.uri().path(),

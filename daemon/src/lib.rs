@@ -27,6 +27,7 @@ pub mod connections;
 pub mod cors;
 pub mod doctor;
 pub mod engine;
+pub mod forwarded;
 #[cfg(test)]
 mod fuzz;
 pub mod gpu;

@@ -484,3 +484,34 @@ fn tokens_per_minute_are_counted_from_the_answers() {
     // 12 tokens over, at half a token a second: 26 s.
     assert!((20..=30).contains(&wait), "Retry-After {wait}");
 }
+
+#[test]
+fn behind_a_trusted_proxy_the_log_names_the_forwarded_client() {
+    let forwarded = [("X-Forwarded-For", "203.0.113.7")];
+    // By default the header is the client's own word: ignored.
+    let d = daemon();
+    assert_eq!(call(&d, "GET", "/api/tags", &forwarded, "").status, 200);
+    let log = d.log();
+    assert!(
+        log.contains("client=127.0.0.1") && !log.contains("client=203.0.113.7"),
+        "{log}"
+    );
+    // From a trusted proxy it is believed (up to the first untrusted hop).
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().set("api", "trusted_proxies = [\"127.0.0.0/8\"]"),
+    );
+    let _key = add_key(&d, "k", &[]);
+    let chain = [("X-Forwarded-For", "6.6.6.6, 203.0.113.7")];
+    assert_eq!(call(&d, "GET", "/api/tags", &chain, "").status, 401);
+    let log = d.log();
+    assert!(
+        log.contains("client=203.0.113.7") && !log.contains("client=6.6.6.6"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("request refused") && l.contains("client=203.0.113.7")),
+        "the refusal names the forwarded client: {log}"
+    );
+}

@@ -63,6 +63,9 @@ pub struct ApiConfig {
     pub keys_file: PathBuf,
     /// Serve a non-loopback address with no keys (anyone who reaches it can use it).
     pub allow_unauthenticated: bool,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client, for
+    /// the logs.
+    pub trusted_proxies: Vec<crate::forwarded::Network>,
 }
 
 impl Default for ApiConfig {
@@ -77,6 +80,7 @@ impl Default for ApiConfig {
             allow_delete: false,
             keys_file: PathBuf::from("api-keys.toml"),
             allow_unauthenticated: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
