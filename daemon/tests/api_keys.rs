@@ -269,32 +269,54 @@ fn ten_thousand_random_keys_are_refused_and_the_log_stays_short() {
     let d = daemon();
     let _key = add_key(&d, "real", &[]);
     let api = d.api;
-    let workers: Vec<_> = (0..4)
-        .map(|w| {
-            std::thread::spawn(move || {
-                let mut statuses = std::collections::BTreeMap::new();
-                for i in 0..2500 {
-                    let raw = format!(
-                        "GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer vk-{w}{i:08x}deadbeef\r\n\r\n"
-                    );
-                    let r = parse_responses(&exchange(api, raw.as_bytes()));
-                    *statuses.entry(r.first().map_or(0, |r| r.status)).or_insert(0) += 1;
-                }
-                statuses
+    let flood = |round: u32, per_worker: u32| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                std::thread::spawn(move || {
+                    let mut statuses = std::collections::BTreeMap::new();
+                    for i in 0..per_worker {
+                        let raw = format!(
+                            "GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer vk-{round}{w}{i:08x}deadbeef\r\n\r\n"
+                        );
+                        let r = parse_responses(&exchange(api, raw.as_bytes()));
+                        *statuses.entry(r.first().map_or(0, |r| r.status)).or_insert(0) += 1;
+                    }
+                    statuses
+                })
             })
-        })
-        .collect();
-    let mut all = std::collections::BTreeMap::new();
-    for w in workers {
-        for (status, n) in w.join().unwrap() {
-            *all.entry(status).or_insert(0) += n;
+            .collect();
+        let mut all = std::collections::BTreeMap::new();
+        for w in workers {
+            for (status, n) in w.join().unwrap() {
+                *all.entry(status).or_insert(0u32) += n;
+            }
         }
-    }
+        all
+    };
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap();
+        kib
+    };
+    // A first thousand warms the allocator and the buffers; then 10 000 must not grow it.
+    assert_eq!(flood(0, 250).get(&401), Some(&1_000));
+    let before = rss();
+    let all = flood(1, 2_500);
+    let after = rss();
     assert_eq!(all.get(&401), Some(&10_000), "{all:?}");
+    eprintln!("RSS {before} kB → {after} kB over 10 000 refusals");
+    assert!(
+        after < before + 2048,
+        "RSS {before} kB → {after} kB over 10 000 refusals"
+    );
     let refusals = d.log().matches("request refused").count();
     assert!(
         refusals <= 3,
-        "{refusals} refusal lines for 10 000 refusals"
+        "{refusals} refusal lines for 11 000 refusals"
     );
 }
 
