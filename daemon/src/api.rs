@@ -40,7 +40,7 @@ pub fn spawn(
         tracker,
         shutdown,
         "api",
-        |req, daemon| async move { handle(req, &daemon).await },
+        |req, daemon, peer| async move { handle(req, &daemon, peer).await },
     );
 }
 
@@ -57,7 +57,7 @@ pub fn spawn_metrics(
         tracker,
         shutdown,
         "metrics",
-        |req, daemon| async move {
+        |req, daemon, _peer| async move {
             match (req.uri().path(), req.method()) {
                 ("/metrics", &Method::GET) => crate::metrics::respond(&daemon).await,
                 _ => http::error(
@@ -77,7 +77,11 @@ fn serve<H, F>(
     name: &'static str,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, Arc<Daemon>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<Daemon>, std::net::SocketAddr) -> F
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     F: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     let conns = tracker.clone();
@@ -112,10 +116,9 @@ fn serve<H, F>(
             let daemon = daemon.clone();
             let handler = handler.clone();
             let conn = registration.conn().clone();
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 conn.begin();
-                req.extensions_mut().insert(ClientAddr(peer));
-                let fut = handler(req, daemon.clone());
+                let fut = handler(req, daemon.clone(), peer);
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(http::Tracked::wrap(fut.await, conn)) }
             });
@@ -176,22 +179,21 @@ struct Version {
     vllama_version: &'static str,
 }
 
-async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
+async fn handle(
+    mut req: Request<Incoming>,
+    daemon: &Daemon,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
     let id = request_id::of(req.headers());
     req.headers_mut()
         .insert(request_id::HEADER, request_id::value(&id));
     let config = daemon.config();
-    let client = req.extensions().get::<ClientAddr>().map(|peer| {
-        crate::forwarded::client(
-            peer.0.ip(),
-            req.headers(),
-            &config.config.api.trusted_proxies,
-        )
-    });
+    let client =
+        crate::forwarded::client(peer.ip(), req.headers(), &config.config.api.trusted_proxies);
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        client = client.map(tracing::field::display),
+        client = %client,
         method = %req.method(),
         path = %req.uri().path(),
         model = tracing::field::Empty,
@@ -215,10 +217,6 @@ async fn handle(mut req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     observed.responded(resp.status().as_u16());
     resp
 }
-
-/// The address of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// Whether a request may pass with no key although keys are in force: what clients probe
 /// (`GET /`, `/api/version`), and `/metrics` when `metrics.require_key` is off.
@@ -250,18 +248,13 @@ fn authenticate(
 
 /// A refusal for the request's key: counted, logged (at most once per 10 s), answered 401
 /// (403 for a model the key may not use) in the route's dialect.
-fn refuse(
-    daemon: &Daemon,
-    path: &str,
-    peer: Option<std::net::SocketAddr>,
-    denied: &crate::keys::Denied,
-) -> Response<Body> {
+/// The request span names the client (`client=`), so the log line does too.
+fn refuse(daemon: &Daemon, path: &str, denied: &crate::keys::Denied) -> Response<Body> {
     daemon.metrics.auth_failure(denied.reason());
     let due = daemon.auth_log.lock().map(|mut l| l.due()).unwrap_or(true);
     if due {
         tracing::warn!(
             reason = denied.reason(),
-            peer = peer.map(tracing::field::display),
             "request refused: {} (logged at most once per 10 s; vllama_auth_failures_total counts them all)",
             denied.message()
         );
@@ -287,9 +280,7 @@ fn over_limit(
     key: &crate::keys::Key,
     limited: crate::keys::Limited,
 ) -> Response<Body> {
-    daemon
-        .metrics
-        .rejected("", &format!("key_{}", limited.limit));
+    daemon.metrics.rejected("", limited.reason());
     tracing::debug!(key = %key.record.id, limit = limited.limit, "over the key's limit");
     let mut resp = error_for(path, StatusCode::TOO_MANY_REQUESTS, limited.message());
     let secs = limited.retry_after.as_secs().max(1);
@@ -346,10 +337,7 @@ async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
     }
     let key = match authenticate(&req, daemon) {
         Ok(key) => key,
-        Err(denied) => {
-            let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
-            return refuse(daemon, req.uri().path(), peer, &denied);
-        }
+        Err(denied) => return refuse(daemon, req.uri().path(), &denied),
     };
     if let Some(key) = &key {
         match key.admit() {
@@ -417,7 +405,6 @@ async fn route(
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
     let idle = daemon.config().config.api.header_read_timeout.0;
     let (parts, body) = match http::read_body(req, limit, idle).await {
         Ok(read) => read,
@@ -447,7 +434,7 @@ async fn route(
     };
     if let Some(key) = key.filter(|k| k.restricted()) {
         if let Err(denied) = model_allowed(&key, &body) {
-            return refuse(daemon, &path, peer, &denied);
+            return refuse(daemon, &path, &denied);
         }
     }
     use crate::openai::Dialect;

@@ -87,6 +87,15 @@ pub struct Limited {
 }
 
 impl Limited {
+    /// The `reason` label of `vllama_requests_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self.limit {
+            "rpm" => "key_rpm",
+            "tpm" => "key_tpm",
+            _ => "key_concurrency",
+        }
+    }
+
     pub fn message(&self) -> String {
         let what = match self.limit {
             "rpm" => "requests per minute",

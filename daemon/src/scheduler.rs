@@ -1169,11 +1169,15 @@ mod tests {
 
     /// A scheduler whose one model `m` is served by a stand-in that only sleeps (it never
     /// becomes ready: enough for the bookkeeping of leases).
-    fn scheduler(dir: &std::path::Path) -> (Scheduler, ModelName) {
+    /// The scheduler, its model, and the configuration's sender (the scheduler reads the
+    /// configuration in force through it: keep it alive with the scheduler).
+    type Made = (Scheduler, ModelName, watch::Sender<Arc<ActiveConfig>>);
+
+    fn scheduler(dir: &std::path::Path) -> Made {
         scheduler_with(dir, "")
     }
 
-    fn scheduler_with(dir: &std::path::Path, model_lines: &str) -> (Scheduler, ModelName) {
+    fn scheduler_with(dir: &std::path::Path, model_lines: &str) -> Made {
         let program = dir.join("engine");
         std::fs::write(&program, "#!/bin/sh\nexec sleep 600\n").unwrap();
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -1195,8 +1199,7 @@ mod tests {
             generation: 1,
             loaded_at: SystemTime::now(),
         };
-        let (_tx, rx) = watch::channel(Arc::new(active));
-        std::mem::forget(_tx);
+        let (tx, rx) = watch::channel(Arc::new(active));
         let s = Scheduler::new(
             rx,
             Arc::new(crate::gpu::NoGpu::default()),
@@ -1204,13 +1207,13 @@ mod tests {
             Arc::new(crate::metrics::Metrics::new().unwrap()),
             Arc::new(|| {}),
         );
-        (s, ModelName::parse("m").unwrap())
+        (s, ModelName::parse("m").unwrap(), tx)
     }
 
     #[tokio::test]
     async fn a_context_restart_never_stops_an_engine_a_lease_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, name) = scheduler(dir.path());
+        let (s, name, _config) = scheduler(dir.path());
         let (canonical, model) = models::lookup(&s.config().config, &name).unwrap();
         // The request that got its lease between the larger-context request's look at
         // `pending` and its stop: the stop must see the lease and leave the engine alone.
@@ -1226,7 +1229,7 @@ mod tests {
     #[tokio::test]
     async fn one_timer_per_model_unloads_it_when_keep_alive_passes_unused() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, name) = scheduler_with(dir.path(), "keep_alive = \"300ms\"\n");
+        let (s, name, _config) = scheduler_with(dir.path(), "keep_alive = \"300ms\"\n");
         let (canonical, model) = models::lookup(&s.config().config, &name).unwrap();
         drop(s.start(&canonical, model, None).await.unwrap());
         // Used again before the deadline: the timer is re-armed, not doubled.
