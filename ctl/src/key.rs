@@ -110,7 +110,11 @@ fn render(keys: &[KeyInfo], now: u64) -> String {
         .map(|k| {
             [
                 k.id.clone(),
-                k.name.clone(),
+                if k.credential {
+                    format!("{} (credential)", k.name)
+                } else {
+                    k.name.clone()
+                },
                 if k.models.is_empty() {
                     "all".into()
                 } else {
@@ -146,6 +150,7 @@ mod tests {
                 concurrency: Some(4),
                 ..KeyLimits::default()
             },
+            credential: false,
         }];
         let text = render(&keys, 1_000 + 7_300);
         assert!(

@@ -249,6 +249,7 @@ fn key_info(key: &crate::keys::Key) -> KeyInfo {
         created: key.record.created,
         last_used: key.last_used(),
         limits: key.record.limits,
+        credential: key.from_credential(),
     }
 }
 
@@ -257,6 +258,7 @@ fn key_error(e: &crate::keys::KeyError) -> Response<Body> {
     let status = match e {
         KeyError::NameTaken(_) => StatusCode::CONFLICT,
         KeyError::NoSuchKey(_) => StatusCode::NOT_FOUND,
+        KeyError::FromCredential(_) => StatusCode::CONFLICT,
         KeyError::BadModel(..) | KeyError::BadName => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -270,7 +272,7 @@ async fn save_keys(daemon: &Daemon, ring: crate::keys::KeyRing) -> Option<Respon
     let path = daemon.config().config.api.keys_file.clone();
     let saved = tokio::task::spawn_blocking(move || {
         ring.save(&path)?;
-        crate::keys::KeyRing::load(&path)
+        crate::keys::KeyRing::read(&path)
     })
     .await;
     match saved {

@@ -3,6 +3,7 @@
 //! [`crate::ollama`]). Also the optional `/metrics`-only listener.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -211,7 +212,10 @@ async fn handle(
             .then(|| daemon.metrics.clone()),
         config.config.log.access,
     );
-    let mut resp = observed.scope(guarded(req, daemon)).instrument(span).await;
+    let mut resp = observed
+        .scope(guarded(req, daemon, client))
+        .instrument(span)
+        .await;
     resp.headers_mut()
         .insert(request_id::HEADER, request_id::value(&id));
     observed.responded(resp.status().as_u16());
@@ -273,15 +277,41 @@ fn refuse(daemon: &Daemon, path: &str, denied: &crate::keys::Denied) -> Response
     resp
 }
 
-/// 429 with `Retry-After`, in the route's dialect: the key is over one of its limits.
-fn over_limit(
+/// Counts the request against its key's limits, or with no keys its client address's
+/// (`api.client_limits`), and names its tenant for fair turns at the engine.
+fn admit(
     daemon: &Daemon,
-    path: &str,
-    key: &crate::keys::Key,
-    limited: crate::keys::Limited,
-) -> Response<Body> {
+    key: Option<&crate::keys::Key>,
+    client: IpAddr,
+    req: &Request<Incoming>,
+) -> Result<(), crate::limits::Limited> {
+    let Some(observed) = observe::current() else {
+        return Ok(());
+    };
+    let admitted = match key {
+        Some(key) => {
+            observed.tenant(Arc::from(key.record.id.as_str()));
+            Some(key.admit()?)
+        }
+        None => {
+            observed.tenant(Arc::from(format!("ip:{client}")));
+            let limits = daemon.config().config.api.client_limits;
+            let counted = limits.any() && daemon.keys().is_empty() && !open_route(req, daemon);
+            counted
+                .then(|| daemon.clients.admit(client, limits.limits()))
+                .transpose()?
+        }
+    };
+    if let Some(admitted) = admitted {
+        observed.admitted(admitted);
+    }
+    Ok(())
+}
+
+/// 429 with `Retry-After`, in the route's dialect: the key (or client) is over a limit.
+fn over_limit(daemon: &Daemon, path: &str, limited: crate::limits::Limited) -> Response<Body> {
     daemon.metrics.rejected("", limited.reason());
-    tracing::debug!(key = %key.record.id, limit = limited.limit, "over the key's limit");
+    tracing::debug!(limit = limited.limit, "over a limit: {}", limited.message());
     let mut resp = error_for(path, StatusCode::TOO_MANY_REQUESTS, limited.message());
     let secs = limited.retry_after.as_secs().max(1);
     if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -298,16 +328,15 @@ fn model_allowed(key: &crate::keys::Key, body: &[u8]) -> Result<(), crate::keys:
     let Ok(name) = crate::models::ModelName::parse(&named) else {
         return Ok(()); // the route refuses it as it would without a key
     };
-    let target = crate::store::aliases::target(&name);
-    if key.allows(&name) || target.is_some_and(|t| key.allows(&t)) {
+    if key.may_use(&name) {
         Ok(())
     } else {
         Err(crate::keys::Denied::Model(named))
     }
 }
 
-/// Host and Origin checks (CORS), the API key, then the route.
-async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
+/// Host and Origin checks (CORS), the API key and the limits, then the route.
+async fn guarded(req: Request<Incoming>, daemon: &Daemon, client: IpAddr) -> Response<Body> {
     let config = daemon.config();
     let origin = req
         .headers()
@@ -339,15 +368,8 @@ async fn guarded(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
         Ok(key) => key,
         Err(denied) => return refuse(daemon, req.uri().path(), &denied),
     };
-    if let Some(key) = &key {
-        match key.admit() {
-            Ok(admitted) => {
-                if let Some(r) = observe::current() {
-                    r.admitted(admitted);
-                }
-            }
-            Err(limited) => return over_limit(daemon, req.uri().path(), key, limited),
-        }
+    if let Err(limited) = admit(daemon, key.as_deref(), client, &req) {
+        return over_limit(daemon, req.uri().path(), limited);
     }
     let mut resp = route(req, daemon, config.config.api.max_request_body.0, key).await;
     if let Some(o) = origin {
@@ -432,10 +454,12 @@ async fn route(
             return error_for(&path, StatusCode::BAD_REQUEST, e.to_string())
         }
     };
+    let mut parts = parts;
     if let Some(key) = key.filter(|k| k.restricted()) {
         if let Err(denied) = model_allowed(&key, &body) {
             return refuse(daemon, &path, &denied);
         }
+        parts.extensions.insert(crate::keys::Restricted(key));
     }
     use crate::openai::Dialect;
     if let Some((id, cancel)) = stored_response(&path) {

@@ -294,8 +294,8 @@ pub fn hub(endpoint: &str, repo: &str, answer: Result<(), crate::store::hub::Hub
         Err(HubError::Gated { .. }) => Check::fail(
             NAME,
             format!("{repo} is gated or private on {endpoint}, and no token (or a token without access) is configured"),
-            "accept the model's license on the hub, then put a token in /etc/vllama/hf-token and add \
-             LoadCredential=hf-token:/etc/vllama/hf-token (sudo systemctl edit vllamad; docs/OPERATIONS.md)",
+            "accept the model's license on the hub, then put a token in /etc/credstore/hf-token (mode 0600) \
+             and `sudo systemctl restart vllamad` (docs/OPERATIONS.md)",
         ),
         Err(HubError::RepoNotFound { .. }) => Check::fail(
             NAME,

@@ -6,27 +6,30 @@
 //! this long: there is nothing to guess from a dictionary — with an id (`key_…`, what logs
 //! and `vllamactl key list` show), a name, and the models the key may use (none listed: all).
 //!
-//! A key may carry limits: requests per minute, tokens per minute (counted from the real
-//! usage of its answers) and requests at once. Over one, a request is refused with 429 and
-//! `Retry-After` before it reaches an engine. The counts live with the key across changes of
-//! the keys file (a `key add` does not reset another key's minute).
+//! A key may carry limits ([`crate::limits`]): requests per minute, tokens per minute
+//! (counted from the real usage of its answers) and requests at once. Over one, a request is
+//! refused with 429 and `Retry-After` before it reaches an engine. The counts live with the
+//! key across changes of the keys file (a `key add` does not reset another key's minute).
 //!
 //! The keys live in one TOML file (`api.keys_file`, by default `api-keys.toml` in the state
 //! directory), which `vllamactl key add|rm` rewrite atomically (written beside and renamed)
 //! and which vllamad reads at start, on reload, and after each change. A missing file is no
-//! keys at all.
+//! keys at all. More keys, in the same form, may come as the systemd credential `api-keys`
+//! (`$CREDENTIALS_DIRECTORY/api-keys`, from `/etc/credstore/api-keys`): provisioned from
+//! outside, read-only here.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::models::ModelName;
+
+/// The systemd credential that carries provisioned keys.
+pub const CREDENTIAL: &str = "api-keys";
 
 /// What every secret starts with (so a leaked one is easy to find in a scan).
 pub const PREFIX: &str = "vk-";
@@ -53,6 +56,8 @@ pub enum KeyError {
     NameTaken(String),
     #[error("no key has the id {0:?}")]
     NoSuchKey(String),
+    #[error("the key {0:?} comes from the api-keys credential (/etc/credstore/api-keys): remove it there, then `systemctl restart vllamad`")]
+    FromCredential(String),
     #[error("{0:?} is not a model name: {1}")]
     BadModel(String, String),
     #[error("a key's name is 1 to 64 letters, digits, '-', '_' or '.'")]
@@ -70,116 +75,15 @@ pub struct KeyRecord {
     /// The models this key may use; empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
-    /// When it was made, seconds since the Unix epoch.
+    /// When it was made, seconds since the Unix epoch (0: not said).
+    #[serde(default)]
     pub created: u64,
     #[serde(flatten)]
     pub limits: Limits,
 }
 
-/// A key's limits (none set: none): the admin API's type, kept in the file as it is.
-pub use vllama_proto::KeyLimits as Limits;
-
-/// Which limit a request met, and when to come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limited {
-    pub limit: &'static str,
-    pub retry_after: Duration,
-}
-
-impl Limited {
-    /// The `reason` label of `vllama_requests_rejected_total`.
-    pub fn reason(&self) -> &'static str {
-        match self.limit {
-            "rpm" => "key_rpm",
-            "tpm" => "key_tpm",
-            _ => "key_concurrency",
-        }
-    }
-
-    pub fn message(&self) -> String {
-        let what = match self.limit {
-            "rpm" => "requests per minute",
-            "tpm" => "tokens per minute",
-            _ => "requests at once",
-        };
-        format!(
-            "this API key is over its limit of {what}; retry in {} s",
-            self.retry_after.as_secs().max(1)
-        )
-    }
-}
-
-/// A minute's allowance that refills continuously (a token bucket of a minute's size).
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    level: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(per_minute: f64, now: Instant) -> Bucket {
-        Bucket {
-            level: per_minute,
-            at: now,
-        }
-    }
-
-    fn refill(&mut self, per_minute: f64, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.level = (self.level + elapsed * per_minute / 60.0).min(per_minute);
-        self.at = now;
-    }
-
-    /// Time until the level is at least `need` (a whole second at least).
-    fn wait_for(&self, need: f64, per_minute: f64) -> Duration {
-        let short = (need - self.level).max(0.0);
-        Duration::from_secs_f64((short * 60.0 / per_minute.max(1e-9)).ceil().max(1.0))
-    }
-}
-
-/// What a key has used: shared by the key's successive versions, as the keys file changes.
-#[derive(Debug, Default)]
-struct Usage {
-    last_used: AtomicU64,
-    in_flight: AtomicU32,
-    requests: Mutex<Option<Bucket>>,
-    tokens: Mutex<Option<Bucket>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Held while an admitted request runs: dropping it ends the request's share of the key's
-/// concurrency and counts the tokens it was told ([`Admitted::tokens`]).
-#[derive(Debug)]
-pub struct Admitted {
-    key: Arc<Key>,
-    tokens: u64,
-}
-
-impl Admitted {
-    /// The request's usage (prompt and generated tokens), counted when it ends.
-    pub fn tokens(&mut self, n: u64) {
-        self.tokens = n;
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let usage = &self.key.usage;
-        let _ = usage
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        if let (Some(tpm), true) = (self.key.record.limits.tpm, self.tokens > 0) {
-            let (now, per_minute) = (Instant::now(), tpm as f64);
-            let mut tokens = lock(&usage.tokens);
-            let bucket = tokens.get_or_insert(Bucket::full(per_minute, now));
-            bucket.refill(per_minute, now);
-            bucket.level -= self.tokens as f64;
-        }
-    }
-}
+pub use crate::limits::{Admitted, Limited, Limits};
+use crate::limits::{Holder, Usage};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,6 +98,8 @@ pub struct Key {
     pub record: KeyRecord,
     models: Vec<ModelName>,
     usage: Arc<Usage>,
+    /// From the `api-keys` credential, not the keys file.
+    credential: bool,
 }
 
 impl Key {
@@ -202,74 +108,36 @@ impl Key {
         self.models.is_empty() || self.models.contains(model)
     }
 
+    pub fn from_credential(&self) -> bool {
+        self.credential
+    }
+
     pub fn restricted(&self) -> bool {
         !self.models.is_empty()
     }
 
+    /// Whether this key may use `name`, or the model `name` is an alias of.
+    pub fn may_use(&self, name: &ModelName) -> bool {
+        self.allows(name) || crate::store::aliases::target(name).is_some_and(|t| self.allows(&t))
+    }
+
     pub fn touch(&self) {
-        self.usage.last_used.store(now(), Ordering::Relaxed);
+        self.usage.touch();
     }
 
     /// Seconds since the epoch of its last use (none since vllamad started: `None`).
     pub fn last_used(&self) -> Option<u64> {
-        Some(self.usage.last_used.load(Ordering::Relaxed)).filter(|&t| t > 0)
+        self.usage.last_used()
     }
 
     /// Lets a request in under the key's limits, or says which it meets and for how long.
-    /// Tokens are counted when requests end, so a key may go over its minute by what its
-    /// last requests used; the next ones then wait for the minute to refill.
-    pub fn admit(self: &Arc<Self>) -> Result<Admitted, Limited> {
-        let limits = self.record.limits;
-        let usage = &self.usage;
-        let now = Instant::now();
-        let max = limits.concurrency.unwrap_or(u32::MAX);
-        let taken = usage
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
-        if taken.is_err() {
-            return Err(Limited {
-                limit: "concurrency",
-                retry_after: Duration::from_secs(1),
-            });
-        }
-        // From here on a refusal gives the slot back (the guard's drop).
-        let admitted = Admitted {
-            key: self.clone(),
-            tokens: 0,
-        };
-        if let Some(tpm) = limits.tpm {
-            let per_minute = tpm as f64;
-            let mut tokens = lock(&usage.tokens);
-            let bucket = tokens.get_or_insert(Bucket::full(per_minute, now));
-            bucket.refill(per_minute, now);
-            if bucket.level <= 0.0 {
-                return Err(Limited {
-                    limit: "tpm",
-                    retry_after: bucket.wait_for(1.0, per_minute),
-                });
-            }
-        }
-        if let Some(rpm) = limits.rpm {
-            let per_minute = f64::from(rpm);
-            let mut requests = lock(&usage.requests);
-            let bucket = requests.get_or_insert(Bucket::full(per_minute, now));
-            bucket.refill(per_minute, now);
-            if bucket.level < 1.0 {
-                return Err(Limited {
-                    limit: "rpm",
-                    retry_after: bucket.wait_for(1.0, per_minute),
-                });
-            }
-            bucket.level -= 1.0;
-        }
-        Ok(admitted)
+    pub fn admit(&self) -> Result<Admitted, Limited> {
+        self.usage.admit(self.record.limits, Holder::Key)
     }
 
     /// Requests of this key running now.
     pub fn in_flight(&self) -> u32 {
-        self.usage.in_flight.load(Ordering::Acquire)
+        self.usage.in_flight()
     }
 }
 
@@ -279,12 +147,6 @@ pub struct KeyRing {
     by_hash: HashMap<[u8; 32], Arc<Key>>,
     /// In the file's order.
     keys: Vec<Arc<Key>>,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -363,6 +225,7 @@ impl KeyRing {
                 record,
                 models,
                 usage: Arc::default(),
+                credential: false,
             });
             ring.by_hash.insert(hash, key.clone());
             ring.keys.push(key);
@@ -391,8 +254,52 @@ impl KeyRing {
         }
     }
 
+    /// Reads the keys file and the `api-keys` credential, if vllamad was given one; blocking.
+    pub fn read(keys_file: &Path) -> Result<KeyRing, KeyError> {
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|dir| std::path::PathBuf::from(dir).join(CREDENTIAL));
+        KeyRing::read_with(keys_file, credential.as_deref())
+    }
+
+    /// The keys file's keys, then the credential file's (marked read-only).
+    pub fn read_with(keys_file: &Path, credential: Option<&Path>) -> Result<KeyRing, KeyError> {
+        let mut ring = KeyRing::load(keys_file)?;
+        let Some(path) = credential else {
+            return Ok(ring);
+        };
+        let provisioned = KeyRing::load(path)?;
+        for key in provisioned.keys {
+            if ring.keys.iter().any(|k| k.record.id == key.record.id) {
+                return Err(KeyError::Parse {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "the key id {} is in {} too",
+                        key.record.id,
+                        keys_file.display()
+                    ),
+                });
+            }
+            let key = Arc::new(Key {
+                record: key.record.clone(),
+                models: key.models.clone(),
+                usage: Arc::default(),
+                credential: true,
+            });
+            if let Some(hash) = unhex(&key.record.sha256) {
+                ring.by_hash.insert(hash, key.clone());
+            }
+            ring.keys.push(key);
+        }
+        Ok(ring)
+    }
+
+    /// The keys file's records (not the credential's).
     fn records(&self) -> Vec<KeyRecord> {
-        self.keys.iter().map(|k| k.record.clone()).collect()
+        self.keys
+            .iter()
+            .filter(|k| !k.credential)
+            .map(|k| k.record.clone())
+            .collect()
     }
 
     /// The ring with a new key, and that key's secret (shown once, never kept).
@@ -422,7 +329,7 @@ impl KeyRing {
             name: name.to_string(),
             sha256: hex(&digest(&secret)),
             models: canonical,
-            created: now(),
+            created: crate::limits::now_seconds(),
             limits,
         };
         let mut records = self.records();
@@ -437,8 +344,11 @@ impl KeyRing {
             .keys
             .iter()
             .find(|k| k.record.id == id || k.record.name == id)
-            .map(|k| k.record.clone())
             .ok_or_else(|| KeyError::NoSuchKey(id.to_string()))?;
+        if gone.credential {
+            return Err(KeyError::FromCredential(gone.record.id.clone()));
+        }
+        let gone = gone.record.clone();
         let records = self
             .records()
             .into_iter()
@@ -457,6 +367,7 @@ impl KeyRing {
                 record: key.record.clone(),
                 models: key.models.clone(),
                 usage: before.usage.clone(),
+                credential: key.credential,
             }),
             None => key.clone(),
         };
@@ -561,6 +472,19 @@ pub fn model_in(body: &[u8]) -> Option<String> {
     named.model.or(named.name).filter(|m| !m.is_empty())
 }
 
+/// In a request's extensions when its key is restricted to some models: the model lists
+/// (`/api/tags`, `/api/ps`, `/v1/models`) show only those.
+#[derive(Debug, Clone)]
+pub struct Restricted(pub Arc<Key>);
+
+/// Whether a request with these extensions may see the model `name` in a list.
+pub fn visible(extensions: &http::Extensions, name: &str) -> bool {
+    match extensions.get::<Restricted>() {
+        None => true,
+        Some(Restricted(key)) => ModelName::parse(name).is_ok_and(|n| key.may_use(&n)),
+    }
+}
+
 /// What the client presented: `Authorization: Bearer …` or `x-api-key: …`.
 pub fn presented(headers: &http::HeaderMap) -> Option<&str> {
     let bearer = headers
@@ -622,21 +546,6 @@ mod tests {
     }
 
     #[test]
-    fn requests_per_minute_refill_over_the_minute() {
-        let (_, key) = key_with(Limits {
-            rpm: Some(2),
-            ..Limits::default()
-        });
-        let (a, b) = (key.admit().unwrap(), key.admit().unwrap());
-        let over = key.admit().unwrap_err();
-        assert_eq!(over.limit, "rpm");
-        // One request comes back every 30 s at 2 a minute.
-        assert!((29..=31).contains(&over.retry_after.as_secs()), "{over:?}");
-        drop((a, b));
-        assert_eq!(key.in_flight(), 0, "a refusal holds no slot");
-    }
-
-    #[test]
     fn concurrency_counts_requests_until_they_end() {
         let (ring, key) = key_with(Limits {
             concurrency: Some(1),
@@ -658,22 +567,6 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_counted_when_requests_end() {
-        let (_, key) = key_with(Limits {
-            tpm: Some(60),
-            ..Limits::default()
-        });
-        let mut a = key.admit().unwrap();
-        a.tokens(100);
-        drop(a);
-        let over = key.admit().unwrap_err();
-        assert_eq!(over.limit, "tpm");
-        // 40 tokens short at a token a second.
-        assert!((40..=42).contains(&over.retry_after.as_secs()), "{over:?}");
-        assert!(over.message().contains("tokens per minute"));
-    }
-
-    #[test]
     fn a_bad_file_is_refused_with_its_reason() {
         let e = KeyRing::parse(
             "[[key]]\nid = \"k\"\nname = \"n\"\nsha256 = \"xy\"\ncreated = 1\n",
@@ -685,6 +578,54 @@ mod tests {
         assert!(KeyRing::load(Path::new("/nonexistent/keys.toml"))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn credential_keys_verify_but_stay_out_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file_ring, file_secret, _) = KeyRing::default()
+            .with_new("local", &[], Limits::default())
+            .unwrap();
+        let keys_file = dir.path().join("api-keys.toml");
+        file_ring.save(&keys_file).unwrap();
+        // A provisioned record, written by hand: `created` may be left out.
+        let secret = "vk-provisioned-by-ansible";
+        let credential = dir.path().join("api-keys");
+        std::fs::write(
+            &credential,
+            format!(
+                "[[key]]\nid = \"key_ops\"\nname = \"ops\"\nsha256 = \"{}\"\nrpm = 5\n",
+                hex(&digest(secret))
+            ),
+        )
+        .unwrap();
+        let ring = KeyRing::read_with(&keys_file, Some(&credential)).unwrap();
+        let ops = ring.verify(secret).unwrap();
+        assert!(ops.from_credential() && ops.record.limits.rpm == Some(5));
+        assert!(!ring.verify(&file_secret).unwrap().from_credential());
+        assert!(matches!(
+            ring.without("ops"),
+            Err(KeyError::FromCredential(_))
+        ));
+        assert!(matches!(
+            ring.with_new("ops", &[], Limits::default()),
+            Err(KeyError::NameTaken(_))
+        ));
+        // A new key is written with the file's keys only.
+        let (more, _, _) = ring.with_new("more", &[], Limits::default()).unwrap();
+        let text = more.render();
+        assert!(text.contains("local") && text.contains("more") && !text.contains("key_ops"));
+        // A missing credential is no keys; an id in both is refused.
+        let missing = dir.path().join("nothing");
+        assert_eq!(
+            KeyRing::read_with(&keys_file, Some(&missing))
+                .unwrap()
+                .len(),
+            1
+        );
+        std::fs::copy(&keys_file, &credential).unwrap();
+        let e = KeyRing::read_with(&keys_file, Some(&credential)).unwrap_err();
+        assert!(e.to_string().contains("too"), "{e}");
     }
 
     #[test]

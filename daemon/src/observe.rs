@@ -36,8 +36,11 @@ pub struct Request {
     tokens: Mutex<Option<(u64, u64)>>,
     /// Time to the response head.
     head: AtomicU64,
-    /// The API key's share this request holds (its limits count it until it ends).
-    admitted: Mutex<Option<crate::keys::Admitted>>,
+    /// The API key's (or client address's) share this request holds: its limits count it
+    /// until it ends.
+    admitted: Mutex<Option<crate::limits::Admitted>>,
+    /// Whom the request counts as for fair turns at the engine.
+    tenant: OnceLock<crate::fair::Tenant>,
 }
 
 impl Request {
@@ -62,6 +65,7 @@ impl Request {
             tokens: Mutex::new(None),
             head: AtomicU64::new(0),
             admitted: Mutex::new(None),
+            tenant: OnceLock::new(),
         })
     }
 
@@ -156,8 +160,13 @@ impl Request {
             .set(at.saturating_duration_since(self.started));
     }
 
-    /// The request runs under its API key's limits until it ends.
-    pub fn admitted(&self, admitted: crate::keys::Admitted) {
+    /// Whom the request counts as for fair turns: its key, or its client's address.
+    pub fn tenant(&self, tenant: crate::fair::Tenant) {
+        let _ = self.tenant.set(tenant);
+    }
+
+    /// The request runs under its API key's (or client address's) limits until it ends.
+    pub fn admitted(&self, admitted: crate::limits::Admitted) {
         *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(admitted);
     }
 
@@ -171,6 +180,12 @@ pub fn model(name: &str) {
     if let Some(r) = current() {
         r.model(name);
     }
+}
+
+/// Whom the current request counts as for fair turns (`None`: no request, or an
+/// internal one).
+pub fn tenant() -> Option<crate::fair::Tenant> {
+    CURRENT.try_with(|r| r.tenant.get().cloned()).ok().flatten()
 }
 
 /// [`Request::requested`] on the current request.

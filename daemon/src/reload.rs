@@ -97,7 +97,7 @@ async fn try_reload(daemon: &Daemon, generation: u64) -> Result<Vec<String>, Rel
     // bad one keeps the old configuration and keys in force.
     let keys_file = new.config.api.keys_file.clone();
     let keys =
-        tokio::task::spawn_blocking(move || crate::keys::KeyRing::load(&keys_file)).await??;
+        tokio::task::spawn_blocking(move || crate::keys::KeyRing::read(&keys_file)).await??;
     let old = daemon.config();
     if daemon.exposed() && keys.is_empty() && !new.config.api.allow_unauthenticated {
         return Err(ReloadError::Exposed);

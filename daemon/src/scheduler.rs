@@ -92,6 +92,8 @@ struct Slot {
     info: Arc<ModelInfo>,
     /// The `--max-model-len` the engine was started with (None: the model's own).
     max_model_len: Option<u32>,
+    /// Fair turns at the engine, bounded by what it runs at once.
+    gate: Arc<crate::fair::Gate>,
 }
 
 impl Slot {
@@ -154,6 +156,9 @@ pub struct Lease {
     engine: Arc<Engine>,
     served_name: String,
     info: Arc<ModelInfo>,
+    gate: Arc<crate::fair::Gate>,
+    /// The request's turn at the engine, once it came (dropped with the lease).
+    turn: Option<crate::fair::Turn>,
     /// Time spent waiting for the engine to start (Ollama's load_duration).
     pub load_duration: Duration,
 }
@@ -194,6 +199,8 @@ pub struct EngineView {
     pub gpus: Vec<u32>,
     pub gpu_memory_bytes: u64,
     pub pending: u32,
+    /// Of those, the ones waiting for a turn (the engine runs all it can at once).
+    pub queued: u32,
     pub expires_at: Option<SystemTime>,
     pub keep_alive: KeepAlive,
     pub restarts: u32,
@@ -260,10 +267,36 @@ impl Scheduler {
         self.acquire_with_context(name, keep_alive, None).await
     }
 
+    /// A lease on a ready engine that takes no turn at it: for loading a model, not for a
+    /// request to it.
+    pub async fn load(
+        &self,
+        name: &ModelName,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Lease, SchedError> {
+        self.ready_lease(name, keep_alive, None).await
+    }
+
     /// [`Scheduler::acquire`], asking for a context of `num_ctx` tokens (Ollama's option):
     /// an idle engine with a smaller context is restarted with the larger one when the model
     /// allows it, as Ollama reloads; a busy one, or a model that cannot, serves as it is.
+    ///
+    /// The lease comes with the request's turn at the engine: while the engine runs all it
+    /// can at once, requests wait here, served round-robin between tenants ([`crate::fair`]).
     pub async fn acquire_with_context(
+        &self,
+        name: &ModelName,
+        keep_alive: Option<KeepAlive>,
+        num_ctx: Option<u32>,
+    ) -> Result<Lease, SchedError> {
+        let mut lease = self.ready_lease(name, keep_alive, num_ctx).await?;
+        let tenant = crate::observe::tenant().unwrap_or_else(|| std::sync::Arc::from(""));
+        let gate = lease.gate.clone();
+        lease.turn = Some(gate.enter(&tenant).await);
+        Ok(lease)
+    }
+
+    async fn ready_lease(
         &self,
         name: &ModelName,
         keep_alive: Option<KeepAlive>,
@@ -354,6 +387,8 @@ impl Scheduler {
             engine: slot.engine.clone(),
             served_name: slot.served_name.clone(),
             info: slot.info.clone(),
+            gate: slot.gate.clone(),
+            turn: None,
             load_duration: Duration::ZERO,
         }))
     }
@@ -520,6 +555,7 @@ impl Scheduler {
             .or(model.keep_alive)
             .unwrap_or(config.engine.keep_alive);
         let expiry = self.spawn_keep_alive_timer(name);
+        let gate = crate::fair::Gate::new(engine_concurrency(config, &model) as usize);
         self.slots().insert(
             name.clone(),
             Slot {
@@ -538,6 +574,7 @@ impl Scheduler {
                 placement,
                 info: info.clone(),
                 max_model_len: model.max_model_len,
+                gate: gate.clone(),
             },
         );
         (self.inner.on_change)();
@@ -547,6 +584,8 @@ impl Scheduler {
             engine,
             served_name,
             info,
+            gate,
+            turn: None,
             load_duration: Duration::ZERO,
         })
     }
@@ -714,7 +753,7 @@ impl Scheduler {
         name: &ModelName,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Arc<Engine>, SchedError> {
-        let lease = self.acquire(name, keep_alive).await?;
+        let lease = self.load(name, keep_alive).await?;
         Ok(lease.engine.clone())
     }
 
@@ -913,6 +952,7 @@ impl Scheduler {
                         .as_ref()
                         .map_or(0, |p| p.reservations.iter().map(|r| r.bytes).sum()),
                     pending: s.pending,
+                    queued: u32::try_from(s.gate.waiting()).unwrap_or(u32::MAX),
                     expires_at: s.expires_at.map(|(_, wall)| wall),
                     keep_alive: s.keep_alive,
                     restarts: status.restarts,
@@ -1031,6 +1071,21 @@ fn configured_args(config: &Config, model: &ModelConfig) -> Vec<String> {
         .collect()
 }
 
+/// The requests one engine of `model` runs at once: its args' `--max-num-seqs`, else
+/// `engine.max_in_flight` (0: no bound).
+pub fn engine_concurrency(config: &Config, model: &ModelConfig) -> u32 {
+    let args = configured_args(config, model);
+    let mut set = None;
+    for (i, arg) in args.iter().enumerate() {
+        if let Some(v) = arg.strip_prefix("--max-num-seqs=") {
+            set = v.parse().ok();
+        } else if arg == "--max-num-seqs" {
+            set = args.get(i + 1).and_then(|v| v.parse().ok());
+        }
+    }
+    set.unwrap_or(config.engine.max_in_flight)
+}
+
 /// The command line and environment of one engine.
 pub fn engine_spec(
     config: &Config,
@@ -1097,6 +1152,10 @@ pub fn engine_spec(
         }
     }
     let configured = configured_args(config, model);
+    let bounded = config.engine.max_in_flight;
+    if bounded > 0 && !configured.iter().any(|a| a.starts_with("--max-num-seqs")) {
+        args.extend(["--max-num-seqs".into(), bounded.to_string()]);
+    }
     // Tools and reasoning: the flags the model's family needs (configured ones win).
     args.extend(profile.args(&configured));
     args.extend(configured);
@@ -1208,6 +1267,25 @@ mod tests {
             Arc::new(|| {}),
         );
         (s, ModelName::parse("m").unwrap(), tx)
+    }
+
+    #[test]
+    fn an_engine_runs_what_its_args_say_else_max_in_flight() {
+        let mut config = Config::default();
+        let mut model: ModelConfig = toml::from_str("source = \"x\"").unwrap();
+        assert_eq!(engine_concurrency(&config, &model), 256);
+        config.engine.max_in_flight = 0;
+        assert_eq!(engine_concurrency(&config, &model), 0, "no bound");
+        model.args = vec!["--max-num-seqs".into(), "8".into()];
+        assert_eq!(engine_concurrency(&config, &model), 8);
+        config.engine.args = vec!["--max-num-seqs=2".into()];
+        assert_eq!(
+            engine_concurrency(&config, &model),
+            8,
+            "the model's own wins"
+        );
+        model.args.clear();
+        assert_eq!(engine_concurrency(&config, &model), 2);
     }
 
     #[tokio::test]

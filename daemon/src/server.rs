@@ -107,7 +107,7 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     let _ = tokio::task::spawn_blocking(move || crate::store::aliases::load(&state_dir)).await;
     let keys_file = active.config.api.keys_file.clone();
     let allow_unauthenticated = active.config.api.allow_unauthenticated;
-    let keys = tokio::task::spawn_blocking(move || crate::keys::KeyRing::load(&keys_file))
+    let keys = tokio::task::spawn_blocking(move || crate::keys::KeyRing::read(&keys_file))
         .await?
         .inspect_err(|e| notifier.status(&format!("API keys: {e}")))?;
     let probe: Arc<dyn crate::gpu::GpuProbe> =

@@ -56,6 +56,8 @@ pub struct Daemon {
     keys: std::sync::RwLock<Arc<crate::keys::KeyRing>>,
     /// Failed authentications, for the log's rate limit.
     pub(crate) auth_log: Mutex<crate::connections::LogEvery>,
+    /// What each client address has used, for `api.client_limits`.
+    pub clients: crate::clients::Clients,
     /// The public listener's connections (shedding when out of descriptors).
     pub connections: Arc<crate::connections::Connections>,
     /// The public listener is on a loopback address: the DNS-rebinding guard applies.
@@ -102,6 +104,7 @@ impl Daemon {
             tasks,
             responses: Arc::default(),
             connections: Arc::default(),
+            clients: crate::clients::Clients::default(),
             keys: std::sync::RwLock::default(),
             auth_log: Mutex::new(crate::connections::LogEvery::new(
                 std::time::Duration::from_secs(10),

@@ -199,6 +199,43 @@ fn a_key_for_some_models_is_refused_the_others() {
     assert_eq!(r.status, 403);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"]["type"], "permission_error", "{v}");
+    // The model lists show it only what it may use; an unrestricted key sees both.
+    let names = |auth: &str, path: &str, list: &str, field: &str| -> Vec<String> {
+        let r = call(&d, "GET", path, &[("Authorization", auth)], "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&auth, "/api/tags", "models", "name"), ["m:latest"]);
+    assert_eq!(names(&auth, "/v1/models", "data", "id"), ["m:latest"]);
+    let r = call(
+        &d,
+        "GET",
+        "/v1/models/other:latest",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let all = bearer(&add_key(&d, "all", &[]));
+    assert_eq!(
+        names(&all, "/api/tags", "models", "name"),
+        ["m:latest", "other:latest"]
+    );
+    let r = call(
+        &d,
+        "POST",
+        "/api/chat",
+        &[("Authorization", &all)],
+        &chat("other"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // (One engine at a time here: `other` took `m`'s place.)
+    assert_eq!(names(&all, "/api/ps", "models", "name"), ["other:latest"]);
+    assert!(names(&auth, "/api/ps", "models", "name").is_empty());
 }
 
 #[test]

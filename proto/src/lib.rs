@@ -524,6 +524,9 @@ pub struct KeyInfo {
     pub last_used: Option<u64>,
     #[serde(default)]
     pub limits: KeyLimits,
+    /// It comes from the `api-keys` systemd credential (read-only here: `key rm` refuses).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub credential: bool,
 }
 
 /// An API key's limits (none: unlimited).

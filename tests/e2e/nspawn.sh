@@ -94,6 +94,13 @@ out=$($IN systemd-analyze verify --man=no vllamad.service vllamad.socket vllamad
 exposure=$($IN systemd-analyze security --no-pager vllamad.service 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
 awk "BEGIN{exit !($exposure <= 1.6)}" && ok "exposure $exposure <= 1.6" || bad "exposure $exposure"
 info "FIGURE: systemd-analyze security exposure $exposure"
+# The sandbox's AF_NETLINK is what keeps the exposure at 1.6 rather than 1.5: getifaddrs()
+# asks the kernel over netlink, and NCCL finds its bootstrap interface with it (tensor
+# parallel engines). Shown here with hostname -I, which lists addresses the same way.
+with=$($IN systemd-run --wait --pipe --quiet -p RestrictAddressFamilies="AF_UNIX AF_INET AF_INET6 AF_NETLINK" hostname -I >/dev/null 2>&1; echo $?)
+without=$($IN systemd-run --wait --pipe --quiet -p RestrictAddressFamilies="AF_UNIX AF_INET AF_INET6" hostname -I 2>&1 >/dev/null; echo "rc=$?")
+[ "$with" = 0 ] && [ "${without##*rc=}" != 0 ] && ok "getifaddrs needs AF_NETLINK (without it: ${without//$'\n'/ })" \
+  || bad "getifaddrs with AF_NETLINK: rc $with; without: $without"
 
 echo "== admin socket"
 $IN vllamactl status > "$ART/status-root.txt" 2>&1 && ok "vllamactl status as root" || bad "vllamactl status as root: $(cat "$ART/status-root.txt")"
@@ -203,6 +210,22 @@ grep '"KEY_NAME":"e2e"' "$ART/journal-keys.json" | grep -q '"TARGET":"vllamad::a
   && ok "the access line names the key (KEY_NAME=e2e)" || bad "no KEY_NAME on the access line"
 $IN vllamactl key rm e2e >/dev/null 2>&1 && out=$(api /api/version) && code=$($IN curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://127.0.0.1:11434/api/tags) \
   && [ "$code" = 200 ] && ok "vllamactl key rm: open again (loopback)" || bad "after key rm: $code"
+# Keys provisioned from outside: the api-keys credential, from systemd's credential store.
+secret=vk-provisioned-e2e
+sha=$(printf %s "$secret" | sha256sum | cut -d' ' -f1)
+$IN systemctl reset-failed vllamad.service  # restarts in a row count against the start limit
+$IN sh -c "install -d -m 0700 /etc/credstore && printf '[[key]]\nid = \"key_ops\"\nname = \"ops\"\nsha256 = \"$sha\"\n' > /etc/credstore/api-keys && chmod 600 /etc/credstore/api-keys"
+$IN systemctl restart vllamad
+code=$($IN curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' http://127.0.0.1:11434/api/tags)
+code_key=$($IN curl -s -o /dev/null -w '%{http_code}' -H 'Host: localhost' -H "Authorization: Bearer $secret" http://127.0.0.1:11434/api/tags)
+[ "$code" = 401 ] && [ "$code_key" = 200 ] && ok "a key in /etc/credstore/api-keys (LoadCredential=api-keys): 401 without, 200 with" \
+  || bad "credential key: $code without, $code_key with"
+$IN vllamactl key list | grep -q "ops (credential)" && ok "vllamactl key list marks it (credential)" || bad "key list: $($IN vllamactl key list 2>&1)"
+out=$($IN vllamactl key rm ops 2>&1); [ $? != 0 ] && echo "$out" | grep -q credstore \
+  && ok "key rm of a credential key is refused, naming the file" || bad "key rm ops: $out"
+$IN rm /etc/credstore/api-keys
+$IN systemctl restart vllamad && [ "$(show ActiveState)" = active ] \
+  && ok "without the credential's file the service starts (systemd $($IN systemctl --version | head -1 | cut -d' ' -f2))" || bad "start without /etc/credstore/api-keys: $(show ActiveState)"
 
 echo "== kill -9 of vllamad with a stream open"
 old_engines=$($IN pgrep -u vllama -f "serve|sleep" | tr '\n' ' ')

@@ -65,6 +65,11 @@ pub struct EngineConfig {
     pub keep_alive: KeepAlive,
     /// Requests per model, waiting or running; more are answered 503 (server busy).
     pub max_queue: u32,
+    /// Requests one engine runs at once (vLLM's `--max-num-seqs`, passed unless a model's
+    /// args set it); more wait in vllamad, which gives turns round-robin between API keys
+    /// (or client addresses), so one heavy client cannot starve the others. 0: no bound
+    /// here, and vLLM's own default.
+    pub max_in_flight: u32,
     /// Engines loaded at once; 0 = 3 per GPU, or without a GPU as many as host memory holds.
     pub max_loaded: u32,
     /// Crash restarts back off from 1 s, doubling up to this.
@@ -99,6 +104,7 @@ impl Default for EngineConfig {
             transport: Transport::Uds,
             keep_alive: KeepAlive::For(std::time::Duration::from_secs(300)),
             max_queue: 512,
+            max_in_flight: 256,
             max_loaded: 0,
             restart_backoff_max: HumanDuration::from_secs(60),
             stable_after: HumanDuration::from_secs(60),

@@ -64,8 +64,35 @@ pub struct ApiConfig {
     /// Serve a non-loopback address with no keys (anyone who reaches it can use it).
     pub allow_unauthenticated: bool,
     /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client, for
-    /// the logs.
+    /// the logs, the client limits and fair turns.
     pub trusted_proxies: Vec<crate::forwarded::Network>,
+    /// With no API keys: the limits of each client address (requests and tokens per minute,
+    /// requests at once). Keys carry their own.
+    pub client_limits: ClientLimits,
+}
+
+/// `[api.client_limits]`: none set, none applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientLimits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub concurrency: Option<u32>,
+}
+
+impl ClientLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.concurrency.is_some()
+    }
+
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            concurrency: self.concurrency,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -81,6 +108,7 @@ impl Default for ApiConfig {
             keys_file: PathBuf::from("api-keys.toml"),
             allow_unauthenticated: false,
             trusted_proxies: Vec::new(),
+            client_limits: ClientLimits::default(),
         }
     }
 }

@@ -324,7 +324,7 @@ impl Metrics {
             &mut |g| {
                 for e in engines {
                     let n = if e.phase == Phase::Ready {
-                        e.pending
+                        e.pending.saturating_sub(e.queued)
                     } else {
                         0
                     };
@@ -334,12 +334,12 @@ impl Metrics {
         )?;
         gauge(
             "vllama_requests_queued",
-            "Requests waiting for their model's engine to load or wake.",
+            "Requests waiting: for their model's engine to load or wake, or for a turn at it (it runs engine.max_in_flight at once).",
             &["model"],
             &mut |g| {
                 for e in engines {
                     let n = if e.phase == Phase::Ready {
-                        0
+                        e.queued
                     } else {
                         e.pending
                     };

@@ -32,12 +32,12 @@ pub async fn route(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Respon
         (&Method::POST, "/api/generate") => generate(daemon, &body, started).await,
         (&Method::POST, "/api/embed") => embed(daemon, &body, started, false).await,
         (&Method::POST, "/api/embeddings") => embed(daemon, &body, started, true).await,
-        (&Method::GET | &Method::HEAD, "/api/tags") => tags(daemon).await,
+        (&Method::GET | &Method::HEAD, "/api/tags") => tags(daemon, parts).await,
         (&Method::POST, "/api/show") => show(daemon, &body).await,
-        (&Method::GET | &Method::HEAD, "/api/ps") => ps(daemon).await,
-        (&Method::GET | &Method::HEAD, "/v1/models") => openai_models(daemon, None).await,
+        (&Method::GET | &Method::HEAD, "/api/ps") => ps(daemon, parts).await,
+        (&Method::GET | &Method::HEAD, "/v1/models") => openai_models(daemon, parts, None).await,
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/v1/models/") => {
-            openai_models(daemon, p.strip_prefix("/v1/models/")).await
+            openai_models(daemon, parts, p.strip_prefix("/v1/models/")).await
         }
         (&Method::POST, "/api/pull") => store::pull(daemon, &body).await,
         (&Method::DELETE, "/api/delete") => store::delete(daemon, &body).await,
@@ -181,7 +181,7 @@ async fn load_or_unload(
         drop(
             daemon
                 .scheduler
-                .acquire(name, keep_alive)
+                .load(name, keep_alive)
                 .await
                 .map_err(sched)?,
         );
@@ -552,10 +552,11 @@ async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
     .unwrap_or_default()
 }
 
-async fn tags(daemon: &Daemon) -> Result<Response<Body>, Reject> {
+async fn tags(daemon: &Daemon, parts: &Parts) -> Result<Response<Body>, Reject> {
     let models: Vec<Value> = catalog(daemon)
         .await
         .iter()
+        .filter(|(name, _)| crate::keys::visible(&parts.extensions, name))
         .map(|(name, info)| {
             json!({"name": name, "model": name, "modified_at": rfc3339(info.modified_at), "size": info.size,
                    "digest": info.digest, "details": info.details(), "capabilities": info.capabilities()})
@@ -599,9 +600,10 @@ async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
     Ok(http::json(StatusCode::OK, &o))
 }
 
-async fn ps(daemon: &Daemon) -> Result<Response<Body>, Reject> {
+async fn ps(daemon: &Daemon, parts: &Parts) -> Result<Response<Body>, Reject> {
     let mut models = Vec::new();
-    for view in daemon.scheduler.engines() {
+    let engines = daemon.scheduler.engines().into_iter();
+    for view in engines.filter(|v| crate::keys::visible(&parts.extensions, &v.model)) {
         // Loaded models only, as Ollama lists them: not failed or stopping engines.
         if !matches!(view.phase, Phase::Starting | Phase::Ready | Phase::Sleeping) {
             continue;
@@ -631,10 +633,15 @@ async fn ps(daemon: &Daemon) -> Result<Response<Body>, Reject> {
     Ok(http::json(StatusCode::OK, &json!({"models": models})))
 }
 
-async fn openai_models(daemon: &Daemon, one: Option<&str>) -> Result<Response<Body>, Reject> {
+async fn openai_models(
+    daemon: &Daemon,
+    parts: &Parts,
+    one: Option<&str>,
+) -> Result<Response<Body>, Reject> {
     let listed: Vec<Value> = catalog(daemon)
         .await
         .iter()
+        .filter(|(name, _)| crate::keys::visible(&parts.extensions, name))
         .map(|(name, info)| {
             let created = info
                 .modified_at

@@ -33,6 +33,10 @@
 //! context-length refusal (`--max-model-len`, default 2048; chat prompts count 5 tokens a
 //! message, or a message's words + 1 if more) with `truncate_prompt_tokens`.
 //!
+//! `--max-num-seqs N` bounds the generations it runs at once, like vLLM's scheduler: more
+//! wait, first come first served (and, as with vLLM, a waiting request's client sees nothing
+//! until it runs).
+//!
 //! Like vLLM 0.32, tools need the engine's flags: a request with `tools` (tool_choice unset
 //! or "auto") gets vLLM's 400 unless it was started with `--enable-auto-tool-choice` and
 //! `--tool-call-parser`, and reasoning is split out (`delta.reasoning`) only with
@@ -81,6 +85,8 @@ struct Fake {
     stalled: AtomicBool,
     /// `FAKE_VLLM_HEALTH_FLAP`: `/health` calls so far, when flapping.
     health_flap: Option<AtomicU64>,
+    /// `--max-num-seqs`: generations at once (a fair-to-arrival queue beyond, as vLLM's).
+    seqs: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -185,6 +191,9 @@ async fn serve(args: Vec<String>) {
             .unwrap_or(2048),
         stalled: AtomicBool::new(false),
         health_flap: std::env::var_os("FAKE_VLLM_HEALTH_FLAP").map(|_| AtomicU64::new(0)),
+        seqs: arg_value(&args, "--max-num-seqs")
+            .and_then(|v| v.parse::<usize>().ok())
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
         responses: apis::Store {
             enabled: std::env::var("VLLM_ENABLE_RESPONSES_API_STORE").as_deref() == Ok("1"),
             ..apis::Store::default()
@@ -603,8 +612,14 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
         "length"
     };
 
+    // A place in the running batch (tokio's semaphore queues waiters in arrival order).
+    let seq = match &fake.seqs {
+        Some(seqs) => seqs.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     if !req["stream"].as_bool().unwrap_or(false) {
         tokio::time::sleep(fake.token_delay * max as u32).await;
+        drop(seq);
         let text: String = words.concat();
         let usage = json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max,
             "completion_tokens": max, "prompt_tokens_details": null, "completion_tokens_details": null});
@@ -650,6 +665,7 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
     let stalled_fake = fake.clone();
     let tool = tool_call.clone();
     tokio::spawn(async move {
+        let _seq = seq;
         let send = |v: Value| Ok(Frame::data(Bytes::from(format!("data: {v}\n\n"))));
         let object = if chat {
             "chat.completion.chunk"
