@@ -98,10 +98,10 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::log_writer::BatchedStderr::new())
             .boxed(),
         _ => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(crate::log_writer::BatchedStderr::new())
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
     };
@@ -110,6 +110,12 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
         .with(output)
         .try_init()
         .map_err(|_| LogError::AlreadyInstalled)?;
+    // The lines still batched are written before a panic's message.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        crate::log_writer::flush();
+        previous(info);
+    }));
     Ok(LogHandle {
         filter: handle,
         pinned_by_env,

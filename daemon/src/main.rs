@@ -85,6 +85,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(vllamad::server::run(options));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // The last batched log lines (the access lines of the last requests) before exiting.
+    vllamad::log_writer::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,6 +24,10 @@ pub struct Placement {
     pub reservations: Vec<Reservation>,
     /// `--gpu-memory-utilization`: a fraction of each GPU's total memory.
     pub fraction: f64,
+    /// The smallest total memory of those GPUs, and the first one's name: what vLLM sizes
+    /// its defaults by.
+    pub device_total: u64,
+    pub device_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +112,8 @@ pub fn place(
         gpus: reservations.iter().map(|r| r.gpu).collect(),
         reservations,
         fraction: percent as f64 / 100.0,
+        device_total: total,
+        device_name: chosen.first().map(|c| c.0.name.clone()).unwrap_or_default(),
     })
 }
 

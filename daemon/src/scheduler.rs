@@ -555,7 +555,8 @@ impl Scheduler {
             .or(model.keep_alive)
             .unwrap_or(config.engine.keep_alive);
         let expiry = self.spawn_keep_alive_timer(name);
-        let gate = crate::fair::Gate::new(engine_concurrency(config, &model) as usize);
+        let bound = engine_concurrency(config, &model, placement.as_ref());
+        let gate = crate::fair::Gate::new(bound as usize);
         self.slots().insert(
             name.clone(),
             Slot {
@@ -1072,8 +1073,12 @@ fn configured_args(config: &Config, model: &ModelConfig) -> Vec<String> {
 }
 
 /// The requests one engine of `model` runs at once: its args' `--max-num-seqs`, else
-/// `engine.max_in_flight` (0: no bound).
-pub fn engine_concurrency(config: &Config, model: &ModelConfig) -> u32 {
+/// `engine.max_in_flight`, else (0) vLLM's own default for where it runs.
+pub fn engine_concurrency(
+    config: &Config,
+    model: &ModelConfig,
+    placement: Option<&Placement>,
+) -> u32 {
     let args = configured_args(config, model);
     let mut set = None;
     for (i, arg) in args.iter().enumerate() {
@@ -1083,7 +1088,26 @@ pub fn engine_concurrency(config: &Config, model: &ModelConfig) -> u32 {
             set = args.get(i + 1).and_then(|v| v.parse().ok());
         }
     }
-    set.unwrap_or(config.engine.max_in_flight)
+    match (set, config.engine.max_in_flight) {
+        (Some(n), _) => n,
+        (None, 0) => vllm_default_max_num_seqs(placement, model.tensor_parallel),
+        (None, n) => n,
+    }
+}
+
+/// vLLM's default `--max-num-seqs` for its OpenAI server (0.32,
+/// `EngineArgs._set_default_max_num_seqs_and_batched_tokens_args`): 1024 on GPUs of 160 GiB
+/// and more, and on those of 70 GiB and more but A100s; 256 on other GPUs; 128 a CPU worker.
+pub fn vllm_default_max_num_seqs(placement: Option<&Placement>, tensor_parallel: u32) -> u32 {
+    const GIB: u64 = 1 << 30;
+    match placement {
+        None => 128 * tensor_parallel.max(1),
+        Some(p) if p.device_total >= 160 * GIB => 1024,
+        Some(p) if p.device_total >= 70 * GIB && !p.device_name.to_lowercase().contains("a100") => {
+            1024
+        }
+        Some(_) => 256,
+    }
 }
 
 /// The command line and environment of one engine.
@@ -1152,9 +1176,11 @@ pub fn engine_spec(
         }
     }
     let configured = configured_args(config, model);
-    let bounded = config.engine.max_in_flight;
-    if bounded > 0 && !configured.iter().any(|a| a.starts_with("--max-num-seqs")) {
-        args.extend(["--max-num-seqs".into(), bounded.to_string()]);
+    // What vllamad lets through at once, said to vLLM too: the two agree by construction,
+    // whatever a later vLLM's own default (a model's args, when they set it, say it already).
+    if !configured.iter().any(|a| a.starts_with("--max-num-seqs")) {
+        let bound = engine_concurrency(config, model, placement);
+        args.extend(["--max-num-seqs".into(), bound.to_string()]);
     }
     // Tools and reasoning: the flags the model's family needs (configured ones win).
     args.extend(profile.args(&configured));
@@ -1270,22 +1296,43 @@ mod tests {
     }
 
     #[test]
-    fn an_engine_runs_what_its_args_say_else_max_in_flight() {
+    fn an_engine_runs_what_its_args_say_else_max_in_flight_else_vllms_default() {
+        let gib = 1u64 << 30;
+        let on = |total: u64, name: &str| Placement {
+            gpus: vec![0],
+            reservations: Vec::new(),
+            fraction: 0.9,
+            device_total: total * gib,
+            device_name: name.into(),
+        };
         let mut config = Config::default();
         let mut model: ModelConfig = toml::from_str("source = \"x\"").unwrap();
-        assert_eq!(engine_concurrency(&config, &model), 256);
-        config.engine.max_in_flight = 0;
-        assert_eq!(engine_concurrency(&config, &model), 0, "no bound");
+        // vLLM's own defaults, mirrored.
+        assert_eq!(
+            engine_concurrency(&config, &model, None),
+            128,
+            "a CPU engine"
+        );
+        let h200 = on(141, "NVIDIA H200");
+        assert_eq!(engine_concurrency(&config, &model, Some(&h200)), 1024);
+        let a100 = on(80, "NVIDIA A100-SXM4-80GB");
+        assert_eq!(engine_concurrency(&config, &model, Some(&a100)), 256);
+        let l4 = on(24, "NVIDIA L4");
+        assert_eq!(engine_concurrency(&config, &model, Some(&l4)), 256);
+        let b200 = on(180, "NVIDIA B200");
+        assert_eq!(engine_concurrency(&config, &model, Some(&b200)), 1024);
+        config.engine.max_in_flight = 64;
+        assert_eq!(engine_concurrency(&config, &model, Some(&h200)), 64);
         model.args = vec!["--max-num-seqs".into(), "8".into()];
-        assert_eq!(engine_concurrency(&config, &model), 8);
+        assert_eq!(engine_concurrency(&config, &model, None), 8);
         config.engine.args = vec!["--max-num-seqs=2".into()];
         assert_eq!(
-            engine_concurrency(&config, &model),
+            engine_concurrency(&config, &model, None),
             8,
             "the model's own wins"
         );
         model.args.clear();
-        assert_eq!(engine_concurrency(&config, &model), 2);
+        assert_eq!(engine_concurrency(&config, &model, None), 2);
     }
 
     #[tokio::test]

@@ -159,7 +159,7 @@ fn once_a_key_exists_every_request_but_the_probes_needs_one() {
     );
 
     // The access line names the key (never the secret).
-    let log = d.log();
+    let log = d.log_with_access();
     assert!(log.contains("key_name=ci"), "{log}");
     assert!(!log.contains(&key), "the secret is in the log");
 }
@@ -550,7 +550,7 @@ fn behind_a_trusted_proxy_the_log_names_the_forwarded_client() {
     // By default the header is the client's own word: ignored.
     let d = daemon();
     assert_eq!(call(&d, "GET", "/api/tags", &forwarded, "").status, 200);
-    let log = d.log();
+    let log = d.log_with_access();
     assert!(
         log.contains("client=127.0.0.1") && !log.contains("client=203.0.113.7"),
         "{log}"

@@ -303,7 +303,7 @@ fn request_ids_reach_the_engine_the_logs_and_the_client() {
         .unwrap();
     assert_eq!(chat["headers"]["x-request-id"], "test-rid-42");
     // Every line of the request carries the id: the engine start and the access line.
-    let log = d.log();
+    let log = d.log_with_access();
     let tagged: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("request_id=test-rid-42"))

@@ -164,7 +164,7 @@ fn real_vllm_end_to_end() {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }
     // The OpenAI pass-through's token counts come from vLLM's usage object.
-    let log = d.log();
+    let log = d.log_with_access();
     let openai = log
         .lines()
         .rfind(|l| {

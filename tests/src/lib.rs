@@ -408,6 +408,13 @@ impl Daemon {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The log once the access lines of the requests answered so far are in it: vllamad
+    /// writes those in batches, at most 50 ms late (`log_writer`).
+    pub fn log_with_access(&self) -> String {
+        std::thread::sleep(Duration::from_millis(200));
+        self.log()
+    }
+
     /// Rewrites the configuration file (for reload tests).
     pub fn write_config(&self, options: &DaemonOptions) {
         std::fs::write(

@@ -68,6 +68,8 @@ pub struct Target {
     max_tokens: u32,
     stream: bool,
     timeout: Duration,
+    /// `Authorization`'s value, when a key is given.
+    authorization: Option<hyper::header::HeaderValue>,
 }
 
 impl Target {
@@ -96,6 +98,14 @@ impl Target {
             max_tokens: plan.max_tokens,
             stream: plan.stream,
             timeout: plan.timeout,
+            authorization: plan
+                .api_key
+                .as_deref()
+                .map(|k| {
+                    hyper::header::HeaderValue::from_str(&format!("Bearer {k}"))
+                        .map_err(|_| "--api-key: not a header value".to_string())
+                })
+                .transpose()?,
         })
     }
 
@@ -143,13 +153,17 @@ impl Target {
         started: Instant,
     ) -> Result<(Option<Duration>, u64), String> {
         let body = serde_json::to_vec(&self.body(prompt)).map_err(|e| e.to_string())?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
             .header(HOST, &self.host)
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
+        if let Some(v) = &self.authorization {
+            req.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, v.clone());
+        }
         let resp = self.client.request(req).await.map_err(|e| {
             if e.is_connect() {
                 "connect".to_string()

@@ -73,6 +73,9 @@ pub struct Args {
     /// Print the results as JSON
     #[arg(long)]
     pub json: bool,
+    /// An API key, sent as `Authorization: Bearer KEY`
+    #[arg(long, env = "VLLAMA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// A base URL, as Ollama's clients read `OLLAMA_HOST`: the scheme defaults to http, the port
@@ -120,6 +123,7 @@ pub async fn main(args: Args) -> ExitCode {
         warmup: args.warmup,
         timeout: Duration::try_from_secs_f64(args.request_timeout)
             .unwrap_or(Duration::from_secs(600)),
+        api_key: args.api_key,
     };
     match run(&plan, args.json).await {
         Ok(report) => {
@@ -160,6 +164,7 @@ pub struct Plan {
     /// Requests per worker before measuring (engine warm, connections open).
     pub warmup: usize,
     pub timeout: Duration,
+    pub api_key: Option<String>,
 }
 
 impl Plan {

@@ -67,8 +67,9 @@ pub struct EngineConfig {
     pub max_queue: u32,
     /// Requests one engine runs at once (vLLM's `--max-num-seqs`, passed unless a model's
     /// args set it); more wait in vllamad, which gives turns round-robin between API keys
-    /// (or client addresses), so one heavy client cannot starve the others. 0: no bound
-    /// here, and vLLM's own default.
+    /// (or client addresses), so one heavy client cannot starve the others. 0: vLLM's own
+    /// default where the engine runs (1024 on an H100/H200, 256 on smaller GPUs, 128 on a
+    /// CPU), mirrored and passed.
     pub max_in_flight: u32,
     /// Engines loaded at once; 0 = 3 per GPU, or without a GPU as many as host memory holds.
     pub max_loaded: u32,
@@ -104,7 +105,7 @@ impl Default for EngineConfig {
             transport: Transport::Uds,
             keep_alive: KeepAlive::For(std::time::Duration::from_secs(300)),
             max_queue: 512,
-            max_in_flight: 256,
+            max_in_flight: 0,
             max_loaded: 0,
             restart_backoff_max: HumanDuration::from_secs(60),
             stable_after: HumanDuration::from_secs(60),

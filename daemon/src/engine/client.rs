@@ -70,14 +70,15 @@ impl EngineClient {
 
     /// Sends a request; `path_and_query` like `/v1/chat/completions`.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        *req.uri_mut() = format!("http://engine{path}")
-            .parse::<Uri>()
-            .map_err(|e| ClientError::Request(e.to_string()))?;
+        // The pool keys connections by scheme and authority: one fixed pair, the path kept
+        // as it came (no formatting and parsing of a new URI per request).
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        uri.authority = Some(hyper::http::uri::Authority::from_static("engine"));
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ClientError::Request(e.to_string()))?;
         self.client
             .request(req)
             .await

@@ -46,7 +46,7 @@ pub fn relay(resp: Response<Incoming>, lease: Lease, watch: Watch) -> Response<B
     });
     let mut out = Response::new(
         LeasedBody {
-            inner: body,
+            inner: Some(body),
             lease: Some(lease),
             observed: crate::observe::current(),
             saw_first: false,
@@ -141,7 +141,8 @@ impl Marker {
 
 /// The engine's response body, holding the model's lease until it ends.
 struct LeasedBody {
-    inner: Incoming,
+    /// `None` once handed to the drain (see `Drop`).
+    inner: Option<Incoming>,
     lease: Option<Lease>,
     /// The request, for its first token and its end (dropped with the body).
     observed: Option<Arc<crate::observe::Request>>,
@@ -201,7 +202,10 @@ impl hyper::body::Body for LeasedBody {
         if self.finished {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => {
                 let stalled = self
                     .stall
@@ -252,6 +256,32 @@ impl hyper::body::Body for LeasedBody {
                 }
             }
         }
+    }
+}
+
+/// How long a stream's rest is read after its client went away at its end.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Drop for LeasedBody {
+    /// A client that stops reading at a stream's last event (`data: [DONE]`: the SDKs do)
+    /// leaves the engine's body a few bytes short of its end — the chunked encoding's last
+    /// chunk. Dropping it would close the pooled engine connection (the engine then gets
+    /// EPIPE, and the next request pays a new connection): read those last bytes instead,
+    /// briefly, so the connection goes back to the pool.
+    fn drop(&mut self) {
+        if self.finished || !(self.sse && self.end.seen()) {
+            return;
+        }
+        let Some(mut rest) = self.inner.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drained = async { while let Some(Ok(_)) = rest.frame().await {} };
+            let _ = tokio::time::timeout(DRAIN, drained).await;
+        });
     }
 }
 

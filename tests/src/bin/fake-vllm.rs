@@ -15,6 +15,8 @@
 //!   leader-only kill; its pid goes to `$FAKE_VLLM_STATE_DIR/grandchild.pid`;
 //! - `FAKE_VLLM_TOKEN_MS` (2): delay per generated token;
 //! - `FAKE_VLLM_CUT_STREAM=1`: end streams cleanly after two tokens, without `[DONE]`;
+//! - `FAKE_VLLM_TAIL_MS`: end a stream's body this long after `data: [DONE]` (uvicorn sends
+//!   the chunked encoding's last chunk as a write of its own);
 //! - `FAKE_VLLM_GARBAGE=1`: the third streamed event is not JSON (`data: {garbage`);
 //! - `FAKE_VLLM_NOISE=1`: write what real engines write at their worst to stdout/stderr: a
 //!   `\r` progress bar, invalid UTF-8, a 1 MiB line, output without a final newline;
@@ -26,7 +28,7 @@
 //! - `FAKE_VLLM_STRICT_BIND=1`: fail like vLLM when `--uds` names an existing file;
 //! - `FAKE_VLLM_METRICS_MS`: delay `/metrics` answers this long (a stuck exporter);
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
-//!   body) and `argv.json`.
+//!   body), `argv.json`, and a line in `connections.log` per connection accepted.
 //!
 //! Also vLLM's newer routes ([`apis`]): `/v1/messages` (Anthropic), `/v1/responses` (kept with
 //! `VLLM_ENABLE_RESPONSES_API_STORE=1`), `/tokenize`, `/detokenize`, log probabilities, and the
@@ -303,6 +305,15 @@ fn spawn_conn<I>(io: I, fake: Arc<Fake>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    if let Some(dir) = &fake.state_dir {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("connections.log"));
+        if let Ok(mut f) = log {
+            let _ = f.write_all(b"accepted\n");
+        }
+    }
     tokio::spawn(async move {
         let service = hyper::service::service_fn(move |req| {
             let fake = fake.clone();
@@ -774,6 +785,9 @@ async fn complete(path: &str, req: Value, fake: Arc<Fake>) -> Response<Body> {
         let _ = tx
             .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
             .await;
+        if let Some(ms) = env_u64("FAKE_VLLM_TAIL_MS") {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         done_then_maybe_exit();
     });
     let stream = tokio_stream_from(rx);

@@ -1,0 +1,94 @@
+//! The engine's pooled connections survive clients that stop reading at a stream's last
+//! event, as the OpenAI and Anthropic SDKs do at `data: [DONE]`: vllamad reads the engine's
+//! body to its end (the chunked encoding's last chunk, which uvicorn writes on its own a
+//! moment later) before the connection goes back to the pool.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+use vllama_testkit::{workspace_bin, Daemon, DaemonOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
+
+/// A streamed chat whose client closes the socket the moment `data: [DONE]` has come.
+fn stream_until_done(d: &Daemon) {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true}).to_string();
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: [DONE]") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended before [DONE]: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Gone at once, with the chunked body's last chunk not read: a reset, as a client's
+    // process that exits or an SDK that closes its pool sends.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this function owns, with a value of the size it says.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
+}
+
+#[test]
+fn clients_leaving_at_done_do_not_cost_engine_connections() {
+    let fake = workspace_bin(BIN, "fake-vllm");
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake,
+            "m",
+            &["env = { FAKE_VLLM_STARTUP_MS = \"50\", FAKE_VLLM_TOKEN_MS = \"1\", FAKE_VLLM_TAIL_MS = \"30\" }"],
+        ),
+    );
+    stream_until_done(&d); // the engine starts
+    let accepted = || {
+        std::fs::read_to_string(d.fake_state("m").join("connections.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    // Four clients at a time, five rounds: the pool holds four connections after the first.
+    let warm = || {
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| stream_until_done(&d));
+            }
+        })
+    };
+    warm();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = accepted();
+    for _ in 0..5 {
+        warm();
+        // The engine's last chunk comes 30 ms after [DONE].
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let opened = accepted() - before;
+    assert!(
+        opened <= 4,
+        "20 streams left at [DONE] opened {opened} new engine connections"
+    );
+}
