@@ -620,6 +620,9 @@ fn a_larger_context_races_short_requests_without_cutting_one() {
                     if r.status != 200 {
                         failures.push(r.body);
                     }
+                    // A moment between requests: the model is idle now and then (a
+                    // restart needs that), busy most of the time (the race).
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 failures
             })
