@@ -261,7 +261,9 @@ pub fn engines(list: &[EngineInfo]) -> String {
             e.model.clone(),
             e.state.clone(),
             e.pid.map_or("-".into(), |p| p.to_string()),
-            if e.gpus.is_empty() {
+            if e.kind == "remote" {
+                "remote".into()
+            } else if e.gpus.is_empty() {
                 "cpu".into()
             } else {
                 e.gpus
@@ -370,6 +372,7 @@ mod tests {
                 id: "qwen2.5-7b-1".into(),
                 state: "ready".into(),
                 pid: Some(777),
+                kind: "vllm".into(),
                 endpoint: "unix:/run/vllama/engines/qwen2.5-7b-1.sock".into(),
                 gpus: vec![0, 1],
                 gpu_memory_bytes: 3 * 1024 * 1024 * 1024 / 2,

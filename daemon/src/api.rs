@@ -223,11 +223,11 @@ async fn handle(
 }
 
 /// Whether a request may pass with no key although keys are in force: what clients probe
-/// (`GET /`, `/api/version`), and `/metrics` when `metrics.require_key` is off.
+/// (`GET /`, `/api/version`), load balancers' checks (`/health`), and `/metrics` when `metrics.require_key` is off.
 fn open_route(req: &Request<Incoming>, daemon: &Daemon) -> bool {
     match req.uri().path() {
         "/" => matches!(*req.method(), Method::GET | Method::HEAD),
-        "/api/version" => true,
+        "/api/version" | "/health" => true,
         "/metrics" => !daemon.config().config.metrics.require_key,
         _ => false,
     }
@@ -479,6 +479,7 @@ async fn route(
             },
         )),
         ("/metrics", &Method::GET) if metrics_here(daemon) => crate::metrics::respond(daemon).await,
+        ("/health", &Method::GET | &Method::HEAD) => crate::health::respond(daemon),
         (
             "/v1/chat/completions"
             | "/v1/completions"

@@ -309,7 +309,7 @@ fn nothing_that_parses_outside_input_panics() {
             let whole = ends.iter().any(|n| memchr::memmem::find(data, n).is_some());
             assert_eq!(marker.seen(), whole, "{cuts:?}");
             let _ = crate::engine::limits::context_overflow(&String::from_utf8_lossy(data));
-            let _ = crate::engine::process::level_of(&String::from_utf8_lossy(data));
+            let _ = crate::engine::vllm::level_of(&String::from_utf8_lossy(data));
             for d in [
                 crate::openai::Dialect::OpenAi,
                 crate::openai::Dialect::Anthropic,

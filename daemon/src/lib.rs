@@ -33,6 +33,7 @@ pub mod forwarded;
 #[cfg(test)]
 mod fuzz;
 pub mod gpu;
+pub mod health;
 pub mod host_memory;
 pub mod http;
 pub mod install;

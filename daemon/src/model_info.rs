@@ -125,6 +125,38 @@ impl ModelInfo {
         })
     }
 
+    /// A remote engine's model: nothing is read here. It is taken to call tools (the remote
+    /// answers if it cannot) and to reason only when `reasoning_parser` says it does; its
+    /// context is `max_model_len` when set.
+    pub fn remote(model: &crate::config::ModelConfig) -> ModelInfo {
+        use crate::engine::profile::{Choice, Origin, Profile, Think};
+        let url = model.remote.as_deref().unwrap_or_default();
+        let choice = |name: Option<&str>| Choice {
+            name: name.filter(|n| *n != "none").map(str::to_string),
+            origin: Origin::Config,
+        };
+        ModelInfo {
+            dir: PathBuf::new(),
+            family: "remote".into(),
+            architecture: "remote".into(),
+            context_length: model.max_model_len.map(u64::from),
+            parameter_count: 0,
+            quantization: "unknown".into(),
+            size: 0,
+            digest: format!("{:x}", Sha256::digest(url.as_bytes())),
+            modified_at: SystemTime::UNIX_EPOCH,
+            template: None,
+            vision: false,
+            embedding: false,
+            profile: Profile {
+                family: "remote",
+                tool_parser: choice(Some(model.tool_parser.as_deref().unwrap_or("remote"))),
+                reasoning_parser: choice(model.reasoning_parser.as_deref()),
+                think: Think::None,
+            },
+        }
+    }
+
     pub fn details(&self) -> Details {
         Details {
             parent_model: String::new(),

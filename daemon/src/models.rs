@@ -450,6 +450,9 @@ pub fn info_of(
     name: &ModelName,
     model: &ModelConfig,
 ) -> Result<crate::model_info::ModelInfo, ModelError> {
+    if model.remote.is_some() {
+        return Ok(crate::model_info::ModelInfo::remote(model));
+    }
     let dir = resolve_dir(state_dir, name, &model.source)?;
     let mut info =
         crate::model_info::ModelInfo::read(&dir).map_err(|e| ModelError::NotAModelDir {

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ModelConfig, Transport};
-use crate::engine::{Endpoint, Engine, EngineError, EngineSpec, Launch, Phase};
+use crate::config::{Config, ModelConfig};
+use crate::engine::{vllm, Endpoint, Engine, EngineError, EngineSpec, Phase};
 use crate::gpu::GpuProbe;
 use crate::model_info::ModelInfo;
 use crate::models::{self, ModelError, ModelName};
@@ -52,6 +52,8 @@ pub enum SchedError {
     /// A model's tool or reasoning parser that the installed vLLM does not know.
     #[error("{0}")]
     Profile(String),
+    #[error(transparent)]
+    Remote(#[from] crate::engine::remote::RemoteError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -108,6 +110,12 @@ impl Slot {
 impl Slot {
     fn loaded(&self) -> bool {
         matches!(self.engine.status().phase, Phase::Starting | Phase::Ready)
+    }
+
+    /// Loaded on this machine: what GPU and memory accounting, `max_loaded` and making room
+    /// count (a remote engine costs nothing here).
+    fn loaded_here(&self) -> bool {
+        self.engine.spec.kind.local() && self.loaded()
     }
 
     fn evictable(&self) -> bool {
@@ -195,6 +203,8 @@ pub struct EngineView {
     pub id: String,
     pub phase: Phase,
     pub pid: Option<u32>,
+    /// The engine seam's kind: `vllm`, `remote`.
+    pub kind: &'static str,
     pub endpoint: String,
     pub gpus: Vec<u32>,
     pub gpu_memory_bytes: u64,
@@ -239,6 +249,11 @@ impl Scheduler {
 
     fn config(&self) -> Arc<ActiveConfig> {
         self.inner.config.borrow().clone()
+    }
+
+    /// Whether it takes new requests (false once shutdown began).
+    pub fn accepting(&self) -> bool {
+        !self.inner.shutting_down.load(Ordering::SeqCst)
     }
 
     /// The GPU probe (for the sampler; its calls block).
@@ -331,7 +346,14 @@ impl Scheduler {
         };
         let engine = lease.engine.clone();
         let timeout = self.config().config.engine.load_timeout.0;
+        let remote = !engine.spec.kind.local();
         match engine.status().phase {
+            // A remote that is down is retried in the background: fail at once, not after
+            // waiting out its back-off.
+            Phase::Failed if remote => {
+                let why = engine.status().last_error.unwrap_or_default();
+                return Err(EngineError::Unreachable(why).into());
+            }
             Phase::Failed => {
                 let backoff_max = self.config().config.engine.restart_backoff_max.0;
                 tokio::time::timeout(backoff_max + timeout, engine.restart())
@@ -344,7 +366,16 @@ impl Scheduler {
             Phase::Sleeping => self.wake(&canonical, &engine).await?,
             _ => {}
         }
-        engine.ready(timeout).await?;
+        match engine.ready(timeout).await {
+            Ok(()) => {}
+            Err(EngineError::Failed(why)) if remote => {
+                return Err(EngineError::Unreachable(why).into())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(served) = engine.spec.kind.served_name() {
+            lease.served_name = served;
+        }
         lease.load_duration = started.elapsed();
         crate::observe::model(canonical.as_str());
         Ok(lease)
@@ -491,60 +522,27 @@ impl Scheduler {
         }
         let active = self.config();
         let config = &active.config;
-        let state_dir = config.paths.state_dir.clone();
-        let (n, m) = (name.clone(), model.clone());
-        let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &n, &m))
-            .await
-            .map_err(|e| SchedError::Internal(e.to_string()))??;
-        let (info, dir) = (Arc::new(info.clone()), info.dir);
-        // A parser this vLLM does not know is refused before anything starts: a clear error
-        // naming the choices, not an engine that fails at each start.
-        let known = self
-            .inner
-            .parsers
-            .known(&config.engine.vllm, &config.paths.cache_dir)
-            .await;
-        info.profile
-            .check(name.as_str(), &known)
-            .map_err(SchedError::Profile)?;
-
-        let mut model = model;
-        if model.max_model_len.is_none() && config.engine.context_length > 0 {
-            let own = info.context_length.and_then(|c| u32::try_from(c).ok());
-            let want = own.map_or(config.engine.context_length, |own| {
-                own.min(config.engine.context_length)
-            });
-            model.max_model_len = Some(want);
-        }
-        let (placement, host_need) = self.make_room(name, &model, info.size).await?;
         let id = format!(
             "{}-{}",
             name.slug(),
             self.inner.next_id.fetch_add(1, Ordering::SeqCst)
         );
+        let Prepared {
+            spec,
+            info,
+            model,
+            placement,
+            host_need,
+            bound,
+        } = if model.remote.is_some() {
+            remote_engine(config, name, model, id).await?
+        } else {
+            self.local_engine(config, name, model, id).await?
+        };
         let served_name = model
             .served_name
             .clone()
             .unwrap_or_else(|| name.to_string());
-        let spec = engine_spec(
-            config,
-            name,
-            &model,
-            &id,
-            &served_name,
-            (&dir, &info.profile),
-            placement.as_ref(),
-        )
-        .map_err(SchedError::Internal)?;
-        tracing::info!(
-            model = %name,
-            engine = %id,
-            profile = %info.profile.describe(),
-            dir = %dir.display(),
-            gpus = ?placement.as_ref().map(|p| &p.gpus),
-            fraction = placement.as_ref().map(|p| p.fraction),
-            "starting engine"
-        );
         let (metrics, on_change) = (self.inner.metrics.clone(), self.inner.on_change.clone());
         let observer: crate::engine::EngineObserver = Arc::new(move |model, event, status| {
             metrics.engine_event(model, event, status);
@@ -555,7 +553,6 @@ impl Scheduler {
             .or(model.keep_alive)
             .unwrap_or(config.engine.keep_alive);
         let expiry = self.spawn_keep_alive_timer(name);
-        let bound = engine_concurrency(config, &model, placement.as_ref());
         let gate = crate::fair::Gate::new(bound as usize);
         self.slots().insert(
             name.clone(),
@@ -591,6 +588,89 @@ impl Scheduler {
         })
     }
 
+    /// A local vLLM engine: its folder's facts, the parsers checked, room made on the GPUs
+    /// (or in host memory), and its launch. Called with `placing` held.
+    async fn local_engine(
+        &self,
+        config: &Config,
+        name: &ModelName,
+        model: ModelConfig,
+        id: String,
+    ) -> Result<Prepared, SchedError> {
+        let state_dir = config.paths.state_dir.clone();
+        let (n, m) = (name.clone(), model.clone());
+        let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &n, &m))
+            .await
+            .map_err(|e| SchedError::Internal(e.to_string()))??;
+        let (info, dir) = (Arc::new(info.clone()), info.dir);
+        // A parser this vLLM does not know is refused before anything starts: a clear error
+        // naming the choices, not an engine that fails at each start.
+        let known = self
+            .inner
+            .parsers
+            .known(&config.engine.vllm, &config.paths.cache_dir)
+            .await;
+        info.profile
+            .check(name.as_str(), &known)
+            .map_err(SchedError::Profile)?;
+
+        let mut model = model;
+        if model.max_model_len.is_none() && config.engine.context_length > 0 {
+            let own = info.context_length.and_then(|c| u32::try_from(c).ok());
+            let want = own.map_or(config.engine.context_length, |own| {
+                own.min(config.engine.context_length)
+            });
+            model.max_model_len = Some(want);
+        }
+        let (placement, host_need) = self.make_room(name, &model, info.size).await?;
+        let served_name = model
+            .served_name
+            .clone()
+            .unwrap_or_else(|| name.to_string());
+        // The launch creates the engines' folder and may bind a loopback port: off the workers.
+        let spec = {
+            let (config, name, model, placement) = (
+                config.clone(),
+                name.to_string(),
+                model.clone(),
+                placement.clone(),
+            );
+            let (id, dir, profile) = (id.clone(), dir.clone(), info.profile.clone());
+            tokio::task::spawn_blocking(move || {
+                vllm::spec(
+                    &config,
+                    &name,
+                    &model,
+                    &id,
+                    &served_name,
+                    (&dir, &profile),
+                    placement.as_ref(),
+                )
+            })
+            .await
+            .map_err(|e| SchedError::Internal(e.to_string()))?
+            .map_err(SchedError::Internal)?
+        };
+        tracing::info!(
+            model = %name,
+            engine = %id,
+            profile = %info.profile.describe(),
+            dir = %dir.display(),
+            gpus = ?placement.as_ref().map(|p| &p.gpus),
+            fraction = placement.as_ref().map(|p| p.fraction),
+            "starting engine"
+        );
+        let bound = vllm::engine_concurrency(config, &model, placement.as_ref());
+        Ok(Prepared {
+            spec,
+            info,
+            model,
+            placement,
+            host_need,
+            bound,
+        })
+    }
+
     /// Frees what a new engine needs: a loaded-model slot, and GPU memory where there are
     /// GPUs, host memory where there are none. Returns the GPU placement, or the host memory
     /// promised to a CPU engine. Called with `placing` held.
@@ -610,7 +690,7 @@ impl Scheduler {
             let max_loaded = max_loaded(config.config.engine.max_loaded, gpus.len());
             let (loaded, reserved, host_used) = {
                 let slots = self.slots();
-                let loaded = slots.values().filter(|s| s.loaded());
+                let loaded = slots.values().filter(|s| s.loaded_here());
                 let reserved: Vec<Reservation> = loaded
                     .clone()
                     .filter_map(|s| s.placement.as_ref())
@@ -629,7 +709,10 @@ impl Scheduler {
                 env.extend(model.env.clone());
                 let need = crate::host_memory::need(
                     weights,
-                    crate::host_memory::kv_bytes(&configured_args(&config.config, model), &env),
+                    crate::host_memory::kv_bytes(
+                        &vllm::configured_args(&config.config, model),
+                        &env,
+                    ),
                     budget,
                 );
                 if crate::host_memory::fits(host_used, need, budget, loaded) {
@@ -684,7 +767,7 @@ impl Scheduler {
         let slots = self.slots();
         let mut busy: Vec<String> = slots
             .iter()
-            .filter(|(n, s)| *n != except && s.loaded() && !s.evictable())
+            .filter(|(n, s)| *n != except && s.loaded_here() && !s.evictable())
             .map(|(n, _)| n.to_string())
             .collect();
         busy.sort();
@@ -701,7 +784,7 @@ impl Scheduler {
             let slots = self.slots();
             slots
                 .iter()
-                .filter(|(n, s)| *n != except && s.loaded() && s.evictable())
+                .filter(|(n, s)| *n != except && s.loaded_here() && s.evictable())
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(n, s)| (n.clone(), s.engine.clone(), s.sleep, s.info.size))
         };
@@ -737,7 +820,7 @@ impl Scheduler {
             let gpus = tokio::task::spawn_blocking(move || probe.gpus().len())
                 .await
                 .map_err(|e| SchedError::Internal(e.to_string()))?;
-            let loaded = self.slots().values().filter(|s| s.loaded()).count();
+            let loaded = self.slots().values().filter(|s| s.loaded_here()).count();
             let limit = max_loaded(self.config().config.engine.max_loaded, gpus);
             if loaded < limit || !self.evict_one(name).await {
                 break;
@@ -938,10 +1021,16 @@ impl Scheduler {
                 let status = s.engine.status();
                 EngineView {
                     model: name.to_string(),
-                    served_name: s.served_name.clone(),
+                    served_name: s
+                        .engine
+                        .spec
+                        .kind
+                        .served_name()
+                        .unwrap_or_else(|| s.served_name.clone()),
                     id: s.engine.spec.id.clone(),
                     phase: status.phase,
                     pid: status.pid,
+                    kind: s.engine.spec.kind.name(),
                     endpoint: s.engine.spec.endpoint.to_string(),
                     gpus: s
                         .placement
@@ -1031,6 +1120,74 @@ impl Scheduler {
     }
 }
 
+/// An engine ready to start and what the scheduler keeps of it.
+struct Prepared {
+    spec: EngineSpec,
+    info: Arc<ModelInfo>,
+    /// The model's configuration as the engine runs it (a context length may have been set).
+    model: ModelConfig,
+    placement: Option<Placement>,
+    host_need: u64,
+    /// The requests it runs at once (fair turns beyond that).
+    bound: u32,
+}
+
+/// How long a remote engine's start (one `/v1/models` answered) may take: requests wait no
+/// longer than this for a remote that is down.
+const REMOTE_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests sent to a remote at once when `engine.max_in_flight` does not say: the remote
+/// queues the rest itself.
+const REMOTE_IN_FLIGHT: u32 = 256;
+
+/// A remote engine: its address, token and CA read (off the workers); nothing placed here.
+async fn remote_engine(
+    config: &Config,
+    name: &ModelName,
+    model: ModelConfig,
+    id: String,
+) -> Result<Prepared, SchedError> {
+    let url = model.remote.clone().unwrap_or_default();
+    let (u, token, ca) = (url.clone(), model.token_file.clone(), model.ca_file.clone());
+    let target = tokio::task::spawn_blocking(move || {
+        crate::engine::remote::target(&u, token.as_deref(), ca.as_deref())
+    })
+    .await
+    .map_err(|e| SchedError::Internal(e.to_string()))??;
+    tracing::info!(model = %name, engine = %id, remote = %url, "serving a remote engine");
+    let spec = EngineSpec {
+        id,
+        model: name.to_string(),
+        kind: Arc::new(crate::engine::remote::Remote::new(
+            &url,
+            model.served_name.clone(),
+        )),
+        endpoint: Endpoint::Remote(Arc::new(target)),
+        load_timeout: REMOTE_START_TIMEOUT,
+        health_interval: Duration::from_millis(500),
+        stop_grace: Duration::ZERO,
+        backoff_max: config
+            .engine
+            .restart_backoff_max
+            .0
+            .min(Duration::from_secs(10)),
+        stable_after: config.engine.stable_after.0,
+        // Retried in the background while down, so that requests need not wait for it.
+        auto_restart: true,
+    };
+    let bound = match config.engine.max_in_flight {
+        0 => REMOTE_IN_FLIGHT,
+        n => n,
+    };
+    Ok(Prepared {
+        spec,
+        info: Arc::new(ModelInfo::remote(&model)),
+        model,
+        placement: None,
+        host_need: 0,
+        bound,
+    })
+}
+
 enum Blocked {
     Memory(Shortfall),
     Count(usize),
@@ -1059,192 +1216,6 @@ fn host_memory_for(weights: u64) -> bool {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     available_kib * 1024 > weights / 5 * 6 + ByteSize::GIB
-}
-
-/// The engine arguments the configuration gives a model: `[engine] args`, then its own.
-fn configured_args(config: &Config, model: &ModelConfig) -> Vec<String> {
-    config
-        .engine
-        .args
-        .iter()
-        .chain(&model.args)
-        .cloned()
-        .collect()
-}
-
-/// The requests one engine of `model` runs at once: its args' `--max-num-seqs`, else
-/// `engine.max_in_flight`, else (0) vLLM's own default for where it runs.
-pub fn engine_concurrency(
-    config: &Config,
-    model: &ModelConfig,
-    placement: Option<&Placement>,
-) -> u32 {
-    let args = configured_args(config, model);
-    let mut set = None;
-    for (i, arg) in args.iter().enumerate() {
-        if let Some(v) = arg.strip_prefix("--max-num-seqs=") {
-            set = v.parse().ok();
-        } else if arg == "--max-num-seqs" {
-            set = args.get(i + 1).and_then(|v| v.parse().ok());
-        }
-    }
-    match (set, config.engine.max_in_flight) {
-        (Some(n), _) => n,
-        (None, 0) => vllm_default_max_num_seqs(placement, model.tensor_parallel),
-        (None, n) => n,
-    }
-}
-
-/// vLLM's default `--max-num-seqs` for its OpenAI server (0.32,
-/// `EngineArgs._set_default_max_num_seqs_and_batched_tokens_args`): 1024 on GPUs of 160 GiB
-/// and more, and on those of 70 GiB and more but A100s; 256 on other GPUs; 128 a CPU worker.
-pub fn vllm_default_max_num_seqs(placement: Option<&Placement>, tensor_parallel: u32) -> u32 {
-    const GIB: u64 = 1 << 30;
-    match placement {
-        None => 128 * tensor_parallel.max(1),
-        Some(p) if p.device_total >= 160 * GIB => 1024,
-        Some(p) if p.device_total >= 70 * GIB && !p.device_name.to_lowercase().contains("a100") => {
-            1024
-        }
-        Some(_) => 256,
-    }
-}
-
-/// The command line and environment of one engine.
-pub fn engine_spec(
-    config: &Config,
-    name: &ModelName,
-    model: &ModelConfig,
-    id: &str,
-    served_name: &str,
-    (dir, profile): (&std::path::Path, &crate::engine::profile::Profile),
-    placement: Option<&Placement>,
-) -> Result<EngineSpec, String> {
-    let runtime = &config.paths.runtime_dir;
-    let engines_dir = runtime.join("engines");
-    std::fs::create_dir_all(&engines_dir)
-        .map_err(|e| format!("cannot create {}: {e}", engines_dir.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&engines_dir, std::fs::Permissions::from_mode(0o700));
-
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        dir.display().to_string(),
-        "--served-model-name".into(),
-        served_name.to_string(),
-    ];
-    let endpoint = match config.engine.transport {
-        Transport::Uds => {
-            let sock = engines_dir.join(format!("{id}.sock"));
-            let _ = std::fs::remove_file(&sock);
-            args.extend(["--uds".into(), sock.display().to_string()]);
-            Endpoint::Unix(sock)
-        }
-        Transport::Tcp => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| format!("no free loopback port: {e}"))?
-                .port();
-            args.extend([
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--port".into(),
-                port.to_string(),
-            ]);
-            Endpoint::Tcp(([127, 0, 0, 1], port).into())
-        }
-    };
-    if let Some(len) = model.max_model_len {
-        args.extend(["--max-model-len".into(), len.to_string()]);
-    }
-    if let Some(dtype) = &model.dtype {
-        args.extend(["--dtype".into(), dtype.clone()]);
-    }
-    if model.tensor_parallel > 1 {
-        args.extend([
-            "--tensor-parallel-size".into(),
-            model.tensor_parallel.to_string(),
-        ]);
-    }
-    if let Some(p) = placement {
-        args.extend([
-            "--gpu-memory-utilization".into(),
-            format!("{:.2}", p.fraction),
-        ]);
-        if model.sleep {
-            args.push("--enable-sleep-mode".into());
-        }
-    }
-    let configured = configured_args(config, model);
-    // What vllamad lets through at once, said to vLLM too: the two agree by construction,
-    // whatever a later vLLM's own default (a model's args, when they set it, say it already).
-    if !configured.iter().any(|a| a.starts_with("--max-num-seqs")) {
-        let bound = engine_concurrency(config, model, placement);
-        args.extend(["--max-num-seqs".into(), bound.to_string()]);
-    }
-    // Tools and reasoning: the flags the model's family needs (configured ones win).
-    args.extend(profile.args(&configured));
-    args.extend(configured);
-
-    let tmpdir = runtime.join("tmp").join(id);
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        ),
-        ("HOME".into(), config.paths.state_dir.display().to_string()),
-        (
-            "HF_HOME".into(),
-            config.paths.state_dir.display().to_string(),
-        ),
-        ("HF_HUB_OFFLINE".into(), "1".into()),
-        ("TRANSFORMERS_OFFLINE".into(), "1".into()),
-        (
-            "VLLM_CACHE_ROOT".into(),
-            config.paths.cache_dir.join("vllm").display().to_string(),
-        ),
-        ("VLLM_NO_USAGE_STATS".into(), "1".into()),
-        ("DO_NOT_TRACK".into(), "1".into()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("TMPDIR".into(), tmpdir.display().to_string()),
-        (
-            crate::engine::process::ENGINE_MARK.into(),
-            runtime.display().to_string(),
-        ),
-    ];
-    if let Some(p) = placement {
-        let devices: Vec<String> = p.gpus.iter().map(u32::to_string).collect();
-        env.push(("CUDA_VISIBLE_DEVICES".into(), devices.join(",")));
-        env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
-    }
-    if model.sleep {
-        env.push(("VLLM_SERVER_DEV_MODE".into(), "1".into()));
-    }
-    if config.engine.responses_store {
-        env.push(("VLLM_ENABLE_RESPONSES_API_STORE".into(), "1".into()));
-    }
-    for (k, v) in config.engine.env.iter().chain(&model.env) {
-        env.retain(|(key, _)| key != k);
-        env.push((k.clone(), v.clone()));
-    }
-    Ok(EngineSpec {
-        id: id.to_string(),
-        model: name.to_string(),
-        launch: Launch {
-            program: config.engine.vllm.clone(),
-            args,
-            env,
-            tmpdir,
-            model: name.to_string(),
-        },
-        endpoint,
-        load_timeout: config.engine.load_timeout.0,
-        health_interval: config.engine.health_interval.0,
-        stop_grace: config.engine.stop_grace.0,
-        backoff_max: config.engine.restart_backoff_max.0,
-        stable_after: config.engine.stable_after.0,
-        auto_restart: model.pinned,
-    })
 }
 
 #[cfg(test)]
@@ -1293,46 +1264,6 @@ mod tests {
             Arc::new(|| {}),
         );
         (s, ModelName::parse("m").unwrap(), tx)
-    }
-
-    #[test]
-    fn an_engine_runs_what_its_args_say_else_max_in_flight_else_vllms_default() {
-        let gib = 1u64 << 30;
-        let on = |total: u64, name: &str| Placement {
-            gpus: vec![0],
-            reservations: Vec::new(),
-            fraction: 0.9,
-            device_total: total * gib,
-            device_name: name.into(),
-        };
-        let mut config = Config::default();
-        let mut model: ModelConfig = toml::from_str("source = \"x\"").unwrap();
-        // vLLM's own defaults, mirrored.
-        assert_eq!(
-            engine_concurrency(&config, &model, None),
-            128,
-            "a CPU engine"
-        );
-        let h200 = on(141, "NVIDIA H200");
-        assert_eq!(engine_concurrency(&config, &model, Some(&h200)), 1024);
-        let a100 = on(80, "NVIDIA A100-SXM4-80GB");
-        assert_eq!(engine_concurrency(&config, &model, Some(&a100)), 256);
-        let l4 = on(24, "NVIDIA L4");
-        assert_eq!(engine_concurrency(&config, &model, Some(&l4)), 256);
-        let b200 = on(180, "NVIDIA B200");
-        assert_eq!(engine_concurrency(&config, &model, Some(&b200)), 1024);
-        config.engine.max_in_flight = 64;
-        assert_eq!(engine_concurrency(&config, &model, Some(&h200)), 64);
-        model.args = vec!["--max-num-seqs".into(), "8".into()];
-        assert_eq!(engine_concurrency(&config, &model, None), 8);
-        config.engine.args = vec!["--max-num-seqs=2".into()];
-        assert_eq!(
-            engine_concurrency(&config, &model, None),
-            8,
-            "the model's own wins"
-        );
-        model.args.clear();
-        assert_eq!(engine_concurrency(&config, &model, None), 2);
     }
 
     #[tokio::test]

@@ -229,6 +229,7 @@ pub fn engine_info(v: &EngineView) -> vllama_proto::EngineInfo {
         id: v.id.clone(),
         state: v.phase.to_string(),
         pid: v.pid,
+        kind: v.kind.to_string(),
         endpoint: v.endpoint.clone(),
         gpus: v.gpus.clone(),
         gpu_memory_bytes: v.gpu_memory_bytes,

@@ -65,6 +65,9 @@ pub struct EngineInfo {
     /// starting, ready, sleeping, stopping, stopped, failed
     pub state: String,
     pub pid: Option<u32>,
+    /// `vllm` (a local process) or `remote` (an engine that runs elsewhere).
+    #[serde(default = "vllm_kind")]
+    pub kind: String,
     pub endpoint: String,
     pub gpus: Vec<u32>,
     pub gpu_memory_bytes: u64,
@@ -78,6 +81,10 @@ pub struct EngineInfo {
     pub last_error: Option<String>,
     pub load_seconds: Option<f64>,
     pub pinned: bool,
+}
+
+fn vllm_kind() -> String {
+    "vllm".into()
 }
 
 /// Body of `POST /v1/preload`.

@@ -167,8 +167,18 @@ impl<'de> Deserialize<'de> for GpuMemory {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// A local model directory, or a Hugging Face repository (`org/name`, `org/name@rev`)
-    /// found in the model store.
+    /// found in the model store; empty for a remote engine.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
+    /// An engine that runs elsewhere, served under this name: `http(s)://host:port[/prefix]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// The remote's token (its first line, sent as `Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Certificates trusted for the remote's TLS besides the system's (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The name the engine serves it under (default: the model's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_name: Option<String>,
@@ -218,6 +228,9 @@ impl ModelConfig {
     pub fn from_source(source: impl Into<String>) -> Self {
         ModelConfig {
             source: source.into(),
+            remote: None,
+            token_file: None,
+            ca_file: None,
             served_name: None,
             max_model_len: None,
             dtype: None,
@@ -232,5 +245,54 @@ impl ModelConfig {
             tool_parser: None,
             reasoning_parser: None,
         }
+    }
+}
+
+/// A remote engine's URL, taken apart: `http(s)://host[:port][/prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub host: String,
+    pub port: u16,
+    /// The path without its trailing `/` (`""` for none).
+    pub prefix: String,
+}
+
+impl RemoteUrl {
+    pub fn parse(url: &str) -> Result<RemoteUrl, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or("it has no http:// or https://")?;
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err("only http:// and https:// are served".into()),
+        };
+        let authority = uri.authority().cloned().ok_or("it has no host")?;
+        if authority.as_str().contains('@') {
+            return Err("put credentials in token_file, not in the URL".into());
+        }
+        if uri.query().is_some() {
+            return Err("it has a query".into());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority.port_u16().unwrap_or(default_port);
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(RemoteUrl {
+            scheme,
+            authority,
+            host,
+            port,
+            prefix,
+        })
     }
 }

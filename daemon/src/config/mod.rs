@@ -14,7 +14,7 @@ use crate::units::{ByteSize, HumanDuration};
 
 mod engine;
 pub mod ollama_env;
-pub use engine::{EngineConfig, GpuMemory, ModelConfig, PathsConfig, Transport};
+pub use engine::{EngineConfig, GpuMemory, ModelConfig, PathsConfig, RemoteUrl, Transport};
 
 /// Where the packaged daemon reads its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vllama/vllama.toml";
@@ -600,11 +600,49 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
                 format!("names the same model as another entry ({canonical})"),
             ));
         }
-        if model.source.trim().is_empty() {
-            return Err(key_err(
-                &format!("{key}.source"),
-                "must not be empty".into(),
-            ));
+        match &model.remote {
+            None if model.source.trim().is_empty() => {
+                return Err(key_err(
+                    &format!("{key}.source"),
+                    "must not be empty (or set remote for an engine that runs elsewhere)".into(),
+                ));
+            }
+            None => {
+                if let Some(which) = [
+                    ("token_file", model.token_file.is_some()),
+                    ("ca_file", model.ca_file.is_some()),
+                ]
+                .iter()
+                .find_map(|(k, set)| set.then_some(k))
+                {
+                    return Err(key_err(
+                        &format!("{key}.{which}"),
+                        "is for a remote engine: set remote too".into(),
+                    ));
+                }
+            }
+            Some(_) if !model.source.trim().is_empty() => {
+                return Err(key_err(
+                    &format!("{key}.remote"),
+                    "a model is served either from source or by a remote engine, not both".into(),
+                ));
+            }
+            Some(url) => {
+                RemoteUrl::parse(url).map_err(|why| {
+                    key_err(
+                        &format!("{key}.remote"),
+                        format!("`{url}` is not a remote engine's URL: {why}"),
+                    )
+                })?;
+                for path in [&mut model.token_file, &mut model.ca_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if path.is_relative() {
+                        *path = normalize(&base.join(&*path));
+                    }
+                }
+            }
         }
         if model.tensor_parallel == 0 {
             return Err(key_err(
@@ -1024,5 +1062,58 @@ mod tests {
         };
         let loaded = load(&implicit, env(&[])).unwrap();
         assert_eq!(loaded.file, None);
+    }
+
+    #[test]
+    fn a_remote_model_has_a_url_and_no_source() {
+        let valid = |text: &str| {
+            let mut c = p(text)?;
+            let file = Path::new("/etc/vllama/vllama.toml");
+            validate(&mut c, Path::new("/etc/vllama"), file).map(|()| c)
+        };
+        let c = valid(
+            "[models.\"big\"]\nremote = \"https://gpu-2.lan:8443/engines/\"\ntoken_file = \"token\"\n",
+        )
+        .unwrap();
+        let m = &c.models["big:latest"];
+        assert_eq!(m.remote.as_deref(), Some("https://gpu-2.lan:8443/engines/"));
+        assert!(m.token_file.as_ref().unwrap().is_absolute());
+        let url = RemoteUrl::parse("https://gpu-2.lan:8443/engines/").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.prefix.as_str()),
+            ("gpu-2.lan", 8443, "/engines")
+        );
+        let url = RemoteUrl::parse("http://[::1]").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.prefix.as_str()),
+            ("::1", 80, "")
+        );
+        for bad in [
+            "gpu-2:8000",
+            "ftp://x",
+            "https://user:pw@x",
+            "http://x/?a=1",
+            "",
+        ] {
+            assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
+        }
+        for (text, key) in [
+            (
+                "[models.\"b\"]\nremote = \"gpu-2:8000\"\n",
+                "models.\"b\".remote",
+            ),
+            (
+                "[models.\"b\"]\nremote = \"http://x\"\nsource = \"/m\"\n",
+                "models.\"b\".remote",
+            ),
+            (
+                "[models.\"b\"]\nsource = \"/m\"\ntoken_file = \"/t\"\n",
+                "models.\"b\".token_file",
+            ),
+            ("[models.\"b\"]\nsource = \"\"\n", "models.\"b\".source"),
+        ] {
+            let err = valid(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 }

@@ -1,18 +1,22 @@
-//! HTTP to one engine, over its private Unix socket (or loopback TCP), with pooled
-//! keep-alive connections. hyper-util's client does the pooling; this module only adds a
-//! connector that reaches an [`Endpoint`] (hyperlocal would cover Unix sockets only).
+//! HTTP to one engine, over its private Unix socket (or loopback TCP), or to a remote engine
+//! over TCP with TLS, with pooled keep-alive connections. hyper-util's client does the
+//! pooling; this module only adds a connector that reaches an [`Endpoint`] (hyperlocal would
+//! cover Unix sockets only) and, for a remote, its address, path prefix and token.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
@@ -23,10 +27,12 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::http::{self, Body};
 
 /// Where an engine listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Endpoint {
     Unix(PathBuf),
     Tcp(SocketAddr),
+    /// An engine on another machine (`[models."name"] remote`).
+    Remote(Arc<Target>),
 }
 
 impl std::fmt::Display for Endpoint {
@@ -34,9 +40,37 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
             Endpoint::Tcp(a) => write!(f, "http://{a}"),
+            Endpoint::Remote(t) => f.write_str(&t.url),
         }
     }
 }
+
+/// A remote engine's address: `http(s)://host:port/prefix`, the token sent to it (never the
+/// client's own), and the TLS configuration for `https`.
+pub struct Target {
+    /// As configured, for messages (no secret in it).
+    pub url: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub host: String,
+    pub port: u16,
+    /// The URL's path without its trailing `/` (`""` for none): put before each request's.
+    pub prefix: String,
+    pub token: Option<HeaderValue>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers that carry the client's credentials to vllamad: never passed to a remote engine.
+const CLIENT_CREDENTIALS: [&str; 2] = ["authorization", "x-api-key"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -68,21 +102,54 @@ impl EngineClient {
         &self.endpoint
     }
 
+    /// Whether it reaches an engine on another machine.
+    pub fn remote(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Remote(_))
+    }
+
     /// Sends a request; `path_and_query` like `/v1/chat/completions`.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
         // The pool keys connections by scheme and authority: one fixed pair, the path kept
         // as it came (no formatting and parsing of a new URI per request).
         let mut uri = std::mem::take(req.uri_mut()).into_parts();
-        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        uri.authority = Some(hyper::http::uri::Authority::from_static("engine"));
+        match &self.endpoint {
+            Endpoint::Remote(target) => {
+                uri.scheme = Some(target.scheme.clone());
+                uri.authority = Some(target.authority.clone());
+                if !target.prefix.is_empty() {
+                    let rest = uri.path_and_query.as_ref().map_or("/", |p| p.as_str());
+                    let joined = format!("{}{rest}", target.prefix);
+                    uri.path_and_query = Some(
+                        PathAndQuery::try_from(joined)
+                            .map_err(|e| ClientError::Request(e.to_string()))?,
+                    );
+                }
+                let headers = req.headers_mut();
+                for name in CLIENT_CREDENTIALS {
+                    headers.remove(name);
+                }
+                if let Some(token) = &target.token {
+                    headers.insert(AUTHORIZATION, token.clone());
+                }
+            }
+            Endpoint::Unix(_) | Endpoint::Tcp(_) => {
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(Authority::from_static("engine"));
+            }
+        }
         if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
         }
         *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ClientError::Request(e.to_string()))?;
         self.client
             .request(req)
             .await
-            .map_err(|e| ClientError::Request(error_chain(&e)))
+            .map_err(|e| match &self.endpoint {
+                Endpoint::Remote(target) => {
+                    ClientError::Request(format!("{}: {}", target.url, error_chain(&e)))
+                }
+                _ => ClientError::Request(error_chain(&e)),
+            })
     }
 
     /// A small request whose whole answer is read, within `timeout`.
@@ -169,6 +236,21 @@ impl tower_service::Service<Uri> for Connector {
                     s.set_nodelay(true)?;
                     Stream::Tcp(s)
                 }
+                Endpoint::Remote(target) => {
+                    let s = TcpStream::connect((target.host.as_str(), target.port)).await?;
+                    s.set_nodelay(true)?;
+                    match &target.tls {
+                        None => Stream::Tcp(s),
+                        Some(config) => {
+                            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                                .connect(name, s)
+                                .await?;
+                            Stream::Tls(Box::new(tls))
+                        }
+                    }
+                }
             };
             Ok(EngineIo(TokioIo::new(stream)))
         })
@@ -180,6 +262,7 @@ impl tower_service::Service<Uri> for Connector {
 pub enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Stream {
@@ -191,6 +274,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -204,6 +288,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -211,6 +296,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -218,6 +304,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

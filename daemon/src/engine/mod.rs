@@ -1,13 +1,18 @@
-//! Engines: `vllm serve` processes, each owned by one supervisor task.
+//! Engines: each owned by one supervisor task, reached through the engine seam ([`kind`]):
+//! a local `vllm serve` process ([`vllm`]) or an engine that runs elsewhere ([`remote`]).
 
 pub mod client;
+pub mod kind;
 pub mod limits;
 pub mod parsers;
 pub mod process;
 pub mod profile;
+pub mod remote;
 mod supervisor;
+pub mod vllm;
 
 pub use client::{Endpoint, EngineClient};
+pub use kind::EngineKind;
 pub use process::Launch;
 pub use supervisor::{
     Engine, EngineError, EngineEvent, EngineObserver, EngineSpec, EngineStatus, ObserverFn, Phase,

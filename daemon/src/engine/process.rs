@@ -39,7 +39,7 @@ pub enum ProcessError {
 }
 
 /// Everything needed to start one engine process.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<String>,
@@ -49,6 +49,8 @@ pub struct Launch {
     pub tmpdir: PathBuf,
     /// For log fields.
     pub model: String,
+    /// The tracing level of one of its output lines (the engine kind's log format).
+    pub levels: fn(&str) -> tracing::Level,
 }
 
 /// Output lines shared between the pumps and the supervisor.
@@ -140,7 +142,7 @@ impl EngineProcess {
                 out,
                 launch.model.clone(),
                 pid,
-                output.clone(),
+                (output.clone(), launch.levels),
             )));
         }
         if let Some(err) = child.stderr.take() {
@@ -148,7 +150,7 @@ impl EngineProcess {
                 err,
                 launch.model.clone(),
                 pid,
-                output.clone(),
+                (output.clone(), launch.levels),
             )));
         }
         Ok(EngineProcess {
@@ -246,40 +248,16 @@ async fn sweep_group(pgid: i32) {
     );
 }
 
-/// The tracing level of one vLLM output line: `(APIServer pid=1) WARNING 11-27 …`, or a
-/// glog-style `W1127 16:11:31.835 …` from torch.
-pub fn level_of(line: &str) -> tracing::Level {
-    let rest = match line.strip_prefix('(') {
-        Some(r) => r.split_once(") ").map_or(line, |(_, after)| after),
-        None => line,
-    };
-    let token = rest.split_whitespace().next().unwrap_or("");
-    match token {
-        "DEBUG" => tracing::Level::DEBUG,
-        "INFO" => tracing::Level::INFO,
-        "WARNING" | "WARN" => tracing::Level::WARN,
-        "ERROR" | "CRITICAL" | "FATAL" => tracing::Level::ERROR,
-        // Bytes, not string slices: a first word may be any UTF-8 (`█▌ warming up`).
-        t if t.len() > 4
-            && t.as_bytes()
-                .get(1..5)
-                .is_some_and(|d| d.iter().all(u8::is_ascii_digit)) =>
-        {
-            match t.as_bytes().first() {
-                Some(b'W') => tracing::Level::WARN,
-                Some(b'E' | b'F') => tracing::Level::ERROR,
-                _ => tracing::Level::INFO,
-            }
-        }
-        _ => tracing::Level::INFO,
-    }
-}
-
 /// Reads one of the engine's streams forever (bounded lines: `crate::lines`), mapping each
-/// line to a tracing event at vLLM's level and keeping it for error reports.
-async fn pump(stream: impl AsyncRead + Unpin, model: String, pid: i32, output: Output) {
+/// line to a tracing event at the line's own level and keeping it for error reports.
+async fn pump(
+    stream: impl AsyncRead + Unpin,
+    model: String,
+    pid: i32,
+    (output, levels): (Output, fn(&str) -> tracing::Level),
+) {
     crate::lines::for_each_line(stream, |line| {
-        match level_of(&line) {
+        match levels(&line) {
             tracing::Level::ERROR => tracing::error!(target: "vllm", model, pid, "{line}"),
             tracing::Level::WARN => tracing::warn!(target: "vllm", model, pid, "{line}"),
             tracing::Level::DEBUG => tracing::debug!(target: "vllm", model, pid, "{line}"),
@@ -371,49 +349,6 @@ pub fn sweep_orphans(runtime_dir: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracing::Level;
-
-    #[test]
-    fn odd_first_words_do_not_panic() {
-        for line in [
-            "█▌ warming up",
-            "W█▌12 x",
-            "é1234",
-            "W1\u{e9}34",
-            "\u{fffd}\u{fffd}\u{fffd}",
-        ] {
-            assert_eq!(level_of(line), tracing::Level::INFO, "{line}");
-        }
-        assert_eq!(level_of("W1127 16:11:31.835 torch"), tracing::Level::WARN);
-    }
-
-    #[test]
-    fn vllm_levels() {
-        assert_eq!(
-            level_of("(APIServer pid=5) INFO 11-27 16:11:39 [api_utils.py:347] x"),
-            Level::INFO
-        );
-        assert_eq!(
-            level_of("(APIServer pid=5) WARNING 11-27 16:11:39 [x.py:1] y"),
-            Level::WARN
-        );
-        assert_eq!(
-            level_of("(EngineCore_DP0 pid=9) ERROR 11-27 16:11:39 [x.py:1] boom"),
-            Level::ERROR
-        );
-        assert_eq!(
-            level_of("(EngineCore_DP0 pid=9) CRITICAL 11-27 x"),
-            Level::ERROR
-        );
-        assert_eq!(level_of("(APIServer pid=5) DEBUG 11-27 x"), Level::DEBUG);
-        assert_eq!(
-            level_of("W1127 16:11:31.835000 14889 torch/utils/flop_counter.py:29] triton"),
-            Level::WARN
-        );
-        assert_eq!(level_of("E1127 16:11:31.835000 1 x] bad"), Level::ERROR);
-        assert_eq!(level_of("Traceback (most recent call last):"), Level::INFO);
-        assert_eq!(level_of(""), Level::INFO);
-    }
 
     #[test]
     fn output_keeps_the_last_lines() {
@@ -434,6 +369,7 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             tmpdir: tmp.join("engine-tmp"),
             model: "test".into(),
+            levels: |_| tracing::Level::INFO,
         }
     }
 

@@ -11,8 +11,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
-use super::client::{Endpoint, EngineClient};
-use super::process::{EngineProcess, Launch, Output, ProcessError};
+use super::client::{ClientError, Endpoint, EngineClient};
+use super::kind::{Ended, EngineKind, Probe, Run};
+use super::process::Output;
 
 /// Lines of engine output quoted in an error.
 const ERROR_TAIL: usize = 12;
@@ -82,6 +83,9 @@ pub enum EngineError {
     Timeout { model: String, timeout: Duration },
     #[error("the engine for {model} is {phase}, not ready")]
     NotReady { model: String, phase: Phase },
+    /// A remote engine that does not answer: requests fail at once while it is retried.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("the engine for {model} refused to {what}: {message}")]
     SleepWake {
         model: String,
@@ -96,7 +100,8 @@ pub struct EngineSpec {
     pub id: String,
     /// The model's canonical name.
     pub model: String,
-    pub launch: Launch,
+    /// What it is and how it is started: the seam (`vllm`, `remote`).
+    pub kind: Arc<dyn EngineKind>,
     pub endpoint: Endpoint,
     pub load_timeout: Duration,
     pub health_interval: Duration,
@@ -239,6 +244,19 @@ impl Engine {
         let _ = self.commands.try_send(CommandBox(Command::Hung(why)));
     }
 
+    /// A request could not reach the engine (`e`): the status to answer with. A remote that
+    /// cannot be reached is taken as down at once (its watch would take seconds to see it):
+    /// requests fail fast with 503 while the supervisor retries it.
+    pub fn lost(&self, e: &ClientError) -> hyper::StatusCode {
+        if self.spec.kind.local() {
+            return hyper::StatusCode::BAD_GATEWAY;
+        }
+        if matches!(e, ClientError::Request(_)) {
+            self.hung(e.to_string());
+        }
+        hyper::StatusCode::SERVICE_UNAVAILABLE
+    }
+
     /// After a failure: start again once the backoff allows, and wait until the new start
     /// has begun (so that a following [`Engine::ready`] does not see the old failure).
     pub async fn restart(&self) {
@@ -321,12 +339,9 @@ async fn supervise(
             });
         }
         first = false;
-        // A crashed engine leaves its socket file; vLLM will not bind over it.
-        remove_socket(&spec.endpoint);
-        let mut process = match EngineProcess::spawn(&spec.launch, &engine.output) {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = spawn_error(&e);
+        let mut run = match spec.kind.start(&engine.client, &engine.output) {
+            Ok(run) => run,
+            Err(msg) => {
                 tracing::error!(model = %spec.model, error = %msg, "engine did not start");
                 engine.set(&*on_change, |s| {
                     s.phase = Phase::Failed;
@@ -338,26 +353,23 @@ async fn supervise(
                 }
             }
         };
-        let pid = process.pid();
-        engine.set(&*on_change, |s| s.pid = Some(pid));
+        let pid = run.pid();
+        engine.set(&*on_change, |s| s.pid = pid);
         on_change(&spec.model, EngineEvent::Spawned, &engine.status());
-        tracing::info!(model = %spec.model, pid, endpoint = %spec.endpoint, "engine spawned");
+        tracing::info!(model = %spec.model, pid, kind = spec.kind.name(), endpoint = %spec.endpoint, "engine spawned");
 
         let started = Instant::now();
         let loaded = {
-            let health = wait_healthy(&engine.client, spec.health_interval, spec.load_timeout);
+            let health = wait_ready(&engine, spec.health_interval, spec.load_timeout);
             tokio::pin!(health);
             loop {
                 tokio::select! {
-                    ok = &mut health => break match ok {
-                        true => Loaded::Ready(started.elapsed()),
-                        false => Loaded::Failed(engine.failure(format!(
-                            "the engine for {} did not become ready within {:?} (engine.load_timeout)",
-                            spec.model, spec.load_timeout
-                        ))),
+                    ready = &mut health => break match ready {
+                        Ok(()) => Loaded::Ready(started.elapsed()),
+                        Err(msg) => Loaded::Failed(engine.failure(msg)),
                     },
-                    status = process.wait() => break Loaded::Failed(engine.failure(format!(
-                        "the engine for {} exited during start-up ({status})", spec.model
+                    ended = run.ended() => break Loaded::Failed(engine.failure(format!(
+                        "the engine for {} {} during start-up ({})", spec.model, ended.verb, ended.detail
                     ))),
                     cmd = commands.recv() => match cmd.map(|c| c.0) {
                         None => break Loaded::Stop(oneshot::channel().0),
@@ -373,13 +385,13 @@ async fn supervise(
         let load_duration = match loaded {
             Loaded::Ready(d) => d,
             Loaded::Stop(ack) => {
-                stop(&engine, &*on_change, &mut process).await;
+                stop(&engine, &*on_change, run.as_mut()).await;
                 let _ = ack.send(());
                 return;
             }
             Loaded::Failed(msg) => {
                 tracing::error!(model = %spec.model, error = %msg, "engine failed to load");
-                process.stop(spec.stop_grace).await;
+                run.stop(spec.stop_grace).await;
                 engine.set(&*on_change, |s| {
                     s.phase = Phase::Failed;
                     s.pid = None;
@@ -397,30 +409,30 @@ async fn supervise(
         });
         let ready_at = Instant::now();
 
-        // Serving: until it exits on its own (a crash, whatever the exit code) or is stopped.
+        // Serving: until it ends on its own (a crash, whatever the exit code) or is stopped.
         let mut hung = None;
-        let status = loop {
+        let ended: Ended = loop {
             tokio::select! {
-                status = process.wait() => break status,
+                ended = run.ended() => break ended,
                 cmd = commands.recv() => match cmd.map(|c| c.0) {
                     None => {
-                        stop(&engine, &*on_change, &mut process).await;
+                        stop(&engine, &*on_change, run.as_mut()).await;
                         return;
                     }
                     Some(Command::Stop(ack)) => {
-                        stop(&engine, &*on_change, &mut process).await;
+                        stop(&engine, &*on_change, run.as_mut()).await;
                         let _ = ack.send(());
                         return;
                     }
                     Some(Command::Sleep(tx)) => {
-                        let r = sleep_wake(&engine, "/sleep?level=1", "sleep").await;
+                        let r = sleep_wake(&engine, Phase::Sleeping).await;
                         if r.is_ok() {
                             engine.set(&*on_change, |s| s.phase = Phase::Sleeping);
                         }
                         let _ = tx.send(r);
                     }
                     Some(Command::Wake(tx)) => {
-                        let r = sleep_wake(&engine, "/wake_up", "wake up").await;
+                        let r = sleep_wake(&engine, Phase::Ready).await;
                         if r.is_ok() {
                             engine.set(&*on_change, |s| s.phase = Phase::Ready);
                         }
@@ -428,26 +440,29 @@ async fn supervise(
                     }
                     Some(Command::Restart) => {}
                     Some(Command::Hung(why)) => {
-                        tracing::error!(model = %spec.model, pid, why, "the engine stopped answering: killing it to start it again");
-                        process.stop(Duration::ZERO).await;
+                        tracing::error!(model = %spec.model, pid, why, "the engine stopped answering: ending its run to start it again");
+                        run.stop(Duration::ZERO).await;
                         hung = Some(why);
-                        break process.wait().await;
+                        break Ended { verb: "stopped answering", detail: String::new() };
                     }
                 },
             }
         };
-        let msg = match hung {
-            Some(why) => format!(
+        let msg = match (hung, spec.kind.local()) {
+            (Some(why), true) => format!(
                 "the engine for {} stopped answering ({why}) and was killed",
                 spec.model
             ),
-            None => engine.failure(format!(
-                "the engine for {} exited unexpectedly ({status})",
+            (Some(why), false) => format!(
+                "the remote engine for {} is unreachable ({why}); vllamad retries it",
                 spec.model
+            ),
+            (None, _) => engine.failure(format!(
+                "the engine for {} {} unexpectedly ({})",
+                spec.model, ended.verb, ended.detail
             )),
         };
         tracing::error!(model = %spec.model, pid, error = %msg, "engine crashed");
-        let _ = std::fs::remove_dir_all(&spec.launch.tmpdir);
         engine.set(&*on_change, |s| {
             s.phase = Phase::Failed;
             s.pid = None;
@@ -464,36 +479,9 @@ async fn supervise(
     }
 }
 
-fn spawn_error(e: &ProcessError) -> String {
-    match e {
-        ProcessError::Spawn { program, source }
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            format!("the vLLM engine is not installed ({program} does not exist); run: sudo vllamactl engine install")
-        }
-        ProcessError::Spawn { program, source }
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            format!("vllamad's user may not run {program} ({source}); run: sudo vllamactl engine install --force, or fix its permissions")
-        }
-        other => other.to_string(),
-    }
-}
-
-fn remove_socket(endpoint: &Endpoint) {
-    if let Endpoint::Unix(path) = endpoint {
-        if let Err(e) = std::fs::remove_file(path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove the engine socket");
-            }
-        }
-    }
-}
-
-async fn stop(engine: &Engine, on_change: &ObserverFn, process: &mut EngineProcess) {
+async fn stop(engine: &Engine, on_change: &ObserverFn, run: &mut dyn Run) {
     engine.set(on_change, |s| s.phase = Phase::Stopping);
-    let graceful = process.stop(engine.spec.stop_grace).await;
-    remove_socket(&engine.spec.endpoint);
+    let graceful = run.stop(engine.spec.stop_grace).await;
     tracing::info!(model = %engine.spec.model, graceful, "engine stopped");
     engine.set(on_change, |s| {
         s.phase = Phase::Stopped;
@@ -501,28 +489,50 @@ async fn stop(engine: &Engine, on_change: &ObserverFn, process: &mut EngineProce
     });
 }
 
-async fn sleep_wake(engine: &Engine, path: &str, what: &'static str) -> Result<(), EngineError> {
+/// Puts the engine to sleep (`to` Sleeping) or wakes it (`to` Ready), when its kind can.
+async fn sleep_wake(engine: &Engine, to: Phase) -> Result<(), EngineError> {
+    let what = if to == Phase::Sleeping {
+        "sleep"
+    } else {
+        "wake up"
+    };
+    let refused = |message: String| EngineError::SleepWake {
+        model: engine.spec.model.clone(),
+        what,
+        message,
+    };
+    let (sleep, wake) = engine.spec.kind.sleep_paths().ok_or_else(|| {
+        refused(format!(
+            "a {} engine does not sleep",
+            engine.spec.kind.name()
+        ))
+    })?;
+    let path = if to == Phase::Sleeping { sleep } else { wake };
     engine
         .client
         .post_ok(path, SLEEP_WAKE_TIMEOUT)
         .await
-        .map_err(|e| EngineError::SleepWake {
-            model: engine.spec.model.clone(),
-            what,
-            message: e.to_string(),
-        })
+        .map_err(|e| refused(e.to_string()))
 }
 
-/// Polls `/health` until 200 (true) or `timeout` (false).
-async fn wait_healthy(client: &EngineClient, interval: Duration, timeout: Duration) -> bool {
+/// Asks the engine's kind whether it is ready until it is (`Ok`), refuses, or `timeout`
+/// passes (the error says why).
+async fn wait_ready(engine: &Engine, interval: Duration, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let per_try = Duration::from_secs(5).min(timeout);
+    let model = &engine.spec.model;
     loop {
-        if client.healthy(per_try).await {
-            return true;
-        }
+        let why = match engine.spec.kind.probe(&engine.client, per_try).await {
+            Probe::Ready => return Ok(()),
+            Probe::Refused(why) => return Err(why),
+            Probe::NotYet(why) => why,
+        };
         if Instant::now() + interval >= deadline {
-            return false;
+            return Err(if engine.spec.kind.local() {
+                format!("the engine for {model} did not become ready within {timeout:?} (engine.load_timeout)")
+            } else {
+                format!("the remote engine for {model} did not answer within {timeout:?}: {why}")
+            });
         }
         tokio::time::sleep(interval).await;
     }

@@ -368,8 +368,14 @@ async fn post(
             .insert(crate::request_id::HEADER, crate::request_id::value(&id));
     }
     lease.engine().client().send(req).await.map_err(|e| {
+        let engine = lease.engine();
+        // Ollama answers 500 whatever failed; a remote that is down is a 503 to retry.
+        let status = match engine.spec.kind.local() {
+            true => StatusCode::INTERNAL_SERVER_ERROR,
+            false => engine.lost(&e),
+        };
         http::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            status,
             format!("the engine for {} failed: {e}", lease.model()),
         )
     })

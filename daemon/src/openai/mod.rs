@@ -49,9 +49,13 @@ pub fn classify(e: &SchedError) -> (StatusCode, &'static str) {
         SchedError::Engine(EngineError::Timeout { .. }) => {
             (StatusCode::GATEWAY_TIMEOUT, "engine_timeout")
         }
-        SchedError::Engine(_) | SchedError::Internal(_) | SchedError::Profile(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "engine_error")
+        SchedError::Engine(EngineError::Unreachable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable")
         }
+        SchedError::Engine(_)
+        | SchedError::Internal(_)
+        | SchedError::Profile(_)
+        | SchedError::Remote(_) => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
     }
 }
 
@@ -159,7 +163,7 @@ async fn send_watched(
         Err(e) => {
             let msg = format!("the engine for {} failed: {e}", lease.model());
             tracing::error!(model = %lease.model(), error = %e, "engine request failed");
-            return dialect.error(StatusCode::BAD_GATEWAY, msg, "engine_error");
+            return dialect.error(lease.engine().lost(&e), msg, "engine_error");
         }
     };
     if !resp.status().is_success() {

@@ -35,6 +35,10 @@
 //! context-length refusal (`--max-model-len`, default 2048; chat prompts count 5 tokens a
 //! message, or a message's words + 1 if more) with `truncate_prompt_tokens`.
 //!
+//! `--api-key KEY` (or `VLLM_API_KEY`) guards the `/v1` routes as vLLM does (401
+//! `{"error": "Unauthorized"}`; `/health` stays open), and `--ssl-certfile`/`--ssl-keyfile`
+//! serve TCP over TLS: a stand-in for a vLLM that runs on another machine.
+//!
 //! `--max-num-seqs N` bounds the generations it runs at once, like vLLM's scheduler: more
 //! wait, first come first served (and, as with vLLM, a waiting request's client sees nothing
 //! until it runs).
@@ -64,6 +68,8 @@ mod apis;
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 struct Fake {
+    /// `--api-key`: the `/v1` routes want `Authorization: Bearer <it>`.
+    api_key: Option<String>,
     model: String,
     served_name: String,
     started: Instant,
@@ -172,6 +178,7 @@ async fn serve(args: Vec<String>) {
         let _ = std::fs::write(dir.join("env.json"), Value::Object(env).to_string());
     }
     let fake = Arc::new(Fake {
+        api_key: arg_value(&args, "--api-key").or_else(|| std::env::var("VLLM_API_KEY").ok()),
         model: model.clone(),
         served_name: arg_value(&args, "--served-model-name").unwrap_or_else(|| model.clone()),
         started: Instant::now(),
@@ -287,18 +294,61 @@ async fn serve(args: Vec<String>) {
                 std::process::exit(1);
             }
         };
+        let tls = match (
+            arg_value(&args, "--ssl-certfile"),
+            arg_value(&args, "--ssl-keyfile"),
+        ) {
+            (Some(cert), Some(key)) => match tls_acceptor(&cert, &key) {
+                Ok(acceptor) => Some(acceptor),
+                Err(e) => {
+                    log("ERROR", &format!("cannot load the TLS certificate: {e}"));
+                    std::process::exit(1);
+                }
+            },
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         log(
             "INFO",
-            &format!("Starting vLLM API server on http://{host}:{port}"),
+            &format!("Starting vLLM API server on {scheme}://{host}:{port}"),
         );
         loop {
             if let Ok((stream, _)) = listener.accept().await {
                 // As uvicorn does: tokens are small writes, Nagle would hold them back.
                 let _ = stream.set_nodelay(true);
-                spawn_conn(TokioIo::new(stream), fake.clone());
+                match &tls {
+                    None => spawn_conn(TokioIo::new(stream), fake.clone()),
+                    Some(acceptor) => {
+                        let (acceptor, fake) = (acceptor.clone(), fake.clone());
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                spawn_conn(TokioIo::new(stream), fake);
+                            }
+                        });
+                    }
+                }
             }
         }
     }
+}
+
+/// uvicorn's `--ssl-certfile`/`--ssl-keyfile`: PEM files, HTTP/1.1.
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{cert}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{key}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn spawn_conn<I>(io: I, fake: Arc<Fake>)
@@ -405,6 +455,12 @@ async fn handle(req: Request<Incoming>, fake: Arc<Fake>) -> Response<Body> {
         }
     }
     let ready = !fake.hang && fake.started.elapsed() >= fake.startup;
+    if let Some(key) = &fake.api_key {
+        let given = headers.get("authorization").and_then(Value::as_str);
+        if path.starts_with("/v1") && given != Some(format!("Bearer {key}").as_str()) {
+            return json_resp(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+        }
+    }
     match path.as_str() {
         "/health" if fake.stalled.load(Ordering::SeqCst) => {
             std::future::pending::<()>().await;
