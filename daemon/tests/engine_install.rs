@@ -330,8 +330,8 @@ fn engine_vllm_outside_a_venv_is_refused_with_the_setting_to_change() {
     let out = ctl(&d, &["engine", "install"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("engine.vllm = \\\"/var/lib/vllama/venv/bin/vllm\\\"")
-            || text(&out).contains("engine.vllm = \"/var/lib/vllama/venv/bin/vllm\""),
+        text(&out).contains("engine.program = \\\"/var/lib/vllama/venv/bin/vllm\\\"")
+            || text(&out).contains("engine.program = \"/var/lib/vllama/venv/bin/vllm\""),
         "{}",
         text(&out)
     );

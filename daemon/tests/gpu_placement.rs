@@ -23,7 +23,7 @@ fn setup(dir: &std::path::Path, models: &[(&str, f64)]) -> (Scheduler, Arc<FakeG
     config.paths.state_dir = dir.join("state");
     config.paths.runtime_dir = dir.join("run");
     config.paths.cache_dir = dir.join("cache");
-    config.engine.vllm = workspace_bin(env!("CARGO_BIN_EXE_vllamad"), "fake-vllm");
+    config.engine.program = workspace_bin(env!("CARGO_BIN_EXE_vllamad"), "fake-vllm");
     for (name, fraction) in models {
         let model_dir = dir.join("models").join(name);
         std::fs::create_dir_all(&model_dir).unwrap();

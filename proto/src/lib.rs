@@ -447,7 +447,7 @@ pub struct EngineRecord {
 /// `GET /v1/engine`: the engine program engines are started with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EngineStatus {
-    /// `engine.vllm` as configured.
+    /// `engine.program` as configured.
     pub program: String,
     /// The program exists and is executable.
     pub present: bool,

@@ -37,7 +37,7 @@ state_dir = "{tmp}/state"
 runtime_dir = "{tmp}/run"
 cache_dir = "{tmp}/cache"
 [engine]
-vllm = "{vllm}"
+program = "{vllm}"
 max_loaded = 1
 load_timeout = "5m"
 [log]

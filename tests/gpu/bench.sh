@@ -47,7 +47,7 @@ state_dir = "${HF_HOME:-$HOME/.cache/huggingface}"
 runtime_dir = "$work/run"
 cache_dir = "$work/cache"
 [engine]
-vllm = "$VLLM"
+program = "$VLLM"
 load_timeout = "30m"
 [models."bench"]
 source = "$src"

@@ -63,7 +63,7 @@ cache_dir = "$work/cache"
 [metrics]
 sample_interval = "200ms"
 [engine]
-vllm = "$BIN/fake-vllm"
+program = "$BIN/fake-vllm"
 [models."big"]
 source = "$work/model"
 env = { FAKE_VLLM_STATE_DIR = "$work/fake" }

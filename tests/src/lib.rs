@@ -149,7 +149,7 @@ pub struct DaemonOptions {
     pub admin_socket: Option<PathBuf>,
     /// Models served by the fake engine: name → extra `key = value` lines.
     pub fake_models: BTreeMap<String, Vec<String>>,
-    /// The fake engine binary (`engine.vllm`), when `fake_models` is used.
+    /// The fake engine binary (`engine.program`), when `fake_models` is used.
     pub fake_engine: Option<PathBuf>,
     /// config.json (and other files) of fake models: model → [(file, content)].
     pub model_files: BTreeMap<String, Vec<(String, String)>>,
@@ -218,7 +218,7 @@ impl DaemonOptions {
             sections
                 .entry("engine".into())
                 .or_default()
-                .push(format!("vllm = \"{}\"", fake.display()));
+                .push(format!("program = \"{}\"", fake.display()));
         }
         for (model, lines) in &self.fake_models {
             let section = sections.entry(format!("models.\"{model}\"")).or_default();
@@ -828,7 +828,7 @@ pub fn real_env(names: &[&str]) -> Option<Vec<PathBuf>> {
 /// arguments that suit two CPU cores (a 64 MB KV cache, no compilation, float32).
 pub fn real_engine_options(vllm: &Path) -> DaemonOptions {
     DaemonOptions::default()
-        .set("engine", &format!("vllm = \"{}\"", vllm.display()))
+        .set("engine", &format!("program = \"{}\"", vllm.display()))
         .set("engine", "load_timeout = \"5m\"")
         .set("engine", "stop_grace = \"15s\"")
         .set(

@@ -44,9 +44,11 @@ pub enum Transport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// The `vllm` executable. `vllamactl engine install` installs it when it is
-    /// `<venv>/bin/vllm` (`<venv>` becomes a link to the build it made).
-    pub vllm: PathBuf,
+    /// The engine's executable (`vllm`). `vllamactl engine install` installs it when it is
+    /// `<venv>/bin/vllm` (`<venv>` becomes a link to the build it made). Also read from the
+    /// key's old name, `vllm` (with a warning).
+    #[serde(alias = "vllm")]
+    pub program: PathBuf,
     /// The Python `vllamactl engine install` makes the engine's venv with.
     pub python: PathBuf,
     /// Extra arguments for every `vllm serve`.
@@ -95,7 +97,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            vllm: "/var/lib/vllama/venv/bin/vllm".into(),
+            program: "/var/lib/vllama/venv/bin/vllm".into(),
             python: "python3".into(),
             args: Vec::new(),
             env: BTreeMap::new(),
@@ -118,6 +120,14 @@ impl Default for EngineConfig {
 }
 
 /// How much GPU memory a model's engine may take.
+/// vLLM's distributed executor backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    Mp,
+    Ray,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GpuMemory {
     /// Weights on disk × 1.2 plus 1 GiB of KV cache, at most 90% of a GPU.
@@ -188,6 +198,18 @@ pub struct ModelConfig {
     pub dtype: Option<String>,
     #[serde(default = "one")]
     pub tensor_parallel: u32,
+    /// Pipeline stages (vLLM's `--pipeline-parallel-size`): across machines with `executor =
+    /// "ray"`.
+    #[serde(default = "one")]
+    pub pipeline_parallel: u32,
+    /// How vLLM runs its workers: `mp` (processes on this machine, vLLM's default) or `ray`
+    /// (a Ray cluster the operator runs: docs/SCALING.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<Executor>,
+    /// The Ray cluster's address (`RAY_ADDRESS`, e.g. `10.0.0.1:6379`) for `executor = "ray"`;
+    /// default: Ray's own (a cluster started on this machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray_address: Option<String>,
     #[serde(default = "auto")]
     pub gpu_memory: GpuMemory,
     #[serde(default)]
@@ -235,6 +257,9 @@ impl ModelConfig {
             max_model_len: None,
             dtype: None,
             tensor_parallel: 1,
+            pipeline_parallel: 1,
+            executor: None,
+            ray_address: None,
             gpu_memory: GpuMemory::Auto,
             args: Vec::new(),
             env: BTreeMap::new(),

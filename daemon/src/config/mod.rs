@@ -14,7 +14,9 @@ use crate::units::{ByteSize, HumanDuration};
 
 mod engine;
 pub mod ollama_env;
-pub use engine::{EngineConfig, GpuMemory, ModelConfig, PathsConfig, RemoteUrl, Transport};
+pub use engine::{
+    EngineConfig, Executor, GpuMemory, ModelConfig, PathsConfig, RemoteUrl, Transport,
+};
 
 /// Where the packaged daemon reads its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vllama/vllama.toml";
@@ -357,8 +359,17 @@ pub fn load(
     source: &ConfigSource,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
     let (config, file) = match std::fs::read_to_string(&source.path) {
-        Ok(text) => (parse(&text, &source.path)?, Some(source.path.clone())),
+        Ok(text) => {
+            if old_engine_key(&text) {
+                warnings.push(format!(
+                    "{}: [engine] vllm is now called program; it is read as before, but rename it",
+                    source.path.display()
+                ));
+            }
+            (parse(&text, &source.path)?, Some(source.path.clone()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => {
             (Config::default(), None)
         }
@@ -369,7 +380,6 @@ pub fn load(
             })
         }
     };
-    let mut warnings = Vec::new();
     let mut config = apply_env(config, env, &mut warnings)?;
     // Relative paths are relative to the file's folder, made absolute: engines run in other
     // working directories.
@@ -380,6 +390,15 @@ pub fn load(
         config,
         file,
         warnings,
+    })
+}
+
+/// Whether the file sets `[engine] vllm`, `engine.program`'s old name.
+fn old_engine_key(text: &str) -> bool {
+    text.parse::<toml::Table>().is_ok_and(|t| {
+        t.get("engine")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|e| e.contains_key("vllm"))
     })
 }
 
@@ -558,14 +577,14 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
         ("paths.state_dir", &mut config.paths.state_dir),
         ("paths.runtime_dir", &mut config.paths.runtime_dir),
         ("paths.cache_dir", &mut config.paths.cache_dir),
-        ("engine.vllm", &mut config.engine.vllm),
+        ("engine.program", &mut config.engine.program),
         ("engine.python", &mut config.engine.python),
     ] {
         if path.as_os_str().is_empty() {
             return Err(key_err(key, "must not be empty".into()));
         }
         // A bare program name (`vllm`, `python3`) is looked up in PATH.
-        let program = matches!(key, "engine.vllm" | "engine.python");
+        let program = matches!(key, "engine.program" | "engine.python");
         if path.is_relative() && (!program || path.components().count() > 1) {
             *path = normalize(&base.join(&*path));
         }
@@ -643,6 +662,18 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
                     }
                 }
             }
+        }
+        if model.pipeline_parallel == 0 {
+            return Err(key_err(
+                &format!("{key}.pipeline_parallel"),
+                "must be 1 or more".into(),
+            ));
+        }
+        if model.ray_address.is_some() && model.executor != Some(Executor::Ray) {
+            return Err(key_err(
+                &format!("{key}.ray_address"),
+                "is for executor = \"ray\": set it too".into(),
+            ));
         }
         if model.tensor_parallel == 0 {
             return Err(key_err(
@@ -1115,5 +1146,36 @@ mod tests {
             let err = valid(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_engines_old_key_is_read_and_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vllama.toml");
+        std::fs::write(&path, "[engine]\nvllm = \"/opt/vllm/bin/vllm\"\n").unwrap();
+        let source = ConfigSource {
+            path: path.clone(),
+            explicit: true,
+        };
+        let loaded = load(&source, env(&[])).unwrap();
+        assert_eq!(
+            loaded.config.engine.program,
+            Path::new("/opt/vllm/bin/vllm")
+        );
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("[engine] vllm is now called program")),
+            "{:?}",
+            loaded.warnings
+        );
+        std::fs::write(&path, "[engine]\nprogram = \"/opt/vllm/bin/vllm\"\n").unwrap();
+        let loaded = load(&source, env(&[])).unwrap();
+        assert_eq!(
+            loaded.config.engine.program,
+            Path::new("/opt/vllm/bin/vllm")
+        );
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 }

@@ -91,7 +91,7 @@ fn resolve(program: &Path) -> Option<PathBuf> {
     super::process::find_program(program).and_then(|p| std::fs::canonicalize(p).ok())
 }
 
-/// `<venv>/vllama-engine.json`, for `engine.vllm = <venv>/bin/vllm`.
+/// `<venv>/vllama-engine.json`, for `engine.program = <venv>/bin/vllm`.
 fn from_record(program: &Path) -> Option<KnownParsers> {
     let venv = program.parent()?.parent()?;
     let record: vllama_proto::EngineRecord =

@@ -13,7 +13,7 @@ use super::client::{Endpoint, EngineClient};
 use super::kind::{BoxFuture, Ended, EngineKind, Probe, Run};
 use super::process::{EngineProcess, Launch, Output, ProcessError};
 use super::supervisor::EngineSpec;
-use crate::config::{Config, ModelConfig, Transport};
+use crate::config::{Config, Executor, ModelConfig, Transport};
 use crate::placement::Placement;
 
 /// `vllm serve` as a child of vllamad, in its own process group.
@@ -178,9 +178,34 @@ pub fn spec(
     model: &ModelConfig,
     id: &str,
     served_name: &str,
-    (dir, profile): (&std::path::Path, &super::profile::Profile),
+    folder: (&std::path::Path, &super::profile::Profile),
     placement: Option<&Placement>,
 ) -> Result<EngineSpec, String> {
+    let (launch, endpoint) = launch(config, name, model, id, served_name, folder, placement)?;
+    Ok(EngineSpec {
+        id: id.to_string(),
+        model: name.to_string(),
+        kind: Arc::new(Vllm::new(launch, endpoint.clone())),
+        endpoint,
+        load_timeout: config.engine.load_timeout.0,
+        health_interval: config.engine.health_interval.0,
+        stop_grace: config.engine.stop_grace.0,
+        backoff_max: config.engine.restart_backoff_max.0,
+        stable_after: config.engine.stable_after.0,
+        auto_restart: model.pinned,
+    })
+}
+
+/// `vllm serve`'s command line and environment, and where it will listen.
+pub fn launch(
+    config: &Config,
+    name: &str,
+    model: &ModelConfig,
+    id: &str,
+    served_name: &str,
+    (dir, profile): (&std::path::Path, &super::profile::Profile),
+    placement: Option<&Placement>,
+) -> Result<(Launch, Endpoint), String> {
     let runtime = &config.paths.runtime_dir;
     let engines_dir = runtime.join("engines");
     std::fs::create_dir_all(&engines_dir)
@@ -226,6 +251,17 @@ pub fn spec(
             "--tensor-parallel-size".into(),
             model.tensor_parallel.to_string(),
         ]);
+    }
+    if model.pipeline_parallel > 1 {
+        args.extend([
+            "--pipeline-parallel-size".into(),
+            model.pipeline_parallel.to_string(),
+        ]);
+    }
+    match model.executor {
+        Some(Executor::Ray) => args.extend(["--distributed-executor-backend".into(), "ray".into()]),
+        Some(Executor::Mp) => args.extend(["--distributed-executor-backend".into(), "mp".into()]),
+        None => {}
     }
     if let Some(p) = placement {
         args.extend([
@@ -281,6 +317,10 @@ pub fn spec(
     if model.sleep {
         env.push(("VLLM_SERVER_DEV_MODE".into(), "1".into()));
     }
+    if let Some(address) = &model.ray_address {
+        // vLLM's ray.init() reads the cluster's address from here.
+        env.push(("RAY_ADDRESS".into(), address.clone()));
+    }
     if config.engine.responses_store {
         env.push(("VLLM_ENABLE_RESPONSES_API_STORE".into(), "1".into()));
     }
@@ -288,28 +328,15 @@ pub fn spec(
         env.retain(|(key, _)| key != k);
         env.push((k.clone(), v.clone()));
     }
-    Ok(EngineSpec {
-        id: id.to_string(),
+    let launch = Launch {
+        program: config.engine.program.clone(),
+        args,
+        env,
+        tmpdir,
         model: name.to_string(),
-        kind: Arc::new(Vllm::new(
-            Launch {
-                program: config.engine.vllm.clone(),
-                args,
-                env,
-                tmpdir,
-                model: name.to_string(),
-                levels: level_of,
-            },
-            endpoint.clone(),
-        )),
-        endpoint,
-        load_timeout: config.engine.load_timeout.0,
-        health_interval: config.engine.health_interval.0,
-        stop_grace: config.engine.stop_grace.0,
-        backoff_max: config.engine.restart_backoff_max.0,
-        stable_after: config.engine.stable_after.0,
-        auto_restart: model.pinned,
-    })
+        levels: level_of,
+    };
+    Ok((launch, endpoint))
 }
 
 /// The tracing level of one vLLM output line: `(APIServer pid=1) WARNING 11-27 …`, or a
@@ -426,5 +453,64 @@ mod tests {
         assert_eq!(level_of("E1127 16:11:31.835000 1 x] bad"), Level::ERROR);
         assert_eq!(level_of("Traceback (most recent call last):"), Level::INFO);
         assert_eq!(level_of(""), Level::INFO);
+    }
+
+    #[test]
+    fn a_ray_model_runs_on_the_operators_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.paths.runtime_dir = dir.path().join("run");
+        let model: ModelConfig = toml::from_str(
+            "source = \"x\"\nexecutor = \"ray\"\nray_address = \"10.0.0.1:6379\"\n\
+             tensor_parallel = 2\npipeline_parallel = 3\n",
+        )
+        .unwrap();
+        let profile =
+            super::super::profile::Profile::of(super::super::profile::detect("llama", None));
+        let (launch, _) = launch(
+            &config,
+            "big:latest",
+            &model,
+            "big-1",
+            "big:latest",
+            (std::path::Path::new("/models/big"), &profile),
+            None,
+        )
+        .unwrap();
+        let pair = |flag: &str| {
+            let at = launch.args.iter().position(|a| a == flag)?;
+            launch.args.get(at + 1).cloned()
+        };
+        for (flag, value) in [
+            ("--distributed-executor-backend", "ray"),
+            ("--tensor-parallel-size", "2"),
+            ("--pipeline-parallel-size", "3"),
+        ] {
+            assert_eq!(pair(flag).as_deref(), Some(value), "{:?}", launch.args);
+        }
+        assert!(
+            launch
+                .env
+                .contains(&("RAY_ADDRESS".into(), "10.0.0.1:6379".into())),
+            "{:?}",
+            launch.env
+        );
+        // Without Ray: neither the backend flag nor the address.
+        let model: ModelConfig = toml::from_str("source = \"x\"").unwrap();
+        let (launch, _) = super::launch(
+            &config,
+            "m:latest",
+            &model,
+            "m-1",
+            "m:latest",
+            (std::path::Path::new("/models/m"), &profile),
+            None,
+        )
+        .unwrap();
+        assert!(!launch
+            .args
+            .iter()
+            .any(|a| a == "--distributed-executor-backend"));
+        assert!(!launch.env.iter().any(|(k, _)| k == "RAY_ADDRESS"));
     }
 }

@@ -1,5 +1,5 @@
 //! `vllamactl engine install`: the daemon installs vLLM for its own engines, as its own user
-//! (so the files belong to it and the unit's sandbox applies), into the venv `engine.vllm`
+//! (so the files belong to it and the unit's sandbox applies), into the venv `engine.program`
 //! names. One install at a time; a second request for the same build watches the first.
 //! The build is made in a fresh folder and `<venv>` becomes a link to it only once it is
 //! verified: an interrupted install is redone, never half used, and the next engine start
@@ -26,8 +26,8 @@ pub use plan::{cpu_versions, Layout, Plan, DEFAULT_VERSION, RECORD_FILE};
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error(
-        "engine.vllm = {program} is not <venv>/bin/vllm with an absolute <venv>, so there is no \
-         venv to install into: set engine.vllm = \"/var/lib/vllama/venv/bin/vllm\" (the default) \
+        "engine.program = {program} is not <venv>/bin/vllm with an absolute <venv>, so there is no \
+         venv to install into: set engine.program = \"/var/lib/vllama/venv/bin/vllm\" (the default) \
          in /etc/vllama/vllama.toml and reload"
     )]
     NotAVenv { program: String },
@@ -45,7 +45,7 @@ pub enum InstallError {
     Busy { running: String },
     #[error(
         "{path} exists and was not made by `vllamactl engine install`: move it away (or set \
-         engine.vllm to another path), or run `vllamactl engine install --force` to set it aside \
+         engine.program to another path), or run `vllamactl engine install --force` to set it aside \
          in {aside}"
     )]
     Occupied { path: String, aside: String },
@@ -158,7 +158,7 @@ pub fn hint(tail: &[String]) -> String {
          PIP_INDEX_URL if a mirror is used"
             .into()
     } else if has(&["permission denied", "read-only file system"]) {
-        "vllamad's user cannot write there: keep engine.vllm under a folder the daemon owns \
+        "vllamad's user cannot write there: keep engine.program under a folder the daemon owns \
          (the default, /var/lib/vllama/venv/bin/vllm)"
             .into()
     } else {
@@ -307,7 +307,7 @@ impl Installer {
         env: Vec<(String, String)>,
         gpus: usize,
     ) -> Result<watch::Receiver<InstallProgress>, InstallError> {
-        let layout = Layout::of(&engine.vllm)?;
+        let layout = Layout::of(&engine.program)?;
         let build = req.build.unwrap_or_else(|| suggest(gpus).0);
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             .to_string()
@@ -547,7 +547,7 @@ fn remove_builds(builds: &Path, remove: impl Fn(&Path) -> bool) {
 
 /// `GET /v1/engine`: what engines are started with and what installed it.
 pub async fn status(engine: &EngineConfig, installer: &Installer, gpus: usize) -> EngineStatus {
-    let program = engine.vllm.clone();
+    let program = engine.program.clone();
     let (present, found) = tokio::task::spawn_blocking(move || {
         let present = is_executable(&program);
         let found = Layout::of(&program)
@@ -563,7 +563,7 @@ pub async fn status(engine: &EngineConfig, installer: &Installer, gpus: usize) -
     };
     let (suggested_build, suggested_reason) = suggest(gpus);
     EngineStatus {
-        program: engine.vllm.display().to_string(),
+        program: engine.program.display().to_string(),
         present,
         target,
         record,

