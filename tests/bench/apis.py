@@ -39,7 +39,7 @@ try:
     cfg = os.path.join(work, "v.toml")
     open(cfg, "w").write(f'[api]\nlisten = "127.0.0.1:{vp}"\n[admin]\nsocket = "{work}/a.sock"\n'
                          f'[paths]\nstate_dir = "{work}/s"\nruntime_dir = "{work}/r"\ncache_dir = "{work}/c"\n'
-                         f'[log]\nformat = "text"\naccess = false\n[engine]\nvllm = "{fake}"\nmax_queue = 100000\nmax_in_flight = 100000\n'
+                         f'[log]\nformat = "text"\naccess = false\n[engine]\nprogram = "{fake}"\nmax_queue = 100000\nmax_in_flight = 100000\n'
                          f'[models."tiny"]\nsource = "{mdir}"\n'
                          f'env = {{ FAKE_VLLM_TOKEN_MS = "{TOKEN_MS}", FAKE_VLLM_STARTUP_MS = "10" }}\n')
     vd = subprocess.Popen([os.path.join(target, "vllamad"), "--config", cfg],

@@ -143,7 +143,7 @@ try:
         f'[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{work}/a.sock"\n'
         f'[paths]\nstate_dir = "{work}/s"\nruntime_dir = "{work}/r"\ncache_dir = "{work}/c"\n'
         f'[log]\nformat = "text"\naccess = false\n'
-        f'[engine]\nvllm = "{fake}"\nmax_loaded = {len(FAULTS)}\nload_timeout = "3s"\nstop_grace = "1s"\n'
+        f'[engine]\nprogram = "{fake}"\nmax_loaded = {len(FAULTS)}\nload_timeout = "3s"\nstop_grace = "1s"\n'
         f'stall_timeout = "1s"\nrestart_backoff_max = "2s"\nmax_queue = 100000\n' + models)
     prefix = os.environ.get("VLLAMAD_PREFIX", "").split()
     vd = subprocess.Popen(prefix + [os.path.join(target, "vllamad"), "--config", cfg],

@@ -23,7 +23,7 @@ def start(d, on, models):
             f'[paths]\nstate_dir = "{d}/state"\nruntime_dir = "{d}/run"\ncache_dir = "{d}/cache"\n'
             f'[log]\nfilter = "info"\nformat = "text"\naccess = {"true" if on else "false"}\n'
             f'[metrics]\nenabled = {"true" if on else "false"}\n'
-            f'[engine]\nvllm = "{fake}"\nmax_loaded = {max(models, 1)}\n')
+            f'[engine]\nprogram = "{fake}"\nmax_loaded = {max(models, 1)}\n')
     for i in range(models):
         m = os.path.join(d, f"m{i}"); os.makedirs(m, exist_ok=True)
         open(os.path.join(m, "config.json"), "w").write('{"model_type":"llama"}')

@@ -5,8 +5,10 @@ The same load — 16-token completions, not streamed, c = 8, from an engine that
 wait — goes straight to a fake engine and through vllamad (to its own fake engine), in
 alternating rounds. What vllamad spends in CPU per request, over what the engine spends per
 request on the direct path, is a ratio that moves little with the machine's speed or load
-(both are hyper on tokio, on the same cores, in the same minute). The guard fails when the
-median ratio of the rounds is more than 20 % above the one recorded in proxy_guard.json.
+(both are hyper on tokio, on the same cores, in the same minute). Other work on the machine
+only ever adds to it (a CI run beside a build saw 2.09–2.97 in one run), so the guard takes
+the lowest ratio of the rounds, and fails when that is more than 20 % above the one recorded
+in proxy_guard.json (recorded the same way).
 
 usage: python3 tests/bench/proxy_guard.py [--record]     (release binaries: target/release)
 """
@@ -51,7 +53,7 @@ def main():
         cfg = os.path.join(work, "v.toml")
         open(cfg, "w").write(f'[api]\nlisten = "127.0.0.1:{vp}"\n[admin]\nsocket = "{work}/a.sock"\n'
                              f'[paths]\nstate_dir = "{work}/s"\nruntime_dir = "{work}/r"\ncache_dir = "{work}/c"\n'
-                             f'[log]\nformat = "text"\n[engine]\nvllm = "{fake}"\nmax_in_flight = 100000\n'
+                             f'[log]\nformat = "text"\n[engine]\nprogram = "{fake}"\nmax_in_flight = 100000\n'
                              f'[models."tiny"]\nsource = "{mdir}"\n'
                              'env = { FAKE_VLLM_TOKEN_MS = "0", FAKE_VLLM_STARTUP_MS = "10" }\n')
         vd = subprocess.Popen([os.path.join(TARGET, "vllamad"), "--config", cfg],
@@ -70,7 +72,7 @@ def main():
             ratios.append(vllamad_us / engine_us)
             print(f"  CPU per request: engine {engine_us:.0f} µs, vllamad {vllamad_us:.0f} µs: "
                   f"ratio {ratios[-1]:.2f}")
-        ratio = sorted(ratios)[len(ratios) // 2]
+        ratio = min(ratios)
     finally:
         stop_all(procs)
     if "--record" in sys.argv:
@@ -80,7 +82,7 @@ def main():
         return 0
     recorded = json.load(open(RECORD))["ratio"]
     verdict = "ok" if ratio <= recorded * SLACK else "FAIL"
-    print(f"pass-through CPU per request / the engine's: {ratio:.2f} (median of {ROUNDS}; "
+    print(f"pass-through CPU per request / the engine's: {ratio:.2f} (lowest of {ROUNDS}; "
           f"recorded {recorded:.2f}, limit {recorded * SLACK:.2f}): {verdict}")
     return 0 if verdict == "ok" else 1
 

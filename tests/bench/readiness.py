@@ -19,7 +19,7 @@ with tempfile.TemporaryDirectory() as d:
     cfg = os.path.join(d, "v.toml")
     open(cfg, "w").write(f"""[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{d}/a.sock"
 [paths]\nstate_dir = "{d}/s"\nruntime_dir = "{d}/r"\ncache_dir = "{d}/c"\n[log]\nfilter = "warn"
-[engine]\nvllm = "{os.path.abspath(fake)}"\nkeep_alive = 0
+[engine]\nprogram = "{os.path.abspath(fake)}"\nkeep_alive = 0
 [models."m"]\nsource = "{model}"\nenv = {{ FAKE_VLLM_STARTUP_MS = "437", FAKE_VLLM_STATE_DIR = "{state}", FAKE_VLLM_TOKEN_MS = "0" }}
 """)
     p = subprocess.Popen([vllamad, "--config", cfg], stderr=subprocess.DEVNULL)

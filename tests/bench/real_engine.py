@@ -97,7 +97,7 @@ with tempfile.TemporaryDirectory() as d:
     with open(cfg, "w") as f:
         f.write(f'''[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{d}/admin.sock"
 [paths]\nstate_dir = "{d}/s"\nruntime_dir = "{d}/r"\ncache_dir = "{d}/c"\n[log]\nfilter = "warn"
-[engine]\nvllm = "{vllm}"\nload_timeout = "5m"\nargs = {json.dumps(ARGS)}\nenv = {{ VLLM_TARGET_DEVICE = "cpu" }}
+[engine]\nprogram = "{vllm}"\nload_timeout = "5m"\nargs = {json.dumps(ARGS)}\nenv = {{ VLLM_TARGET_DEVICE = "cpu" }}
 [models."m"]\nsource = "{model}"\n''')
     daemon = subprocess.Popen([os.path.join(target, "vllamad"), "--config", cfg], stderr=subprocess.DEVNULL)
     while not os.path.exists(f"{d}/admin.sock"):

@@ -62,7 +62,7 @@ with tempfile.TemporaryDirectory() as d:
     cfg = os.path.join(d, "v.toml")
     open(cfg, "w").write(f'''[api]\nlisten = "127.0.0.1:{port}"\n[admin]\nsocket = "{d}/a.sock"
 [paths]\nstate_dir = "{d}/s"\nruntime_dir = "{d}/r"\ncache_dir = "{d}/c"\n[log]\nfilter = "warn"
-[engine]\nvllm = "{os.path.abspath(os.path.join(target, "fake-vllm"))}"\nkeep_alive = -1\nmax_queue = 4096\nmax_in_flight = 4096
+[engine]\nprogram = "{os.path.abspath(os.path.join(target, "fake-vllm"))}"\nkeep_alive = -1\nmax_queue = 4096\nmax_in_flight = 4096
 [models."m"]\nsource = "{model}"\nenv = {{ FAKE_VLLM_TOKEN_MS = "{TOKEN_MS}", FAKE_VLLM_STARTUP_MS = "50" }}\n''')
     daemon = subprocess.Popen([os.path.join(target, "vllamad"), "--config", cfg], stderr=subprocess.DEVNULL)
     time.sleep(0.3)

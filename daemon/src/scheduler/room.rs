@@ -60,10 +60,12 @@ impl Scheduler {
                 }
             } else {
                 let total = gpus.iter().map(|g| g.total_bytes).min().unwrap_or(0);
+                // This machine holds one pipeline stage (the others are Ray's, elsewhere):
+                // its GPUs share 1/pipeline_parallel of the weights.
                 let need = placement::need_per_gpu(
                     model.gpu_memory,
                     total,
-                    weights,
+                    weights / u64::from(model.pipeline_parallel.max(1)),
                     model.tensor_parallel,
                 );
                 placement::place(
