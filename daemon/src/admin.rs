@@ -48,7 +48,7 @@ pub fn spawn(
             let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    crate::server::accept_failed(&e).await;
+                    crate::http::accept_failed(&e).await;
                     continue;
                 }
             };
@@ -201,9 +201,9 @@ async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role)
             Ok(req) => pull(daemon, req).await,
             Err(reject) => reject.into(),
         },
-        Route::Models => http::json(StatusCode::OK, &crate::store::ops::list(daemon).await),
+        Route::Models => http::json(StatusCode::OK, &crate::store_ops::list(daemon).await),
         Route::Remove => match parse::<RemoveRequest>(&body) {
-            Ok(req) => match crate::store::ops::remove(daemon, &req.model, req.force).await {
+            Ok(req) => match crate::store_ops::remove(daemon, &req.model, req.force).await {
                 Ok(what) => http::json(
                     StatusCode::OK,
                     &serde_json::json!({"model": req.model, "removed": what}),
@@ -439,7 +439,7 @@ fn store_error(e: &crate::store::StoreError) -> Response<Body> {
 /// Streams the pull's progress as NDJSON (one line per change, at most five a second) until
 /// it is done or has failed. A client that leaves detaches: the pull goes on.
 async fn pull(daemon: &Daemon, req: PullRequest) -> Response<Body> {
-    let rx = match crate::store::ops::pull(daemon, &req.model).await {
+    let rx = match crate::store_ops::pull(daemon, &req.model).await {
         Ok(rx) => rx,
         Err(e) => return store_error(&e),
     };
@@ -452,7 +452,7 @@ async fn pull(daemon: &Daemon, req: PullRequest) -> Response<Body> {
 }
 
 fn sched_error(e: &SchedError) -> Response<Body> {
-    http::error(crate::openai::classify(e).0, e.to_string())
+    http::error(e.status().0, e.to_string())
 }
 
 /// Starts the model and streams its progress as NDJSON until it is ready or has failed.

@@ -60,7 +60,7 @@ pub fn spawn_metrics(
         "metrics",
         |req, daemon, _peer| async move {
             match (req.uri().path(), req.method()) {
-                ("/metrics", &Method::GET) => crate::metrics::respond(&daemon).await,
+                ("/metrics", &Method::GET) => crate::scrape::respond(&daemon).await,
                 _ => http::error(
                     StatusCode::NOT_FOUND,
                     "this listener serves GET /metrics only",
@@ -101,7 +101,7 @@ fn serve<H, F>(
                     continue;
                 }
                 Err(e) => {
-                    crate::server::accept_failed(&e).await;
+                    crate::http::accept_failed(&e).await;
                     continue;
                 }
             };
@@ -321,14 +321,18 @@ fn over_limit(daemon: &Daemon, path: &str, limited: crate::limits::Limited) -> R
 }
 
 /// A key restricted to some models may use the one this body names (or an alias of one).
-fn model_allowed(key: &crate::keys::Key, body: &[u8]) -> Result<(), crate::keys::Denied> {
+fn model_allowed(
+    key: &crate::keys::Key,
+    body: &[u8],
+    aliases: &crate::aliases::Aliases,
+) -> Result<(), crate::keys::Denied> {
     let Some(named) = crate::keys::model_in(body) else {
         return Ok(());
     };
     let Ok(name) = crate::models::ModelName::parse(&named) else {
         return Ok(()); // the route refuses it as it would without a key
     };
-    if key.may_use(&name) {
+    if key.may_use(&name, aliases) {
         Ok(())
     } else {
         Err(crate::keys::Denied::Model(named))
@@ -456,7 +460,7 @@ async fn route(
     };
     let mut parts = parts;
     if let Some(key) = key.filter(|k| k.restricted()) {
-        if let Err(denied) = model_allowed(&key, &body) {
+        if let Err(denied) = model_allowed(&key, &body, daemon.scheduler.aliases()) {
             return refuse(daemon, &path, &denied);
         }
         parts.extensions.insert(crate::keys::Restricted(key));
@@ -478,7 +482,7 @@ async fn route(
                 vllama_version: crate::VERSION,
             },
         )),
-        ("/metrics", &Method::GET) if metrics_here(daemon) => crate::metrics::respond(daemon).await,
+        ("/metrics", &Method::GET) if metrics_here(daemon) => crate::scrape::respond(daemon).await,
         ("/health", &Method::GET | &Method::HEAD) => crate::health::respond(daemon),
         (
             "/v1/chat/completions"

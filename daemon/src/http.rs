@@ -281,3 +281,9 @@ impl From<Reject> for Response<Body> {
         error(r.0, r.1)
     }
 }
+/// Accept errors (out of fds, a connection reset before accept) must not end the loop;
+/// back off briefly so a full fd table does not spin the CPU.
+pub async fn accept_failed(e: &std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}

@@ -117,8 +117,8 @@ impl Key {
     }
 
     /// Whether this key may use `name`, or the model `name` is an alias of.
-    pub fn may_use(&self, name: &ModelName) -> bool {
-        self.allows(name) || crate::store::aliases::target(name).is_some_and(|t| self.allows(&t))
+    pub fn may_use(&self, name: &ModelName, aliases: &crate::aliases::Aliases) -> bool {
+        self.allows(name) || aliases.target(name).is_some_and(|t| self.allows(&t))
     }
 
     pub fn touch(&self) {
@@ -478,10 +478,14 @@ pub fn model_in(body: &[u8]) -> Option<String> {
 pub struct Restricted(pub Arc<Key>);
 
 /// Whether a request with these extensions may see the model `name` in a list.
-pub fn visible(extensions: &http::Extensions, name: &str) -> bool {
+pub fn visible(
+    extensions: &http::Extensions,
+    name: &str,
+    aliases: &crate::aliases::Aliases,
+) -> bool {
     match extensions.get::<Restricted>() {
         None => true,
-        Some(Restricted(key)) => ModelName::parse(name).is_ok_and(|n| key.may_use(&n)),
+        Some(Restricted(key)) => ModelName::parse(name).is_ok_and(|n| key.may_use(&n, aliases)),
     }
 }
 

@@ -18,7 +18,9 @@
     )
 )]
 
+pub mod active_config;
 pub mod admin;
+pub mod aliases;
 pub mod api;
 pub mod auth;
 pub mod cli;
@@ -46,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model_info;
 pub mod models;
+pub mod names;
 pub mod notify;
 pub mod observe;
 pub mod ollama;
@@ -53,14 +56,19 @@ pub mod openai;
 pub mod placement;
 pub mod reload;
 pub mod request_id;
+pub mod response_ids;
+pub mod sampling;
 pub mod scheduler;
+pub mod scrape;
 pub mod server;
 pub mod sse;
 pub mod stall;
 pub mod state;
 pub mod store;
+pub mod store_ops;
 pub mod tasks;
 pub mod units;
+pub mod view;
 
 /// The daemon's version, reported by `/api/version` and the admin API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -111,11 +111,7 @@ impl ModelInfo {
             context_length,
             parameter_count,
             quantization,
-            size: if size > 0 {
-                size
-            } else {
-                crate::models::weights_size(dir)
-            },
+            size: if size > 0 { size } else { weights_size(dir) },
             digest,
             modified_at,
             template,
@@ -261,6 +257,33 @@ fn header_params(path: &Path) -> Option<u64> {
             .map(|shape| shape.iter().filter_map(Value::as_u64).product::<u64>())
             .sum(),
     )
+}
+
+/// Sum of the weight files' sizes in a model directory (safetensors, or .bin without them).
+pub fn weights_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let files: Vec<(String, u64)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // metadata() follows the store's symlinks to the blobs.
+            let size = std::fs::metadata(e.path()).ok()?.len();
+            Some((name, size))
+        })
+        .collect();
+    let sum = |ext: &str| -> u64 {
+        files
+            .iter()
+            .filter(|(n, _)| n.ends_with(ext))
+            .map(|(_, s)| s)
+            .sum()
+    };
+    match sum(".safetensors") {
+        0 => sum(".bin"),
+        n => n,
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,15 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ModelConfig};
 
+impl From<InvalidName> for ModelError {
+    fn from(e: InvalidName) -> ModelError {
+        ModelError::InvalidName {
+            name: e.name,
+            why: e.why,
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
     #[error("invalid model name `{name}`: {why}")]
@@ -25,95 +34,7 @@ pub enum ModelError {
     NotAModelDir { name: String, path: String },
 }
 
-/// A validated model name: `name:tag` (tag defaulting to `latest`) or a repository
-/// `org/name[@revision]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModelName(String);
-
-impl ModelName {
-    pub fn parse(raw: &str) -> Result<ModelName, ModelError> {
-        let bad = |why| ModelError::InvalidName {
-            name: raw.to_string(),
-            why,
-        };
-        let name = raw.trim();
-        if name.is_empty() {
-            return Err(bad("empty"));
-        }
-        if name.len() > 200 {
-            return Err(bad("longer than 200 characters"));
-        }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@'))
-        {
-            return Err(bad("use letters, digits and . _ - : / @"));
-        }
-        if name
-            .split(['/', ':', '@'])
-            .any(|part| part.is_empty() || part == "." || part == "..")
-        {
-            return Err(bad("empty, `.` or `..` parts are not allowed"));
-        }
-        if name.matches('/').count() > 1 {
-            return Err(bad("at most one `/` (organisation/name)"));
-        }
-        if name.contains('/') {
-            if name.contains(':') {
-                return Err(bad("a repository name takes `@revision`, not `:tag`"));
-            }
-            return Ok(ModelName(name.to_string()));
-        }
-        if name.contains('@') {
-            return Err(bad(
-                "`@revision` is for repositories (organisation/name@revision)",
-            ));
-        }
-        match name.split_once(':') {
-            Some((_, tag)) if tag.contains(':') => Err(bad("more than one `:`")),
-            Some(_) => Ok(ModelName(name.to_ascii_lowercase())),
-            None => Ok(ModelName(format!("{}:latest", name.to_ascii_lowercase()))),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `org/name` and revision, when the name is a repository.
-    pub fn as_repo(&self) -> Option<(&str, &str)> {
-        if !self.0.contains('/') {
-            return None;
-        }
-        Some(match self.0.split_once('@') {
-            Some((repo, rev)) => (repo, rev),
-            None => (self.0.as_str(), "main"),
-        })
-    }
-
-    /// A short, file-name-safe form for engine ids and socket names (≤ 40 bytes).
-    pub fn slug(&self) -> String {
-        let mut s: String = self
-            .0
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        s.truncate(40);
-        s
-    }
-}
-
-impl std::fmt::Display for ModelName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::names::{InvalidName, ModelName};
 
 /// Ollama names of popular models and the Hugging Face repositories vLLM serves them from.
 pub const CATALOG: &[(&str, &str)] = &[
@@ -398,14 +319,18 @@ impl Facts {
 }
 
 /// What the configuration says about a requested name: its settings, and its canonical name.
-pub fn lookup(config: &Config, name: &ModelName) -> Result<(ModelName, ModelConfig), ModelError> {
+pub fn lookup(
+    config: &Config,
+    aliases: &crate::aliases::Aliases,
+    name: &ModelName,
+) -> Result<(ModelName, ModelConfig), ModelError> {
     // Configured names are canonical (config validation made them so).
     if let Some(model) = config.models.get(name.as_str()) {
         return Ok((name.clone(), model.clone()));
     }
-    if let Some(target) = crate::store::aliases::target(name) {
+    if let Some(target) = aliases.target(name) {
         if &target != name {
-            return lookup(config, &target);
+            return lookup(config, aliases, &target);
         }
     }
     if name.as_repo().is_some() {
@@ -483,33 +408,6 @@ pub fn snapshot_dir(hub: &Path, repo: &str, rev: &str) -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-/// Sum of the weight files' sizes in a model directory (safetensors, or .bin without them).
-pub fn weights_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let files: Vec<(String, u64)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            // metadata() follows the store's symlinks to the blobs.
-            let size = std::fs::metadata(e.path()).ok()?.len();
-            Some((name, size))
-        })
-        .collect();
-    let sum = |ext: &str| -> u64 {
-        files
-            .iter()
-            .filter(|(n, _)| n.ends_with(ext))
-            .map(|(_, s)| s)
-            .sum()
-    };
-    match sum(".safetensors") {
-        0 => sum(".bin"),
-        n => n,
-    }
-}
-
 /// For `vllamad --check-config`: each configured model's engine profile (its folder read
 /// now), or why it cannot be read yet (not pulled, say).
 pub fn profiles(config: &crate::config::Config) -> Vec<(String, Result<String, ModelError>)> {
@@ -518,6 +416,7 @@ pub fn profiles(config: &crate::config::Config) -> Vec<(String, Result<String, M
         .iter()
         .map(|(name, model)| {
             let described = ModelName::parse(name)
+                .map_err(ModelError::from)
                 .and_then(|n| info_of(&config.paths.state_dir, &n, model))
                 .map(|info| {
                     format!(
@@ -581,17 +480,34 @@ mod tests {
             ModelConfig::from_source("/models/tiny"),
         );
         let tiny = ModelName::parse("tiny:latest").unwrap();
-        assert_eq!(lookup(&config, &tiny).unwrap().1.source, "/models/tiny");
+        assert_eq!(
+            lookup(&config, &crate::aliases::Aliases::default(), &tiny)
+                .unwrap()
+                .1
+                .source,
+            "/models/tiny"
+        );
         let qwen = ModelName::parse("qwen2.5:0.5b").unwrap();
         assert_eq!(
-            lookup(&config, &qwen).unwrap().1.source,
+            lookup(&config, &crate::aliases::Aliases::default(), &qwen)
+                .unwrap()
+                .1
+                .source,
             "Qwen/Qwen2.5-0.5B-Instruct"
         );
         let repo = ModelName::parse("org/model").unwrap();
-        assert_eq!(lookup(&config, &repo).unwrap().1.source, "org/model");
+        assert_eq!(
+            lookup(&config, &crate::aliases::Aliases::default(), &repo)
+                .unwrap()
+                .1
+                .source,
+            "org/model"
+        );
         let unknown = ModelName::parse("nothing:here").unwrap();
         assert_eq!(
-            lookup(&config, &unknown).unwrap_err().to_string(),
+            lookup(&config, &crate::aliases::Aliases::default(), &unknown)
+                .unwrap_err()
+                .to_string(),
             "model \"nothing:here\" not found, try pulling it first (vllamactl pull nothing:here)"
         );
     }
@@ -622,6 +538,6 @@ mod tests {
             resolve_dir(state.path(), &name, "org/other"),
             Err(ModelError::NotPulled { .. })
         ));
-        assert_eq!(weights_size(&snap), 1000);
+        assert_eq!(crate::model_info::weights_size(&snap), 1000);
     }
 }

@@ -110,6 +110,7 @@ async fn try_reload(daemon: &Daemon, generation: u64) -> Result<Vec<String>, Rel
     daemon.publish(new);
     daemon.set_keys(keys);
     // Aliases may have been edited by hand.
-    let _ = tokio::task::spawn_blocking(move || crate::store::aliases::load(&state_dir)).await;
+    let aliases = daemon.scheduler.aliases().clone();
+    let _ = tokio::task::spawn_blocking(move || aliases.load(&state_dir)).await;
     Ok(needs_restart)
 }

@@ -103,8 +103,6 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
             tracing::warn!(count = n, "killed engines left by an earlier vllamad");
         }
     }
-    let state_dir = active.config.paths.state_dir.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::store::aliases::load(&state_dir)).await;
     let keys_file = active.config.api.keys_file.clone();
     let allow_unauthenticated = active.config.api.allow_unauthenticated;
     let keys = tokio::task::spawn_blocking(move || crate::keys::KeyRing::read(&keys_file))
@@ -131,6 +129,11 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
         metrics.clone(),
         Arc::new(move || changed.notify_one()),
     );
+    let (aliases, state_dir) = (
+        scheduler.aliases().clone(),
+        config_tx.borrow().config.paths.state_dir.clone(),
+    );
+    let _ = tokio::task::spawn_blocking(move || aliases.load(&state_dir)).await;
     let daemon = Arc::new(Daemon::new(
         options.config,
         config_tx,
@@ -176,7 +179,7 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     notifier.spawn_watchdog(&engine_tasks, shutdown.clone());
     tracing::info!(status = %daemon.status_line(), "ready");
     spawn_status_updates(&daemon, status_changed, &engine_tasks, shutdown.clone());
-    crate::metrics::sampler::spawn(&daemon, &engine_tasks, shutdown.clone());
+    crate::sampling::spawn(&daemon, &engine_tasks, shutdown.clone());
     daemon.scheduler.preload_configured();
     let scheduler = daemon.scheduler.clone();
     engine_tasks.spawn(async move { scheduler.read_parsers().await });
@@ -237,11 +240,4 @@ fn spawn_status_updates(
             }
         }
     });
-}
-
-/// Accept errors (out of fds, a connection reset before accept) must not end the loop;
-/// back off briefly so a full fd table does not spin the CPU.
-pub(crate) async fn accept_failed(e: &std::io::Error) {
-    tracing::warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -1,29 +1,18 @@
 //! The daemon's shared state: the configuration in force (swapped atomically on reload),
 //! the listeners, and the facts `vllamactl status` reports.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 use vllama_proto::{ConfigInfo, ListenerInfo, Status};
 
-use crate::auth::AccessPolicy;
-use crate::config::{Config, ConfigSource};
+use crate::config::ConfigSource;
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
 use crate::scheduler::{EngineView, Scheduler};
 
-/// One loaded configuration, immutable once published.
-#[derive(Debug)]
-pub struct ActiveConfig {
-    pub config: Config,
-    pub file: Option<PathBuf>,
-    /// 1 at start, +1 for every applied reload.
-    pub generation: u64,
-    pub loaded_at: SystemTime,
-    pub access: AccessPolicy,
-}
+pub use crate::active_config::ActiveConfig;
 
 /// The daemon's working parts, made before it.
 #[derive(Debug)]
@@ -51,7 +40,7 @@ pub struct Daemon {
     pub installer: crate::install::Installer,
     pub tasks: tokio_util::task::TaskTracker,
     /// Which model made each recent Responses answer (`GET /v1/responses/{id}`).
-    pub responses: Arc<crate::openai::responses::ResponseIds>,
+    pub responses: Arc<crate::response_ids::ResponseIds>,
     /// The API keys in force (empty: none required on a loopback listener).
     keys: std::sync::RwLock<Arc<crate::keys::KeyRing>>,
     /// Failed authentications, for the log's rate limit.
@@ -244,7 +233,4 @@ pub fn engine_info(v: &EngineView) -> vllama_proto::EngineInfo {
     }
 }
 
-/// RFC 3339 in UTC with millisecond precision.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::units::rfc3339;

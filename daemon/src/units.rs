@@ -302,6 +302,11 @@ impl<'de> Deserialize<'de> for KeepAlive {
     }
 }
 
+/// RFC 3339 in UTC with millisecond precision.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

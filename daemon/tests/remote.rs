@@ -248,6 +248,16 @@ fn a_remote_engine_over_tls_with_a_token_serves_ollama_clients_and_comes_back_af
         "{ps}"
     );
 
+    // Its own metrics, federated into vllamad's scrape with the model's label.
+    let metrics = d.get("/metrics").body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vllm_generation_tokens_total{")
+                && l.contains("model=\"big:latest\"")),
+        "{metrics}"
+    );
+
     // A wrong token: refused at once, naming the remote and the token.
     let resp = ollama_chat(&d, "wrong", false);
     assert_eq!(resp.status, 503, "{}", resp.body);

@@ -612,7 +612,7 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
             model.source = normalize(&base.join(&model.source)).display().to_string();
         }
         let canonical =
-            crate::models::ModelName::parse(&name).map_err(|e| key_err(&key, e.to_string()))?;
+            crate::names::ModelName::parse(&name).map_err(|e| key_err(&key, e.to_string()))?;
         if models.contains_key(canonical.as_str()) {
             return Err(key_err(
                 &key,

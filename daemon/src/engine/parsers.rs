@@ -91,12 +91,15 @@ fn resolve(program: &Path) -> Option<PathBuf> {
     super::process::find_program(program).and_then(|p| std::fs::canonicalize(p).ok())
 }
 
+/// The record `engine install` writes last into a build's folder (here, below the installer,
+/// because the engine reads it).
+pub const RECORD_FILE: &str = "vllama-engine.json";
+
 /// `<venv>/vllama-engine.json`, for `engine.program = <venv>/bin/vllm`.
 fn from_record(program: &Path) -> Option<KnownParsers> {
     let venv = program.parent()?.parent()?;
     let record: vllama_proto::EngineRecord =
-        serde_json::from_slice(&std::fs::read(venv.join(crate::install::RECORD_FILE)).ok()?)
-            .ok()?;
+        serde_json::from_slice(&std::fs::read(venv.join(RECORD_FILE)).ok()?).ok()?;
     (!record.tool_parsers.is_empty()).then_some(KnownParsers {
         version: record.vllm_version,
         tool: record.tool_parsers,

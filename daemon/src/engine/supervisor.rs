@@ -261,9 +261,13 @@ impl Engine {
     /// has begun (so that a following [`Engine::ready`] does not see the old failure).
     pub async fn restart(&self) {
         let mut rx = self.watch();
-        if rx.borrow_and_update().phase != Phase::Failed {
-            return;
-        }
+        let before = {
+            let status = rx.borrow_and_update();
+            if status.phase != Phase::Failed {
+                return;
+            }
+            status.restarts
+        };
         if self
             .commands
             .send(CommandBox(Command::Restart))
@@ -272,7 +276,11 @@ impl Engine {
         {
             return;
         }
-        let _ = rx.wait_for(|s| s.phase != Phase::Failed).await;
+        // The new start counts itself in `restarts`: a start that fails at once goes
+        // Starting → Failed faster than this watch may look, and must still end the wait.
+        let _ = rx
+            .wait_for(|s| s.phase != Phase::Failed || s.restarts > before)
+            .await;
     }
 
     async fn ask(

@@ -18,8 +18,7 @@ use super::InstallError;
 pub const DEFAULT_VERSION: &str = "0.32.0";
 /// pip new enough for `--progress-bar raw`.
 const PIP: &str = "pip>=24.1";
-/// The record `engine install` writes last into a build's folder.
-pub const RECORD_FILE: &str = "vllama-engine.json";
+pub use crate::engine::parsers::RECORD_FILE;
 /// The pinned requirements of a CPU build, written into its folder.
 pub const REQUIREMENTS_FILE: &str = "vllama-requirements.txt";
 

@@ -20,7 +20,7 @@ use prometheus::{
 };
 
 use crate::engine::{EngineEvent, EngineStatus, Phase};
-use crate::scheduler::EngineView;
+use crate::view::EngineView;
 
 /// Request latencies of LLM calls: milliseconds (a cached `/api/tags`) to minutes (a long
 /// generation on a cold engine).
@@ -428,24 +428,6 @@ impl Metrics {
         out.retain(|f| !f.get_metric().is_empty());
         Ok(out)
     }
-}
-
-/// `GET /metrics`: ours, then the engines.
-pub async fn respond(daemon: &crate::state::Daemon) -> hyper::Response<crate::http::Body> {
-    let timeout = daemon.config().config.metrics.engine_timeout.0;
-    let theirs = engines::scrape(daemon.scheduler.engine_handles(), timeout);
-    let mut text = daemon.metrics.render(
-        &daemon.scheduler.engines(),
-        daemon.connections.counts(),
-        daemon.started.elapsed(),
-    );
-    text.push_str(&theirs.await);
-    let mut resp = hyper::Response::new(crate::http::full(text));
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
 }
 
 /// `vllama_connections_shed_total`: kept by the connection registry, rendered here.

@@ -2,13 +2,7 @@
 //! memory (its process group's RSS, and GPU memory per NVML) on a blocking thread, and
 //! stores the reading for scrapes, `STATUS=` and `vllamactl status`.
 
-use std::sync::Arc;
-
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use crate::gpu::{GpuInfo, GpuProbe};
-use crate::state::Daemon;
 
 /// One engine's memory.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,41 +41,6 @@ pub fn sample(probe: &dyn GpuProbe, engines: &[(String, u32)]) -> Samples {
         })
         .collect();
     Samples { gpus, engines }
-}
-
-/// Samples until `shutdown`. Refreshes `STATUS=` when the GPU memory figure it shows moved.
-pub fn spawn(daemon: &Arc<Daemon>, tracker: &TaskTracker, shutdown: CancellationToken) {
-    let daemon = daemon.clone();
-    tracker.spawn(async move {
-        let mut shown = daemon.status_line();
-        loop {
-            let engines: Vec<(String, u32)> = daemon
-                .scheduler
-                .engines()
-                .into_iter()
-                .filter_map(|e| Some((e.model, e.pid?)))
-                .collect();
-            let probe = daemon.scheduler.probe();
-            let reading = tokio::task::spawn_blocking(move || {
-                super::process::trim_heap();
-                sample(&*probe, &engines)
-            })
-            .await;
-            if let Ok(samples) = reading {
-                daemon.metrics.store_samples(samples);
-                let line = daemon.status_line();
-                if line != shown {
-                    daemon.notifier.status(&line);
-                    shown = line;
-                }
-            }
-            let every = daemon.config().config.metrics.sample_interval.0;
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ fn bad(e: translate::Invalid) -> Reject {
 }
 
 fn sched(e: SchedError) -> Reject {
-    Reject(crate::openai::classify(&e).0, e.to_string())
+    Reject(e.status().0, e.to_string())
 }
 
 /// Empty prompt/messages: load the model (or unload it with keep_alive 0), Ollama-style.
@@ -518,6 +518,7 @@ async fn embed(
 /// Every model this daemon can serve: configured ones and those in the store.
 async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
     let config = daemon.config().config.clone();
+    let aliases = daemon.scheduler.aliases().clone();
     tokio::task::spawn_blocking(move || {
         let mut out: Vec<(String, Arc<ModelInfo>)> = Vec::new();
         for (name, m) in &config.models {
@@ -529,7 +530,7 @@ async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
             }
         }
         let hub = config.paths.state_dir.join("hub");
-        for m in crate::store::list(&hub) {
+        for m in crate::store::list(&hub, &aliases) {
             let dir = crate::store::layout::RepoDir::new(&hub, &m.repo).snapshot(&m.commit);
             if out.iter().any(|(_, i)| i.dir == dir) {
                 continue;
@@ -540,7 +541,7 @@ async fn catalog(daemon: &Daemon) -> Vec<(String, Arc<ModelInfo>)> {
             }
         }
         // Aliases (`/api/copy`) are listed under their own names.
-        for (alias, target) in crate::store::aliases::all() {
+        for (alias, target) in aliases.all() {
             if let Some((_, info)) = out.iter().find(|(n, _)| *n == target).cloned() {
                 out.push((alias, info));
             }
@@ -556,7 +557,7 @@ async fn tags(daemon: &Daemon, parts: &Parts) -> Result<Response<Body>, Reject> 
     let models: Vec<Value> = catalog(daemon)
         .await
         .iter()
-        .filter(|(name, _)| crate::keys::visible(&parts.extensions, name))
+        .filter(|(name, _)| crate::keys::visible(&parts.extensions, name, daemon.scheduler.aliases()))
         .map(|(name, info)| {
             json!({"name": name, "model": name, "modified_at": rfc3339(info.modified_at), "size": info.size,
                    "digest": info.digest, "details": info.details(), "capabilities": info.capabilities()})
@@ -569,8 +570,8 @@ async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
     let req = object(body)?;
     let (_, name) = model_of(&req)?;
     let config = daemon.config().config.clone();
-    let (canonical, model) =
-        models::lookup(&config, &name).map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
+    let (canonical, model) = models::lookup(&config, daemon.scheduler.aliases(), &name)
+        .map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
     let info = tokio::task::spawn_blocking(move || {
         models::info_of(&config.paths.state_dir, &canonical, &model)
     })
@@ -603,7 +604,9 @@ async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
 async fn ps(daemon: &Daemon, parts: &Parts) -> Result<Response<Body>, Reject> {
     let mut models = Vec::new();
     let engines = daemon.scheduler.engines().into_iter();
-    for view in engines.filter(|v| crate::keys::visible(&parts.extensions, &v.model)) {
+    for view in engines
+        .filter(|v| crate::keys::visible(&parts.extensions, &v.model, daemon.scheduler.aliases()))
+    {
         // Loaded models only, as Ollama lists them: not failed or stopping engines.
         if !matches!(view.phase, Phase::Starting | Phase::Ready | Phase::Sleeping) {
             continue;
@@ -641,7 +644,9 @@ async fn openai_models(
     let listed: Vec<Value> = catalog(daemon)
         .await
         .iter()
-        .filter(|(name, _)| crate::keys::visible(&parts.extensions, name))
+        .filter(|(name, _)| {
+            crate::keys::visible(&parts.extensions, name, daemon.scheduler.aliases())
+        })
         .map(|(name, info)| {
             let created = info
                 .modified_at

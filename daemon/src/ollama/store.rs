@@ -12,7 +12,8 @@ use vllama_proto::{PullPhase, PullProgress};
 use super::{bool_of, model_of, object, str_of};
 use crate::http::{self, Body, Reject};
 use crate::state::Daemon;
-use crate::store::{ops, StoreError};
+use crate::store::StoreError;
+use crate::store_ops as ops;
 
 fn store_reject(e: StoreError) -> Reject {
     Reject(e.status(), e.to_string())

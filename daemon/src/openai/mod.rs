@@ -18,45 +18,14 @@ pub(crate) mod usage;
 
 pub use dialect::Dialect;
 
-use crate::engine::EngineError;
 use crate::http::{self, Body};
-use crate::models::{ModelError, ModelName};
-use crate::scheduler::{Lease, SchedError};
+use crate::models::ModelName;
+use crate::scheduler::Lease;
 use crate::state::Daemon;
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 pub fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response<Body> {
     Dialect::OpenAi.error(status, message, kind)
-}
-
-/// HTTP status and OpenAI error type of a scheduling error.
-pub fn classify(e: &SchedError) -> (StatusCode, &'static str) {
-    match e {
-        SchedError::Model(ModelError::InvalidName { .. }) => {
-            (StatusCode::BAD_REQUEST, "invalid_request_error")
-        }
-        SchedError::Model(_) | SchedError::NotLoaded(_) => {
-            (StatusCode::NOT_FOUND, "not_found_error")
-        }
-        SchedError::Busy { .. } | SchedError::ShuttingDown | SchedError::Unloading(_) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "server_busy")
-        }
-        SchedError::NoGpuRoom { .. }
-        | SchedError::TooManyLoaded { .. }
-        | SchedError::NoHostRoom { .. } => {
-            (StatusCode::SERVICE_UNAVAILABLE, "insufficient_resources")
-        }
-        SchedError::Engine(EngineError::Timeout { .. }) => {
-            (StatusCode::GATEWAY_TIMEOUT, "engine_timeout")
-        }
-        SchedError::Engine(EngineError::Unreachable(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable")
-        }
-        SchedError::Engine(_)
-        | SchedError::Internal(_)
-        | SchedError::Profile(_)
-        | SchedError::Remote(_) => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
-    }
 }
 
 /// `POST` to a model's route: OpenAI's chat, completions, embeddings, Responses and
@@ -93,7 +62,7 @@ pub async fn forward(
     let lease = match daemon.scheduler.acquire(&name, None).await {
         Ok(lease) => lease,
         Err(e) => {
-            let (status, kind) = classify(&e);
+            let (status, kind) = e.status();
             return dialect.error(status, e.to_string(), kind);
         }
     };

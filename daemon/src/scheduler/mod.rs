@@ -13,13 +13,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::active_config::ActiveConfig;
 use crate::config::{Config, ModelConfig};
 use crate::engine::{vllm, Endpoint, Engine, EngineError, EngineSpec, Phase};
 use crate::gpu::GpuProbe;
 use crate::model_info::ModelInfo;
 use crate::models::{self, ModelError, ModelName};
 use crate::placement::{self, Placement, Reservation, Shortfall};
-use crate::state::ActiveConfig;
 use crate::units::{ByteSize, KeepAlive};
 
 mod keep_alive;
@@ -63,6 +63,40 @@ pub enum SchedError {
     Remote(#[from] crate::engine::remote::RemoteError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl SchedError {
+    /// The HTTP status of a scheduling error, and its error type (OpenAI's names; the
+    /// Ollama and admin APIs use the status alone): the one place they are mapped.
+    pub fn status(&self) -> (hyper::StatusCode, &'static str) {
+        use hyper::StatusCode;
+        match self {
+            SchedError::Model(ModelError::InvalidName { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error")
+            }
+            SchedError::Model(_) | SchedError::NotLoaded(_) => {
+                (StatusCode::NOT_FOUND, "not_found_error")
+            }
+            SchedError::Busy { .. } | SchedError::ShuttingDown | SchedError::Unloading(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server_busy")
+            }
+            SchedError::NoGpuRoom { .. }
+            | SchedError::TooManyLoaded { .. }
+            | SchedError::NoHostRoom { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "insufficient_resources")
+            }
+            SchedError::Engine(EngineError::Timeout { .. }) => {
+                (StatusCode::GATEWAY_TIMEOUT, "engine_timeout")
+            }
+            SchedError::Engine(EngineError::Unreachable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable")
+            }
+            SchedError::Engine(_)
+            | SchedError::Internal(_)
+            | SchedError::Profile(_)
+            | SchedError::Remote(_) => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
+        }
+    }
 }
 
 /// How [`Scheduler::unload`] treats the requests in flight.
@@ -150,6 +184,8 @@ struct Inner {
     parsers: crate::engine::parsers::Parsers,
     /// Makes local engines' specs.
     launcher: Arc<dyn Launcher>,
+    /// Other names of models (Ollama's copy), read at start and reload.
+    aliases: Arc<crate::aliases::Aliases>,
 }
 
 /// Cheap to clone.
@@ -204,31 +240,7 @@ impl Drop for Lease {
     }
 }
 
-/// What `vllamactl ps` shows of an engine.
-#[derive(Debug, Clone)]
-pub struct EngineView {
-    pub model: String,
-    pub served_name: String,
-    pub id: String,
-    pub phase: Phase,
-    pub pid: Option<u32>,
-    /// The engine seam's kind: `vllm`, `remote`.
-    pub kind: &'static str,
-    pub endpoint: String,
-    pub gpus: Vec<u32>,
-    pub gpu_memory_bytes: u64,
-    pub pending: u32,
-    /// Of those, the ones waiting for a turn (the engine runs all it can at once).
-    pub queued: u32,
-    pub expires_at: Option<SystemTime>,
-    pub keep_alive: KeepAlive,
-    pub restarts: u32,
-    pub crashes: u32,
-    pub last_error: Option<String>,
-    pub load_duration: Option<Duration>,
-    pub pinned: bool,
-    pub info: Option<Arc<ModelInfo>>,
-}
+pub use crate::view::EngineView;
 
 impl Scheduler {
     pub fn new(
@@ -270,12 +282,18 @@ impl Scheduler {
                 idle: tokio::sync::Notify::new(),
                 parsers: crate::engine::parsers::Parsers::default(),
                 launcher,
+                aliases: Arc::default(),
             }),
         }
     }
 
     fn config(&self) -> Arc<ActiveConfig> {
         self.inner.config.borrow().clone()
+    }
+
+    /// The aliases its lookups follow (the daemon's one map).
+    pub fn aliases(&self) -> &Arc<crate::aliases::Aliases> {
+        &self.inner.aliases
     }
 
     /// Whether it takes new requests (false once shutdown began).
@@ -348,7 +366,8 @@ impl Scheduler {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(SchedError::ShuttingDown);
         }
-        let (canonical, mut model) = models::lookup(&self.config().config, name)?;
+        let (canonical, mut model) =
+            models::lookup(&self.config().config, &self.inner.aliases, name)?;
         if let Some(want) = num_ctx {
             let running = self
                 .slots()
@@ -374,12 +393,15 @@ impl Scheduler {
         let engine = lease.engine.clone();
         let timeout = self.config().config.engine.load_timeout.0;
         let remote = !engine.spec.kind.local();
-        match engine.status().phase {
+        let status = engine.status();
+        match status.phase {
             // A remote that is down is retried in the background: fail at once, not after
-            // waiting out its back-off.
+            // waiting out its back-off or a retry in progress.
             Phase::Failed if remote => {
-                let why = engine.status().last_error.unwrap_or_default();
-                return Err(EngineError::Unreachable(why).into());
+                return Err(EngineError::Unreachable(status.last_error.unwrap_or_default()).into());
+            }
+            Phase::Starting if remote && status.restarts > 0 && status.last_error.is_some() => {
+                return Err(EngineError::Unreachable(status.last_error.unwrap_or_default()).into());
             }
             Phase::Failed => {
                 let backoff_max = self.config().config.engine.restart_backoff_max.0;
@@ -503,7 +525,7 @@ impl Scheduler {
     /// facts, else the model folder's (read off the async threads).
     pub async fn model_info(&self, name: &ModelName) -> Result<Arc<ModelInfo>, SchedError> {
         let active = self.config();
-        let (canonical, model) = models::lookup(&active.config, name)?;
+        let (canonical, model) = models::lookup(&active.config, &self.inner.aliases, name)?;
         if let Some(slot) = self.slots().get(&canonical) {
             return Ok(slot.info.clone());
         }
@@ -531,7 +553,7 @@ impl Scheduler {
     /// model stays loaded and takes requests again. `Unload::Force` (`--force`, `rm --force`)
     /// stops it now: its streams end with an error event or line.
     pub async fn unload(&self, name: &ModelName, how: Unload) -> Result<(), SchedError> {
-        let canonical = models::lookup(&self.config().config, name)
+        let canonical = models::lookup(&self.config().config, &self.inner.aliases, name)
             .map(|(n, _)| n)
             .unwrap_or_else(|_| name.clone());
         if how == Unload::Drain {
@@ -609,7 +631,7 @@ impl Scheduler {
     /// Ollama's `keep_alive: 0` on an empty request: unload now if idle, else as soon as the
     /// requests in flight end (they are not cut off). False when the model was not loaded.
     pub async fn unload_when_idle(&self, name: &ModelName) -> Result<bool, SchedError> {
-        let canonical = models::lookup(&self.config().config, name)
+        let canonical = models::lookup(&self.config().config, &self.inner.aliases, name)
             .map(|(n, _)| n)
             .unwrap_or_else(|_| name.clone());
         let busy = {

@@ -127,7 +127,13 @@ impl Scheduler {
         let Some((victim, engine, sleep, weights)) = victim else {
             return false;
         };
-        if sleep && engine.status().phase == Phase::Ready && host_memory_for(weights) {
+        // /proc/meminfo is read off the async workers, like every other file.
+        let fits = sleep
+            && engine.status().phase == Phase::Ready
+            && tokio::task::spawn_blocking(move || host_memory_for(weights))
+                .await
+                .unwrap_or(false);
+        if fits {
             match engine.sleep().await {
                 Ok(()) => {
                     tracing::info!(model = %victim, "put to sleep to make room");

@@ -74,6 +74,32 @@ impl Run for Resident {
     }
 }
 
+/// An engine that cannot start (the program is missing): every start fails at once.
+#[derive(Debug)]
+struct Missing;
+
+impl EngineKind for Missing {
+    fn name(&self) -> &'static str {
+        "missing"
+    }
+
+    fn start(
+        &self,
+        _: &EngineClient,
+        _: &crate::engine::process::Output,
+    ) -> Result<Box<dyn Run>, String> {
+        Err("the vLLM engine is not installed".into())
+    }
+
+    fn probe<'a>(&'a self, _: &'a EngineClient, _: Duration) -> BoxFuture<'a, Probe> {
+        Box::pin(std::future::ready(Probe::NotYet("not started".into())))
+    }
+
+    fn local(&self) -> bool {
+        true
+    }
+}
+
 struct InMemory(Arc<Counts>);
 
 impl Launcher for InMemory {
@@ -87,13 +113,18 @@ impl Launcher for InMemory {
         _: (&std::path::Path, &Profile),
         _: Option<&Placement>,
     ) -> Result<EngineSpec, String> {
+        let kind: Arc<dyn EngineKind> = if model.env.contains_key("MISSING") {
+            Arc::new(Missing)
+        } else {
+            Arc::new(Memory {
+                model: name.to_string(),
+                counts: self.0.clone(),
+            })
+        };
         Ok(EngineSpec {
             id: id.to_string(),
             model: name.to_string(),
-            kind: Arc::new(Memory {
-                model: name.to_string(),
-                counts: self.0.clone(),
-            }),
+            kind,
             endpoint: Endpoint::Unix("/nonexistent/engine.sock".into()),
             load_timeout: Duration::from_secs(5),
             health_interval: Duration::from_millis(10),
@@ -267,7 +298,8 @@ async fn futures_join(s: &Scheduler, n: usize) -> usize {
 async fn a_context_restart_never_stops_an_engine_a_lease_holds() {
     let dir = tempfile::tempdir().unwrap();
     let m = scheduler(dir.path(), "", &[]);
-    let (canonical, model) = models::lookup(&m.s.config().config, &name("a")).unwrap();
+    let (canonical, model) =
+        models::lookup(&m.s.config().config, m.s.aliases(), &name("a")).unwrap();
     // The request that got its lease between the larger-context request's look at
     // `pending` and its stop: the stop must see the lease and leave the engine alone.
     let lease = m.s.start(&canonical, model, None).await.unwrap();
@@ -300,7 +332,7 @@ async fn a_stale_deadline_does_nothing_to_a_model_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let m = scheduler(dir.path(), "", &[("a", "keep_alive = \"100ms\"")]);
     drop(m.s.acquire(&name("a"), None).await.unwrap());
-    let (canonical, _) = models::lookup(&m.s.config().config, &name("a")).unwrap();
+    let (canonical, _) = models::lookup(&m.s.config().config, m.s.aliases(), &name("a")).unwrap();
     let armed = m.s.slots().get(&canonical).map(|slot| slot.epoch).unwrap();
     // A lease taken since: the epoch moved on; the old deadline's expiry is ignored.
     let held = m.s.acquire(&name("a"), None).await.unwrap();
@@ -327,5 +359,22 @@ async fn without_a_gpu_and_max_loaded_unset_every_model_stays_loaded_when_memory
     assert_eq!(max_loaded(0, 0), usize::MAX);
     assert_eq!(max_loaded(0, 2), 6, "3 per GPU");
     assert_eq!(max_loaded(4, 2), 4);
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_start_that_fails_at_once_is_reported_again_not_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[("a", "env = { MISSING = \"1\" }")]);
+    let first = m.s.acquire(&name("a"), None).await.unwrap_err();
+    assert!(first.to_string().contains("not installed"), "{first}");
+    // The retry goes Starting → Failed in one step of the supervisor: the request must see
+    // the new failure, not wait for a change the watch coalesced away.
+    for _ in 0..2 {
+        let again = tokio::time::timeout(Duration::from_secs(10), m.s.acquire(&name("a"), None))
+            .await
+            .expect("the second request hung on a start that had already failed");
+        assert!(again.unwrap_err().to_string().contains("not installed"));
+    }
     m.s.shutdown().await;
 }

@@ -3,10 +3,8 @@
 //! aliases (Ollama's `copy`). Everything here that touches the disk is blocking and runs off
 //! the request path (`spawn_blocking`).
 
-pub mod aliases;
 pub mod hub;
 pub mod layout;
-pub mod ops;
 pub mod pull;
 
 use std::collections::HashSet;
@@ -56,8 +54,18 @@ fn io(path: &Path, e: std::io::Error) -> StoreError {
 }
 
 /// The repository and revision a model name is pulled from.
-pub fn source_of(config: &Config, name: &ModelName) -> Result<(String, String), StoreError> {
-    let (_, model) = models::lookup(config, name)?;
+impl From<crate::names::InvalidName> for StoreError {
+    fn from(e: crate::names::InvalidName) -> StoreError {
+        StoreError::Model(e.into())
+    }
+}
+
+pub fn source_of(
+    config: &Config,
+    aliases: &crate::aliases::Aliases,
+    name: &ModelName,
+) -> Result<(String, String), StoreError> {
+    let (_, model) = models::lookup(config, aliases, name)?;
     if Path::new(&model.source).is_absolute() {
         return Err(StoreError::LocalFolder {
             name: name.to_string(),
@@ -112,11 +120,11 @@ fn display_name(repo: &str, revision: &str) -> String {
 }
 
 /// Every `repo@revision` in the store, with what its folder says.
-pub fn list(hub: &Path) -> Vec<StoredModel> {
+pub fn list(hub: &Path, aliases: &crate::aliases::Aliases) -> Vec<StoredModel> {
     let Ok(entries) = std::fs::read_dir(hub) else {
         return Vec::new();
     };
-    let aliases = aliases::all();
+    let aliases = aliases.all();
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let Some(repo) = entry.file_name().to_str().and_then(RepoDir::repo_of) else {
@@ -160,7 +168,7 @@ pub fn list(hub: &Path) -> Vec<StoredModel> {
                 revision,
                 commit,
                 size_bytes: snapshot_bytes(&snapshot),
-                modified_at: modified.map(crate::state::rfc3339).unwrap_or_default(),
+                modified_at: modified.map(crate::units::rfc3339).unwrap_or_default(),
                 family: info.family,
                 architecture: info.architecture,
                 parameter_count: info.parameter_count,

@@ -5,9 +5,10 @@
 use tokio::sync::watch;
 use vllama_proto::{PullProgress, StoredModel};
 
-use super::{aliases, StoreError};
+use crate::aliases::Aliases;
 use crate::models::{self, ModelName};
 use crate::state::Daemon;
+use crate::store::StoreError;
 
 fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
     StoreError::Io {
@@ -16,13 +17,15 @@ fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
     }
 }
 
-/// Writes an alias change (see [`aliases::update`]) off the async threads.
+/// Writes an alias change (see [`Aliases::update`]) off the async threads.
 async fn update_aliases(
+    aliases: &std::sync::Arc<Aliases>,
     state_dir: std::path::PathBuf,
     alias: Option<ModelName>,
     target: ModelName,
 ) -> Result<(), StoreError> {
-    tokio::task::spawn_blocking(move || aliases::update(&state_dir, alias.as_ref(), &target))
+    let aliases = aliases.clone();
+    tokio::task::spawn_blocking(move || aliases.update(&state_dir, alias.as_ref(), &target))
         .await
         .map_err(blocking_failed)?
         .map_err(|e| StoreError::Io {
@@ -35,10 +38,10 @@ async fn update_aliases(
 pub async fn pull(daemon: &Daemon, raw: &str) -> Result<watch::Receiver<PullProgress>, StoreError> {
     let name = ModelName::parse(raw)?;
     let config = daemon.config().config.clone();
-    let (repo, revision) = super::source_of(&config, &name)?;
+    let (repo, revision) = crate::store::source_of(&config, daemon.scheduler.aliases(), &name)?;
     let hub_dir = config.paths.state_dir.join("hub");
     // Reads the token file.
-    let hub = tokio::task::spawn_blocking(move || super::hub_for(&config))
+    let hub = tokio::task::spawn_blocking(move || crate::store::hub_for(&config))
         .await
         .map_err(blocking_failed)??;
     Ok(daemon.pulls.start(hub, hub_dir, &repo, &revision))
@@ -54,14 +57,15 @@ pub async fn finished(mut rx: watch::Receiver<PullProgress>) -> PullProgress {
 pub async fn list(daemon: &Daemon) -> Vec<StoredModel> {
     let config = daemon.config().config.clone();
     let hub = config.paths.state_dir.join("hub");
+    let aliases = daemon.scheduler.aliases().clone();
     tokio::task::spawn_blocking(move || {
-        let mut list = super::list(&hub);
+        let mut list = crate::store::list(&hub, &aliases);
         // A configured model's own parser choices win over the family table's.
         for m in &mut list {
             let Ok(name) = ModelName::parse(&m.name) else {
                 continue;
             };
-            let Ok((canonical, model)) = models::lookup(&config, &name) else {
+            let Ok((canonical, model)) = models::lookup(&config, &aliases, &name) else {
                 continue;
             };
             if model.tool_parser.is_none() && model.reasoning_parser.is_none() {
@@ -84,13 +88,14 @@ pub async fn remove(daemon: &Daemon, raw: &str, force: bool) -> Result<String, S
     let name = ModelName::parse(raw)?;
     let state_dir = daemon.config().config.paths.state_dir.clone();
     // An alias goes alone; the model stays.
-    if aliases::target(&name).is_some_and(|t| t != name) {
-        update_aliases(state_dir, None, name.clone()).await?;
+    let aliases = daemon.scheduler.aliases();
+    if aliases.target(&name).is_some_and(|t| t != name) {
+        update_aliases(aliases, state_dir, None, name.clone()).await?;
         return Ok(format!("alias {name}"));
     }
     let config = daemon.config().config.clone();
-    let (canonical, _) = models::lookup(&config, &name)?;
-    let (repo, revision) = super::source_of(&config, &canonical)?;
+    let (canonical, _) = models::lookup(&config, aliases, &name)?;
+    let (repo, revision) = crate::store::source_of(&config, aliases, &canonical)?;
     if daemon.scheduler.engine_of(&canonical).is_some() {
         if !force {
             return Err(StoreError::InUse(canonical.to_string()));
@@ -103,10 +108,10 @@ pub async fn remove(daemon: &Daemon, raw: &str, force: bool) -> Result<String, S
     }
     let hub = state_dir.join("hub");
     let (r, v) = (repo.clone(), revision.clone());
-    tokio::task::spawn_blocking(move || super::remove(&hub, &r, &v))
+    tokio::task::spawn_blocking(move || crate::store::remove(&hub, &r, &v))
         .await
         .map_err(blocking_failed)??;
-    update_aliases(state_dir, None, canonical.clone()).await?;
+    update_aliases(aliases, state_dir, None, canonical.clone()).await?;
     tracing::info!(model = %canonical, repo, revision, "removed from the store");
     Ok(format!("{repo}@{revision}"))
 }
@@ -116,7 +121,8 @@ pub async fn copy(daemon: &Daemon, source: &str, destination: &str) -> Result<()
     let source = ModelName::parse(source)?;
     let destination = ModelName::parse(destination)?;
     let config = daemon.config().config.clone();
-    let (canonical, model) = models::lookup(&config, &source)?;
+    let aliases = daemon.scheduler.aliases();
+    let (canonical, model) = models::lookup(&config, aliases, &source)?;
     let state_dir = config.paths.state_dir.clone();
     let (c, s) = (canonical.clone(), model.source.clone());
     // The source must exist: in the store, or as a folder.
@@ -127,6 +133,7 @@ pub async fn copy(daemon: &Daemon, source: &str, destination: &str) -> Result<()
     .await
     .map_err(blocking_failed)??;
     update_aliases(
+        aliases,
         config.paths.state_dir.clone(),
         Some(destination.clone()),
         canonical.clone(),
