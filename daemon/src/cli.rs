@@ -25,6 +25,11 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
+    /// Run the engine a record describes, as the main process of its systemd unit
+    /// (vllama-engine@.service), and exit with its status.
+    #[arg(long, value_name = "RECORD", hide = true)]
+    pub engine_unit: Option<PathBuf>,
+
     /// Print the man page or a shell completion script and exit (used to build packages).
     #[arg(long, value_name = "WHAT", hide = true)]
     pub generate: Option<Generate>,

@@ -29,6 +29,10 @@ fn main() -> ExitCode {
         };
     }
 
+    if let Some(record) = &args.engine_unit {
+        return engine_unit(record, args.log_format);
+    }
+
     if args.check_config {
         return match vllamad::config::load(&source, std::env::vars()) {
             Ok(loaded) => match toml::to_string(&loaded.config) {
@@ -97,4 +101,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `vllamad --engine-unit RECORD`: an engine unit's main process.
+fn engine_unit(record: &std::path::Path, format: Option<vllamad::config::LogFormat>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vllamad: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let format = format.unwrap_or(vllamad::config::LogFormat::Auto);
+        let _log = match vllamad::logging::init(format, "info") {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("vllamad: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match vllamad::engine::unit_main::run(record).await {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                tracing::error!(error = %e, "the engine unit cannot run");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -10,14 +10,14 @@ use crate::gpu::GpuInfo;
 use crate::units::ByteSize;
 
 /// Memory promised to one engine on one GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     pub gpu: u32,
     pub bytes: u64,
 }
 
 /// Where an engine goes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Placement {
     pub gpus: Vec<u32>,
     /// What the engine may take on each GPU: `fraction` × that GPU's total.

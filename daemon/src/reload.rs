@@ -109,6 +109,12 @@ async fn try_reload(daemon: &Daemon, generation: u64) -> Result<Vec<String>, Rel
     let state_dir = new.config.paths.state_dir.clone();
     daemon.publish(new);
     daemon.set_keys(keys);
+    // Engines started otherwise than the new configuration says: once each, the rest untouched.
+    let restarted = daemon.scheduler.restart_changed(&old.config);
+    if !restarted.is_empty() {
+        let names: Vec<String> = restarted.iter().map(ToString::to_string).collect();
+        tracing::info!(models = %names.join(", "), "restarting the engines whose configuration changed");
+    }
     // Aliases may have been edited by hand.
     let aliases = daemon.scheduler.aliases().clone();
     let _ = tokio::task::spawn_blocking(move || aliases.load(&state_dir)).await;

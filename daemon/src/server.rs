@@ -122,12 +122,37 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     let changed = status_changed.clone();
     let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(active));
     let metrics = Arc::new(crate::metrics::Metrics::new()?);
-    let scheduler = crate::scheduler::Scheduler::new(
+    // Engines as children of vllamad, or as systemd units that outlive it.
+    let (mode, runtime_dir) = {
+        let c = &config_rx.borrow().config;
+        (c.engine.launch, c.paths.runtime_dir.clone())
+    };
+    let host: Arc<dyn crate::engine::host::Host> = Arc::from(
+        tokio::task::spawn_blocking(move || crate::engine::host::choose(mode, &runtime_dir))
+            .await?,
+    );
+    if host.name() == "process" {
+        let runtime_dir = config_rx.borrow().config.paths.runtime_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::engine::units::Units::new(&runtime_dir).stop_recorded()
+        })
+        .await;
+    }
+    tracing::info!(
+        host = host.name(),
+        "engines run as {}",
+        match host.name() {
+            "systemd" =>
+                "systemd units (vllama-engine@<model>.service): a restart of vllamad keeps them",
+            _ => "children of vllamad",
+        }
+    );
+    let scheduler = crate::scheduler::Scheduler::with_launcher(
         config_rx,
         probe,
         engine_tasks.clone(),
-        metrics.clone(),
-        Arc::new(move || changed.notify_one()),
+        (metrics.clone(), Arc::new(move || changed.notify_one())),
+        Arc::new(crate::scheduler::VllmLauncher::new(host)),
     );
     let (aliases, state_dir) = (
         scheduler.aliases().clone(),
@@ -169,6 +194,9 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
 
+    // Before the first request is read: a request for a model whose engine was left running
+    // finds it taken up, never starts another.
+    daemon.scheduler.adopt_survivors().await;
     crate::api::spawn(bound.api, daemon.clone(), &http_tasks, shutdown.clone());
     crate::admin::spawn(bound.admin, daemon.clone(), &http_tasks, shutdown.clone());
     if let Some(listener) = bound.metrics {

@@ -3,8 +3,9 @@
 # systemd-nspawn, installs the .deb, and checks what a user of `apt install vllama` gets:
 # socket activation, READY, the admin socket's permissions, reload (good and broken
 # config), the journal's fields, a restart under load without a refused connection, the
-# watchdog, an engine (the fake vLLM installed as `vllm`) gone with the service, DeviceAllow,
-# upgrade, remove and purge. Then, given the .rpm, the same machine installs that (Debian's
+# watchdog, engines (the fake vLLM installed as `vllm`) as units of their own that outlive a
+# restart, an upgrade and a crash of vllamad and go with its stop, DeviceAllow, upgrade,
+# remove and purge. Then, given the .rpm, the same machine installs that (Debian's
 # rpm, its scriptlets under the same systemd): sockets, first request, upgrade, erase.
 # Prints PASS/FAIL per check and the figures; exits 1 on a FAIL.
 #
@@ -29,6 +30,11 @@ ART=${VLLAMA_E2E_ARTIFACTS:-$WORK/artifacts}
 mkdir -p "$WORK/root" "$WORK/pkgs" "$ART"
 tar -C "$WORK/root" -xf "$TAR"
 cp "$DEB" "$WORK/pkgs/vllama.deb"
+# The same package with a newer version: an upgrade that must not reload a single model.
+dpkg-deb -R "$DEB" "$WORK/next"
+sed -i 's/^Version: \(.*\)$/Version: \1+e2e1/' "$WORK/next/DEBIAN/control"
+dpkg-deb --root-owner-group -b "$WORK/next" "$WORK/pkgs/vllama-next.deb" >/dev/null
+rm -rf "$WORK/next"
 cp "$FAKE" "$WORK/pkgs/fake-vllm"
 # The stand-in Python `engine install` runs (it links the fake engine beside it as bin/vllm).
 cp "$(dirname "$FAKE")/fake-python" "$WORK/pkgs/fake-python"
@@ -89,11 +95,13 @@ grep -q "next step: sudo vllamactl engine install" "$ART/install.log" \
 [ "$(show ActiveState)" = active ] && ok "service active" || bad "service $(show ActiveState)"
 status_text=$(show StatusText)
 echo "$status_text" | grep -q "serving on" && ok "READY=1 and STATUS= reached PID 1: '$status_text'" || bad "StatusText '$status_text'"
-out=$($IN systemd-analyze verify --man=no vllamad.service vllamad.socket vllamad-admin.socket 2>&1)
+out=$($IN systemd-analyze verify --man=no vllamad.service vllamad.socket vllamad-admin.socket vllama-engine@e2e.service vllama.slice 2>&1)
 [ -z "$out" ] && ok "systemd-analyze verify: silent" || bad "systemd-analyze verify: $out"
 exposure=$($IN systemd-analyze security --no-pager vllamad.service 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
 awk "BEGIN{exit !($exposure <= 1.6)}" && ok "exposure $exposure <= 1.6" || bad "exposure $exposure"
 info "FIGURE: systemd-analyze security exposure $exposure"
+exposure=$($IN systemd-analyze security --no-pager vllama-engine@e2e.service 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+awk "BEGIN{exit !($exposure <= 1.6)}" && ok "engine unit exposure $exposure <= 1.6 (vllamad's sandbox)" || bad "engine unit exposure $exposure"
 # The sandbox's AF_NETLINK is what keeps the exposure at 1.6 rather than 1.5: getifaddrs()
 # asks the kernel over netlink, and NCCL finds its bootstrap interface with it (tensor
 # parallel engines). Shown here with hostname -I, which lists addresses the same way.
@@ -186,7 +194,13 @@ echo "== an engine, and nothing left after stop"
 $IN install -D -m 755 /pkgs/fake-vllm /var/lib/vllama/venv/bin/vllm
 $IN mkdir -p /var/lib/vllama/models/tiny
 $IN sh -c 'echo "{\"model_type\":\"llama\"}" > /var/lib/vllama/models/tiny/config.json; chown -R vllama:vllama /var/lib/vllama'
-$IN sh -c 'printf "[models.\"tiny\"]\nsource = \"/var/lib/vllama/models/tiny\"\nenv = { FAKE_VLLM_GRANDCHILD = \"1\", FAKE_VLLM_TOKEN_MS = \"50\" }\n" >> /etc/vllama/vllama.toml'
+$IN sh -c 'printf "[models.\"tiny\"]\nsource = \"/var/lib/vllama/models/tiny\"\nenv = { FAKE_VLLM_GRANDCHILD = \"1\", FAKE_VLLM_TOKEN_MS = \"50\", FAKE_VLLM_STATE_DIR = \"/var/lib/vllama/fake-tiny\" }\n" >> /etc/vllama/vllama.toml'
+# Two engines at once on the CPU (host memory alone would hold one: the fake's KV cache size
+# is unknown).
+$IN sed -i 's/^#max_loaded = 0/max_loaded = 3/' /etc/vllama/vllama.toml
+# A second model, with limits for its unit (it stays the file's last table: the flags
+# change below appends to it).
+$IN sh -c 'printf "[models.\"tiny2\"]\nsource = \"/var/lib/vllama/models/tiny\"\nmemory_max = \"2G\"\ncpu_weight = 50\nenv = { FAKE_VLLM_STATE_DIR = \"/var/lib/vllama/fake-tiny2\" }\n" >> /etc/vllama/vllama.toml'
 $IN systemctl restart vllamad
 out=$(api /api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":4}}')
 echo "$out" | grep -q '"done":true' && ok "chat through an engine under systemd" || bad "chat: $out"
@@ -228,6 +242,8 @@ $IN systemctl restart vllamad && [ "$(show ActiveState)" = active ] \
   && ok "without the credential's file the service starts (systemd $($IN systemctl --version | head -1 | cut -d' ' -f2))" || bad "start without /etc/credstore/api-keys: $(show ActiveState)"
 
 echo "== kill -9 of vllamad with a stream open"
+starts() { $IN sh -c "cat /var/lib/vllama/fake-$1/starts.log 2>/dev/null | wc -l"; }
+kill_starts=$(starts tiny)
 old_engines=$($IN pgrep -u vllama -f "serve|sleep" | tr '\n' ' ')
 $IN sh -c 'curl -sS -N -m 30 -H "Host: localhost" http://127.0.0.1:11434/api/chat -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"options\":{\"num_predict\":400}}" > /tmp/stream.out 2>&1; echo "curl rc=$?" >> /tmp/stream.out' &
 STREAM=$!
@@ -239,21 +255,118 @@ kill -0 "$STREAM" 2>/dev/null && bad "the client's stream did not end within 10 
   || ok "the client's stream ended $(( $(now_ms) - t )) ms after the kill ($($IN tail -c 60 /tmp/stream.out | tr '\n' ' '))"
 for _ in $(seq 150); do [ "$(show NRestarts)" -gt "$n0" ] && [ "$(show ActiveState)" = active ] && break; sleep 0.1; done
 [ "$(show NRestarts)" -gt "$n0" ] && ok "systemd restarted vllamad ($(( $(now_ms) - t )) ms)" || bad "no restart after kill -9 ($(show ActiveState))"
-left=""
-for p in $old_engines; do $IN kill -0 "$p" 2>/dev/null && left="$left $p"; done
-[ -z "$left" ] && ok "no engine process of the killed vllamad is left (${old_engines% })" || bad "left from the killed vllamad:$left"
+gone=""
+for p in $old_engines; do $IN kill -0 "$p" 2>/dev/null || gone="$gone $p"; done
+[ -z "$gone" ] && ok "the engine outlived the killed vllamad (${old_engines% })" || bad "engine processes gone with the killed vllamad:$gone"
 out=$(api /api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":4}}')
 echo "$out" | grep -q '"done":true' && ok "the next request is served" || bad "after the restart: $out"
+[ "$(starts tiny)" = "$kill_starts" ] && ok "...by the adopted engine: no engine start ($kill_starts so far)" || bad "the engine was started again: $kill_starts -> $(starts tiny)"
+[ "$($IN journalctl -u vllamad -o cat --no-pager | grep -c "adopting the engine")" -gt 0 ] && ok "journal: adopting the engine an earlier vllamad left running" || bad "no adoption in the journal"
 # The kill was a crash: it counts against the unit's start limit (5 starts in 10 s), and the
 # steps below restart the service several times within seconds. An operator who killed it
 # on purpose does the same.
 $IN systemctl reset-failed vllamad.service vllamad.socket vllamad-admin.socket
+echo "== engines outlive vllamad: units of their own"
+chat() { api /api/generate -d "{\"model\":\"$1\",\"prompt\":\"hi\",\"stream\":false,\"options\":{\"num_predict\":1}}"; }
+epid() { $IN sh -c "tail -1 /var/lib/vllama/fake-$1/starts.log 2>/dev/null"; }
+chat tiny2 | grep -q '"done":true' && ok "a second model served" || bad "tiny2: $(chat tiny2)"
+units=$($IN systemctl list-units --plain --no-legend --state=active 'vllama-engine@*' | awk '{print $1}')
+[ "$(echo "$units" | grep -c .)" = 2 ] && ok "two engine units: $(echo $units)" || bad "engine units: $units"
+u2=$(echo "$units" | grep tiny2)
+[ "$($IN systemctl show -p Slice --value "$u2")" = vllama.slice ] && [ "$($IN systemctl show -p User --value "$u2")" = vllama ] \
+  && ok "in vllama.slice, as user vllama" || bad "slice/user: $($IN systemctl show -p Slice -p User "$u2")"
+[ "$($IN systemctl show -p MemoryMax --value "$u2")" = 2147483648 ] && [ "$($IN systemctl show -p CPUWeight --value "$u2")" = 50 ] \
+  && ok "memory_max = 2G, cpu_weight = 50 → MemoryMax=2147483648, CPUWeight=50" || bad "limits: $($IN systemctl show -p MemoryMax -p CPUWeight "$u2")"
+mem=$($IN systemctl show -p MemoryCurrent --value "$u2")
+if $IN grep -qw memory /sys/fs/cgroup/cgroup.controllers; then
+  [ "${mem:-0}" -gt 0 ] 2>/dev/null && ok "memory accounted per engine: $((mem / 1024)) KiB" || bad "MemoryCurrent: $mem"
+else
+  info "no memory controller in this container (MemoryCurrent $mem): MemoryMax= is recorded, not enforced here"
+fi
+engine_lines() { $IN journalctl -u "$u2" -o json --no-pager | grep -c '"MODEL":"tiny2:latest"'; }
+for _ in $(seq 20); do [ "$(engine_lines)" -gt 0 ] && break; sleep 0.1; done
+[ "$(engine_lines)" -gt 0 ] \
+  && ok "journalctl -u $u2: the engine's lines, MODEL=tiny2:latest" || bad "no engine lines in the unit's journal"
+out=$($IN runuser -u vllama -- systemctl --no-ask-password stop vllamad-admin.socket 2>&1)
+[ $? != 0 ] && [ "$($IN systemctl is-active vllamad-admin.socket)" = active ] && ok "polkit: vllama may not stop another unit (${out%%$'\n'*})" || bad "vllama stopped vllamad-admin.socket"
+out=$($IN runuser -u vllama -- systemd-run --no-ask-password -p User=root /bin/true 2>&1)
+[ $? != 0 ] && ok "polkit: nor create a transient unit" || bad "vllama created a transient unit: $out"
+$IN runuser -u vllama -- systemctl --no-ask-password set-property --runtime "$u2" CPUWeight=50 \
+  && ok "polkit: but may set its engines' limits" || bad "set-property on $u2 refused"
+
+# Restarts with a client loop running (two models, alternately): no refused connection,
+# the same engine processes, no engine start; the time to the first answer after each.
+p1=$(epid tiny); p2=$(epid tiny2); s1=$(starts tiny); s2=$(starts tiny2)
+$IN rm -f /root/stop.loop
+$IN sh -c 'ok=0; fail=0; while [ ! -e /root/stop.loop ]; do for m in tiny tiny2; do if curl -sf -m 20 -o /dev/null -H "Host: localhost" http://127.0.0.1:11434/api/generate -d "{\"model\":\"$m\",\"prompt\":\"hi\",\"stream\":false,\"options\":{\"num_predict\":1}}"; then ok=$((ok+1)); else fail=$((fail+1)); fi; done; done; echo "$ok $fail" > /root/loop.txt' &
+LOOP=$!
+first_answer() {  # ms from `systemctl restart vllamad` to the first answered request
+  $IN systemctl reset-failed vllamad.service
+  local t; t=$(now_ms)
+  $IN systemctl restart vllamad
+  for _ in $(seq 300); do chat tiny2 | grep -q '"done":true' && break; sleep 0.01; done
+  echo $(( $(now_ms) - t ))
+}
+median() { tr ' ' '\n' | grep . | sort -n | sed -n 3p; }
+kept=""
+for _ in 1 2 3 4 5; do kept="$kept $(first_answer)"; sleep 0.3; done
+$IN touch /root/stop.loop; wait $LOOP
+read -r good failed < <($IN cat /root/loop.txt)
+[ "${failed:-1}" = 0 ] && [ "${good:-0}" -gt 10 ] && ok "5 restarts under a client loop: $good requests, 0 failed" || bad "restarts under load: ${failed:-?} of $((good + failed)) failed"
+[ "$(epid tiny)" = "$p1" ] && [ "$(epid tiny2)" = "$p2" ] && $IN kill -0 "$p1" && $IN kill -0 "$p2" \
+  && ok "both engine processes unchanged (pids $p1, $p2)" || bad "engine pids: $p1 $p2 -> $(epid tiny) $(epid tiny2)"
+[ "$(starts tiny)" = "$s1" ] && [ "$(starts tiny2)" = "$s2" ] && ok "no engine start across the restarts" || bad "engine starts: $s1 $s2 -> $(starts tiny) $(starts tiny2)"
+info "FIGURE: systemctl restart vllamad to the first answer, engines kept (ms):$kept; median $(echo "$kept" | median)"
+
+# The same with engines that die with vllamad (children: the earlier behaviour).
+$IN mkdir -p /run/systemd/system/vllamad.service.d
+$IN sh -c 'printf "[Service]\nEnvironment=VLLAMA_ENGINE_LAUNCH=process\n" > /run/systemd/system/vllamad.service.d/e2e-process.conf'
+$IN systemctl daemon-reload; $IN systemctl reset-failed vllamad.service; $IN systemctl restart vllamad
+[ -z "$($IN systemctl list-units --plain --no-legend --state=active 'vllama-engine@*')" ] \
+  && ok "engine.launch = process: the engine units left from before are stopped" || bad "units left: $($IN systemctl list-units --plain --no-legend 'vllama-engine@*')"
+chat tiny2 >/dev/null
+lost=""
+for _ in 1 2 3 4 5; do lost="$lost $(first_answer)"; sleep 0.3; done
+info "FIGURE: systemctl restart vllamad to the first answer, engines killed (ms):$lost; median $(echo "$lost" | median)"
+[ "$(echo "$kept" | median)" -lt "$(echo "$lost" | median)" ] && ok "kept engines answer sooner after a restart ($(echo "$kept" | median) ms against $(echo "$lost" | median) ms)" || bad "kept $(echo "$kept" | median) ms, killed $(echo "$lost" | median) ms"
+$IN rm -rf /run/systemd/system/vllamad.service.d; $IN systemctl daemon-reload; $IN systemctl reset-failed vllamad.service
+$IN systemctl restart vllamad
+chat tiny | grep -q '"done":true' && chat tiny2 | grep -q '"done":true' && ok "engines are units again" || bad "after going back to units"
+
+# An upgrade (the same package, a newer version): postinst's try-restart keeps the engines.
+p1=$(epid tiny); p2=$(epid tiny2); s1=$(starts tiny); s2=$(starts tiny2); pid=$(show MainPID)
+$IN systemctl reset-failed vllamad.service
+$IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /pkgs/vllama-next.deb' >> "$ART/install.log" 2>&1 \
+  && ok "dpkg -i of a newer version ($($IN dpkg-query -W -f '${Version}' vllama))" || bad "dpkg -i vllama-next.deb"
+[ "$(show MainPID)" != "$pid" ] && [ "$(show ActiveState)" = active ] && ok "the daemon was restarted on the new binary" || bad "daemon: $pid -> $(show MainPID) $(show ActiveState)"
+chat tiny | grep -q '"done":true' && chat tiny2 | grep -q '"done":true' && ok "both models answer after the upgrade" || bad "after the upgrade"
+[ "$(epid tiny)" = "$p1" ] && [ "$(epid tiny2)" = "$p2" ] && [ "$(starts tiny)" = "$s1" ] && [ "$(starts tiny2)" = "$s2" ] \
+  && ok "the upgrade reloaded no model (pids $p1, $p2; no start)" || bad "upgrade: pids $p1 $p2 -> $(epid tiny) $(epid tiny2), starts $s1 $s2 -> $(starts tiny) $(starts tiny2)"
+
+# A reload that changes one model's flags: that engine restarts once, the other not.
+$IN sh -c 'printf "args = [\"--seed\", \"7\"]\n" >> /etc/vllama/vllama.toml'
+$IN vllamactl reload >/dev/null 2>&1 || bad "reload with tiny2's new flags: $($IN vllamactl reload 2>&1)"
+for _ in $(seq 100); do [ "$(starts tiny2)" -gt "$s2" ] && chat tiny2 | grep -q '"done":true' && break; sleep 0.1; done
+[ "$(starts tiny2)" = $((s2 + 1)) ] && [ "$(epid tiny2)" != "$p2" ] && ok "tiny2's flags changed: its engine restarted once" || bad "tiny2: starts $s2 -> $(starts tiny2)"
+$IN grep -q -- '"--seed"' "/run/vllama/engines/$(basename "$u2" .service | cut -d@ -f2).json" && ok "...with the new flags" || bad "tiny2's record lacks --seed"
+[ "$(starts tiny)" = "$s1" ] && [ "$(epid tiny)" = "$p1" ] && ok "tiny untouched" || bad "tiny: $s1 -> $(starts tiny)"
+
+# An engine that dies in its unit: vllamad sees it end (a pidfd on the unit's main process),
+# says why, and the next request starts it again.
+p2=$(epid tiny2); s2=$(starts tiny2)
+$IN kill -9 "$p2"
+for _ in $(seq 50); do [ "$($IN journalctl -u vllamad -o json --all --no-pager | grep -c 'signal: 9 (SIGKILL); unit vllama-engine@')" -gt 0 ] && break; sleep 0.1; done
+[ "$($IN journalctl -u vllamad -o json --all --no-pager | grep -c 'signal: 9 (SIGKILL); unit vllama-engine@')" -gt 0 ] \
+  && ok "an engine killed in its unit is reported: $($IN journalctl -u vllamad -o json --all --no-pager | grep -o 'exited unexpectedly (signal: 9 (SIGKILL); unit vllama-engine@[^)]*)' | tail -1)" || bad "the engine's death was not seen"
+chat tiny2 | grep -q '"done":true' && [ "$(starts tiny2)" = $((s2 + 1)) ] && ok "...and started again by the next request" || bad "after the engine's death: starts $s2 -> $(starts tiny2)"
+
 # vllamad, the engine and its grandchild: else "nothing left after stop" would prove nothing.
 n=$($IN pgrep -u vllama -c -f . 2>/dev/null)
 [ "${n:-0}" -ge 3 ] && ok "$n processes of user vllama while serving" || bad "only ${n:-0} processes of user vllama while serving"
 $IN systemctl stop vllamad.service
 left=$($IN pgrep -u vllama -a -f . 2>/dev/null)
 [ -z "$left" ] && ok "systemctl stop leaves no process behind" || bad "left behind: $left"
+[ -z "$($IN systemctl list-units --plain --no-legend --state=active,activating,deactivating 'vllama-engine@*')" ]   && ok "...and no engine unit" || bad "engine units after stop: $($IN systemctl list-units --plain --no-legend 'vllama-engine@*')"
 
 # Without a driver, /proc/devices names no nvidia major, so `char-nvidia*` matches nothing
 # here: the explicit /dev/nvidiactl rule is what lets the fake node through. (On a GPU host
@@ -276,10 +389,17 @@ $IN rm -rf /run/systemd/system/vllamad.service.d; $IN systemctl daemon-reload
 echo "== upgrade, remove, purge"
 api /api/version >/dev/null
 pid=$(show MainPID)
-$IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /pkgs/vllama.deb' >> "$ART/install.log" 2>&1 && ok "upgrade (reinstall)" || bad "upgrade"
+# postinst restarts the sockets one at a time and then the service: three starts within
+# the unit's start limit, which the steps above have used up.
+$IN systemctl reset-failed vllamad.service vllamad.socket vllamad-admin.socket
+$IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /pkgs/vllama.deb' >> "$ART/install.log" 2>&1 && ok "upgrade (reinstall of the older version)" || bad "upgrade"
 [ "$(show MainPID)" != "$pid" ] && [ "$(show ActiveState)" = active ] && ok "the running daemon was restarted" || bad "daemon not restarted: $pid -> $(show MainPID) $(show ActiveState)"
 $IN grep -q "tiny" /etc/vllama/vllama.toml && ok "the edited conffile was kept" || bad "conffile replaced"
+out=$(api /api/generate -d '{"model":"tiny2","prompt":"hi","stream":false,"options":{"num_predict":1}}')
+[ -n "$($IN systemctl list-units --plain --no-legend --state=active 'vllama-engine@*')" ] && ok "an engine unit runs before the removal" || bad "no engine before dpkg -r: $out"
 $IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -r vllama' >> "$ART/install.log" 2>&1 && ok "dpkg -r" || bad "dpkg -r"
+[ -z "$($IN systemctl list-units --plain --no-legend --state=active,activating,deactivating 'vllama-engine@*')" ] \
+  && ok "dpkg -r stopped the engine units" || bad "engine units after dpkg -r: $($IN systemctl list-units --plain --no-legend 'vllama-engine@*')"
 for u in vllamad.service vllamad.socket vllamad-admin.socket; do
   [ "$($IN systemctl is-active $u)" != active ] && ok "$u stopped" || bad "$u still active"
 done

@@ -24,6 +24,8 @@ $report"
 files=$(dpkg-deb -c "$DEB" | awk '{print $6}' | sed 's|^\./|/|')
 has_all "deb carries binaries, units, sysusers, tmpfiles, config, man pages, completions, docs" "$files" \
   /usr/bin/vllamad /usr/bin/vllamactl /usr/lib/systemd/system/vllamad.service \
+  /usr/lib/systemd/system/vllama-engine@.service /usr/lib/systemd/system/vllama.slice \
+  /usr/share/polkit-1/rules.d/50-vllama.rules \
   /usr/lib/systemd/system/vllamad.socket /usr/lib/systemd/system/vllamad-admin.socket \
   /usr/lib/sysusers.d/vllama.conf /usr/lib/tmpfiles.d/vllama.conf /etc/vllama/vllama.toml \
   /usr/share/man/man8/vllamad.8.gz /usr/share/man/man1/vllamactl.1.gz \
@@ -42,6 +44,8 @@ echo "== .rpm"
 files=$(rpm -qpl "$RPM" 2>/dev/null)
 has_all "rpm carries binaries, units, sysusers, tmpfiles, config, man pages" "$files" \
   /usr/bin/vllamad /usr/bin/vllamactl /usr/lib/systemd/system/vllamad.service \
+  /usr/lib/systemd/system/vllama-engine@.service /usr/lib/systemd/system/vllama.slice \
+  /usr/share/polkit-1/rules.d/50-vllama.rules \
   /usr/lib/systemd/system/vllamad.socket /usr/lib/systemd/system/vllamad-admin.socket \
   /usr/lib/sysusers.d/vllama.conf /usr/lib/tmpfiles.d/vllama.conf /etc/vllama/vllama.toml \
   /usr/share/man/man8/vllamad.8.gz /usr/share/man/man1/vllamactl.1.gz
@@ -49,6 +53,8 @@ has_all "rpm carries binaries, units, sysusers, tmpfiles, config, man pages" "$f
 rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$RPM" 2>/dev/null | grep -q '^cn /etc/vllama/vllama.toml' \
   && ok "the config is %config(noreplace)" || bad "config not noreplace"
 rpm -qp --requires "$RPM" 2>/dev/null | grep -q '^systemd >= 252' && ok "requires systemd >= 252" || bad "requires"
+rpm -qp --requires "$RPM" 2>/dev/null | grep -q '^polkit' && ok "requires polkit (the engine units' rule)" || bad "no polkit requirement"
+dpkg-deb -f "$DEB" Depends | grep -q 'polkitd' && ok "deb depends on polkitd" || bad "deb Depends: $(dpkg-deb -f "$DEB" Depends)"
 scripts=$(rpm -qp --scripts "$RPM" 2>/dev/null)
 for want in "systemd-sysusers vllama.conf" "enable vllamad.socket vllamad-admin.socket" \
             "disable --now vllamad.service vllamad.socket vllamad-admin.socket" "try-restart vllamad.service"; do

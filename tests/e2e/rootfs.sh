@@ -6,7 +6,7 @@
 set -euo pipefail
 suite=${1:-bookworm}
 # rpm: the .rpm's scriptlets are run for real too (Debian's rpm, with its own database).
-include=systemd,systemd-sysv,dbus,libpam-systemd,procps,adduser,curl,iproute2,ca-certificates,socat,util-linux,rpm
+include=systemd,systemd-sysv,dbus,polkitd,libpam-systemd,procps,adduser,curl,iproute2,ca-certificates,socat,util-linux,rpm
 cache=${VLLAMA_E2E_CACHE:-${VLLAMA_CACHE_ROOT:-/var/cache/vllama}/e2e}
 # The package list is part of the name: changing it builds a new rootfs.
 tar=$cache/rootfs-$suite-$(echo "$include" | sha256sum | cut -c1-8).tar.zst

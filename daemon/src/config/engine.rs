@@ -92,6 +92,20 @@ pub struct EngineConfig {
     /// `previous_response_id` and background mode (`VLLM_ENABLE_RESPONSES_API_STORE=1`:
     /// vLLM never evicts them, so memory grows with every response until the engine stops).
     pub responses_store: bool,
+    /// How engines run: `auto` (units of their own under systemd when vllamad.service says
+    /// so, else children), `systemd` (`vllama-engine@<model>.service`: they outlive a restart
+    /// of vllamad), `process` (children of vllamad, gone with it).
+    pub launch: LaunchMode,
+}
+
+/// `[engine] launch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaunchMode {
+    #[default]
+    Auto,
+    Systemd,
+    Process,
 }
 
 impl Default for EngineConfig {
@@ -115,11 +129,11 @@ impl Default for EngineConfig {
             context_length: 0,
             stall_timeout: HumanDuration::from_secs(300),
             responses_store: false,
+            launch: LaunchMode::Auto,
         }
     }
 }
 
-/// How much GPU memory a model's engine may take.
 /// vLLM's distributed executor backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +142,7 @@ pub enum Executor {
     Ray,
 }
 
+/// How much GPU memory a model's engine may take.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GpuMemory {
     /// Weights on disk × 1.2 plus 1 GiB of KV cache, at most 90% of a GPU.
@@ -235,6 +250,12 @@ pub struct ModelConfig {
     /// vLLM's `--reasoning-parser`: unset = from the family, "none" = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_parser: Option<String>,
+    /// The engine unit's memory limit (systemd's `MemoryMax=`), when engines are units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<ByteSize>,
+    /// The engine unit's CPU share (systemd's `CPUWeight=`, 1–10000; 100 is the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -269,6 +290,8 @@ impl ModelConfig {
             keep_alive: None,
             tool_parser: None,
             reasoning_parser: None,
+            memory_max: None,
+            cpu_weight: None,
         }
     }
 }

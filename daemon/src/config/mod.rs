@@ -15,7 +15,7 @@ use crate::units::{ByteSize, HumanDuration};
 mod engine;
 pub mod ollama_env;
 pub use engine::{
-    EngineConfig, Executor, GpuMemory, ModelConfig, PathsConfig, RemoteUrl, Transport,
+    EngineConfig, Executor, GpuMemory, LaunchMode, ModelConfig, PathsConfig, RemoteUrl, Transport,
 };
 
 /// Where the packaged daemon reads its configuration.
@@ -681,6 +681,12 @@ fn validate(config: &mut Config, base: &Path, file: &Path) -> Result<(), ConfigE
                 "must be 1 or more".into(),
             ));
         }
+        if model.cpu_weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
+            return Err(key_err(
+                &format!("{key}.cpu_weight"),
+                "must be 1 to 10000 (systemd's CPUWeight=)".into(),
+            ));
+        }
         models.insert(canonical.to_string(), model);
     }
     config.models = models;
@@ -738,6 +744,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.paths != new.paths {
         keys.push("paths".to_string());
+    }
+    if old.engine.launch != new.engine.launch {
+        keys.push("engine.launch".to_string());
     }
     keys
 }

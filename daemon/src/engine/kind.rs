@@ -30,8 +30,13 @@ pub trait EngineKind: Send + Sync + std::fmt::Debug {
     /// `vllm`, `remote`: shown in `vllamactl ps`, the admin API and logs.
     fn name(&self) -> &'static str;
 
-    /// Starts one run: spawns a process, or begins watching an engine that runs elsewhere.
-    fn start(&self, client: &EngineClient, output: &Output) -> Result<Box<dyn Run>, String>;
+    /// Starts one run: spawns a process (or finds the one an earlier vllamad left), or begins
+    /// watching an engine that runs elsewhere.
+    fn start<'a>(
+        &'a self,
+        client: &'a EngineClient,
+        output: &'a Output,
+    ) -> BoxFuture<'a, Result<Box<dyn Run>, String>>;
 
     /// Asks once whether the engine is ready, within `timeout`.
     fn probe<'a>(&'a self, client: &'a EngineClient, timeout: Duration) -> BoxFuture<'a, Probe>;
@@ -44,6 +49,11 @@ pub trait EngineKind: Send + Sync + std::fmt::Debug {
     /// Whether it runs on this machine: GPU and host memory accounting, `engine.max_loaded`,
     /// and making room count only local engines.
     fn local(&self) -> bool;
+
+    /// Whether an engine found running (adopted) is asleep.
+    fn asleep<'a>(&'a self, _client: &'a EngineClient) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 
     /// The model name the engine answers to, when it said so itself (a remote's only model);
     /// `None`: the name it was configured with.
@@ -69,4 +79,15 @@ pub trait Run: Send {
 
     /// Ends it: within `grace`, then by force. True when it ended within the grace.
     fn stop(&mut self, grace: Duration) -> BoxFuture<'_, bool>;
+
+    /// Whether it keeps running when vllamad lets go of it without stopping it (an engine
+    /// unit, for the next vllamad); else letting go ends it.
+    fn survives(&self) -> bool {
+        false
+    }
+
+    /// Whether it was found running rather than started.
+    fn adopted(&self) -> bool {
+        false
+    }
 }

@@ -1,7 +1,10 @@
 //! Engines: each owned by one supervisor task, reached through the engine seam ([`kind`]):
-//! a local `vllm serve` process ([`vllm`]) or an engine that runs elsewhere ([`remote`]).
+//! a local `vllm serve` process ([`vllm`]) or an engine that runs elsewhere ([`remote`]). A
+//! local engine's processes run on a [`host`]: children of vllamad, or systemd units of
+//! their own ([`units`]) that outlive a restart of vllamad.
 
 pub mod client;
+pub mod host;
 pub mod kind;
 pub mod limits;
 pub mod parsers;
@@ -9,6 +12,8 @@ pub mod process;
 pub mod profile;
 pub mod remote;
 mod supervisor;
+pub mod unit_main;
+pub mod units;
 pub mod vllm;
 
 pub use client::{Endpoint, EngineClient};

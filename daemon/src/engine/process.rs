@@ -41,6 +41,8 @@ pub enum ProcessError {
 /// Everything needed to start one engine process.
 #[derive(Debug, Clone)]
 pub struct Launch {
+    /// The engine's id: its socket's and folder's name (and its unit's instance).
+    pub id: String,
     pub program: PathBuf,
     pub args: Vec<String>,
     /// The complete environment: nothing of the daemon's is inherited.
@@ -51,6 +53,20 @@ pub struct Launch {
     pub model: String,
     /// The tracing level of one of its output lines (the engine kind's log format).
     pub levels: fn(&str) -> tracing::Level,
+    /// Files a fresh start removes first (a crashed vLLM's socket: it will not bind over it).
+    pub stale: Vec<PathBuf>,
+    /// What an engine unit needs besides ([`super::units`]).
+    pub unit: UnitOptions,
+}
+
+/// An engine unit's limits and stop grace, and where the engine was placed (kept for the
+/// next vllamad, which adopts it there).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnitOptions {
+    pub memory_max: Option<u64>,
+    pub cpu_weight: Option<u32>,
+    pub stop_grace: Duration,
+    pub placement: Option<crate::placement::Placement>,
 }
 
 /// Output lines shared between the pumps and the supervisor.
@@ -60,7 +76,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn push(&self, line: String) {
+    pub(crate) fn push(&self, line: String) {
         let mut lines = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == TAIL_LINES {
             lines.pop_front();
@@ -98,6 +114,13 @@ impl EngineProcess {
     /// Spawns the engine. Must be called from a runtime worker thread (not `spawn_blocking`):
     /// PR_SET_PDEATHSIG fires when the spawning *thread* exits.
     pub fn spawn(launch: &Launch, output: &Output) -> Result<Self, ProcessError> {
+        for path in &launch.stale {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale engine file");
+                }
+            }
+        }
         std::fs::create_dir_all(&launch.tmpdir).map_err(|source| ProcessError::Dir {
             path: launch.tmpdir.display().to_string(),
             source,
@@ -332,6 +355,11 @@ pub fn sweep_orphans(runtime_dir: &Path) -> usize {
         if !environ.split(|&b| b == 0).any(|var| var == mark.as_bytes()) {
             continue;
         }
+        // An engine unit's processes outlive vllamad on purpose (a later one adopts them).
+        let unit = format!("/{}@", super::units::TEMPLATE);
+        if std::fs::read_to_string(entry.path().join("cgroup")).is_ok_and(|c| c.contains(&unit)) {
+            continue;
+        }
         if let Ok(pgid) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
             let pgid = pgid.as_raw();
             if pgid > 1 && pgid != me && !groups.contains(&pgid) {
@@ -364,12 +392,15 @@ mod tests {
 
     fn sh(script: &str, tmp: &Path) -> Launch {
         Launch {
+            id: "test-1".into(),
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             tmpdir: tmp.join("engine-tmp"),
             model: "test".into(),
             levels: |_| tracing::Level::INFO,
+            stale: Vec::new(),
+            unit: UnitOptions::default(),
         }
     }
 

@@ -195,12 +195,17 @@ impl EngineKind for Remote {
         "remote"
     }
 
-    fn start(&self, client: &EngineClient, _output: &Output) -> Result<Box<dyn Run>, String> {
-        Ok(Box::new(Watch {
+    fn start<'a>(
+        &'a self,
+        client: &'a EngineClient,
+        _output: &'a Output,
+    ) -> BoxFuture<'a, Result<Box<dyn Run>, String>> {
+        let watch: Box<dyn Run> = Box::new(Watch {
             client: client.clone(),
             url: self.url.clone(),
             stopped: false,
-        }))
+        });
+        Box::pin(async move { Ok(watch) })
     }
 
     fn probe<'a>(&'a self, client: &'a EngineClient, timeout: Duration) -> BoxFuture<'a, Probe> {

@@ -114,6 +114,8 @@ pub struct EngineSpec {
 
 enum Command {
     Stop(oneshot::Sender<()>),
+    /// vllamad is restarting: let go of an engine that survives it (else stop it).
+    LetGo(oneshot::Sender<()>),
     Sleep(oneshot::Sender<Result<(), EngineError>>),
     Wake(oneshot::Sender<Result<(), EngineError>>),
     Restart,
@@ -219,13 +221,19 @@ impl Engine {
 
     /// Stops the engine (SIGTERM, grace, SIGKILL of its group) and waits until it has.
     pub async fn stop(&self) {
+        self.tell(Command::Stop).await
+    }
+
+    /// vllamad restarts: an engine that outlives it (a systemd unit) is left running for the
+    /// next vllamad to adopt; any other is stopped. Waits until it is done.
+    pub async fn let_go(&self) {
+        self.tell(Command::LetGo).await
+    }
+
+    /// Sends a command and waits for its acknowledgement (none if the supervisor is gone).
+    async fn tell(&self, make: fn(oneshot::Sender<()>) -> Command) {
         let (tx, rx) = oneshot::channel();
-        if self
-            .commands
-            .send(CommandBox(Command::Stop(tx)))
-            .await
-            .is_ok()
-        {
+        if self.commands.send(CommandBox(make(tx))).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -328,6 +336,7 @@ enum Loaded {
     Ready(Duration),
     Failed(String),
     Stop(oneshot::Sender<()>),
+    LetGo(oneshot::Sender<()>),
 }
 
 async fn supervise(
@@ -347,7 +356,7 @@ async fn supervise(
             });
         }
         first = false;
-        let mut run = match spec.kind.start(&engine.client, &engine.output) {
+        let mut run = match spec.kind.start(&engine.client, &engine.output).await {
             Ok(run) => run,
             Err(msg) => {
                 tracing::error!(model = %spec.model, error = %msg, "engine did not start");
@@ -363,8 +372,12 @@ async fn supervise(
         };
         let pid = run.pid();
         engine.set(&*on_change, |s| s.pid = pid);
-        on_change(&spec.model, EngineEvent::Spawned, &engine.status());
-        tracing::info!(model = %spec.model, pid, kind = spec.kind.name(), endpoint = %spec.endpoint, "engine spawned");
+        if run.adopted() {
+            tracing::info!(model = %spec.model, pid, kind = spec.kind.name(), endpoint = %spec.endpoint, "engine adopted");
+        } else {
+            on_change(&spec.model, EngineEvent::Spawned, &engine.status());
+            tracing::info!(model = %spec.model, pid, kind = spec.kind.name(), endpoint = %spec.endpoint, "engine spawned");
+        }
 
         let started = Instant::now();
         let loaded = {
@@ -382,6 +395,8 @@ async fn supervise(
                     cmd = commands.recv() => match cmd.map(|c| c.0) {
                         None => break Loaded::Stop(oneshot::channel().0),
                         Some(Command::Stop(ack)) => break Loaded::Stop(ack),
+                        Some(Command::LetGo(ack)) if run.survives() => break Loaded::LetGo(ack),
+                        Some(Command::LetGo(ack)) => break Loaded::Stop(ack),
                         Some(Command::Sleep(tx) | Command::Wake(tx)) => {
                             let _ = tx.send(Err(EngineError::NotReady { model: spec.model.clone(), phase: Phase::Starting }));
                         }
@@ -394,6 +409,11 @@ async fn supervise(
             Loaded::Ready(d) => d,
             Loaded::Stop(ack) => {
                 stop(&engine, &*on_change, run.as_mut()).await;
+                let _ = ack.send(());
+                return;
+            }
+            Loaded::LetGo(ack) => {
+                let_go(&engine, &*on_change, run);
                 let _ = ack.send(());
                 return;
             }
@@ -411,8 +431,14 @@ async fn supervise(
                 }
             }
         };
+        // An engine found running may have been put to sleep by the vllamad before.
+        let phase = if run.adopted() && spec.kind.asleep(&engine.client).await {
+            Phase::Sleeping
+        } else {
+            Phase::Ready
+        };
         engine.set(&*on_change, |s| {
-            s.phase = Phase::Ready;
+            s.phase = phase;
             s.load_duration = Some(load_duration);
         });
         let ready_at = Instant::now();
@@ -429,6 +455,15 @@ async fn supervise(
                     }
                     Some(Command::Stop(ack)) => {
                         stop(&engine, &*on_change, run.as_mut()).await;
+                        let _ = ack.send(());
+                        return;
+                    }
+                    Some(Command::LetGo(ack)) => {
+                        if run.survives() {
+                            let_go(&engine, &*on_change, run);
+                        } else {
+                            stop(&engine, &*on_change, run.as_mut()).await;
+                        }
                         let _ = ack.send(());
                         return;
                     }
@@ -491,6 +526,16 @@ async fn stop(engine: &Engine, on_change: &ObserverFn, run: &mut dyn Run) {
     engine.set(on_change, |s| s.phase = Phase::Stopping);
     let graceful = run.stop(engine.spec.stop_grace).await;
     tracing::info!(model = %engine.spec.model, graceful, "engine stopped");
+    engine.set(on_change, |s| {
+        s.phase = Phase::Stopped;
+        s.pid = None;
+    });
+}
+
+/// Leaves a run that survives vllamad running, for the next vllamad.
+fn let_go(engine: &Engine, on_change: &ObserverFn, run: Box<dyn Run>) {
+    tracing::info!(model = %engine.spec.model, pid = run.pid(), "engine left running for the next vllamad");
+    drop(run);
     engine.set(on_change, |s| {
         s.phase = Phase::Stopped;
         s.pid = None;
@@ -568,7 +613,7 @@ async fn wait_for_retry(
             _ = wait_backoff => return Some(()),
             cmd = commands.recv() => match cmd.map(|c| c.0) {
                 None => return None,
-                Some(Command::Stop(ack)) => {
+                Some(Command::Stop(ack) | Command::LetGo(ack)) => {
                     engine.state.send_modify(|s| { s.phase = Phase::Stopped; s.since = Instant::now(); });
                     let _ = ack.send(());
                     return None;

@@ -10,22 +10,28 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 
 use super::client::{Endpoint, EngineClient};
+use super::host::Host;
 use super::kind::{BoxFuture, Ended, EngineKind, Probe, Run};
-use super::process::{EngineProcess, Launch, Output, ProcessError};
+use super::process::{Launch, Output, ProcessError, UnitOptions};
 use super::supervisor::EngineSpec;
 use crate::config::{Config, Executor, ModelConfig, Transport};
 use crate::placement::Placement;
 
-/// `vllm serve` as a child of vllamad, in its own process group.
+/// `vllm serve`, run by its host: a child of vllamad, or a systemd unit of its own.
 #[derive(Debug)]
 pub struct Vllm {
     pub launch: Launch,
     endpoint: Endpoint,
+    host: Arc<dyn Host>,
 }
 
 impl Vllm {
-    pub fn new(launch: Launch, endpoint: Endpoint) -> Vllm {
-        Vllm { launch, endpoint }
+    pub fn new(launch: Launch, endpoint: Endpoint, host: Arc<dyn Host>) -> Vllm {
+        Vllm {
+            launch,
+            endpoint,
+            host,
+        }
     }
 }
 
@@ -34,15 +40,18 @@ impl EngineKind for Vllm {
         "vllm"
     }
 
-    fn start(&self, _client: &EngineClient, output: &Output) -> Result<Box<dyn Run>, String> {
-        // A crashed engine leaves its socket file; vLLM will not bind over it.
-        remove_socket(&self.endpoint);
-        let process = EngineProcess::spawn(&self.launch, output).map_err(|e| spawn_error(&e))?;
-        Ok(Box::new(Child {
-            process,
-            endpoint: self.endpoint.clone(),
-            tmpdir: self.launch.tmpdir.clone(),
-        }))
+    fn start<'a>(
+        &'a self,
+        _client: &'a EngineClient,
+        output: &'a Output,
+    ) -> BoxFuture<'a, Result<Box<dyn Run>, String>> {
+        Box::pin(async move {
+            let run = self.host.launch(&self.launch, output).await?;
+            Ok(Box::new(Served {
+                run,
+                endpoint: self.endpoint.clone(),
+            }) as Box<dyn Run>)
+        })
     }
 
     fn probe<'a>(&'a self, client: &'a EngineClient, timeout: Duration) -> BoxFuture<'a, Probe> {
@@ -59,44 +68,59 @@ impl EngineKind for Vllm {
         Some(("/sleep?level=1", "/wake_up"))
     }
 
+    fn asleep<'a>(&'a self, client: &'a EngineClient) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match client
+                .call(Method::GET, "/is_sleeping", Duration::from_secs(5))
+                .await
+            {
+                Ok((StatusCode::OK, body)) => serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("is_sleeping").and_then(serde_json::Value::as_bool))
+                    .unwrap_or(false),
+                _ => false,
+            }
+        })
+    }
+
     fn local(&self) -> bool {
         true
     }
 }
 
-/// One `vllm serve` process.
-struct Child {
-    process: EngineProcess,
+/// One run of `vllm serve`, whatever its host: its socket file goes with it.
+struct Served {
+    run: Box<dyn Run>,
     endpoint: Endpoint,
-    tmpdir: std::path::PathBuf,
 }
 
-impl Run for Child {
+impl Run for Served {
     fn pid(&self) -> Option<u32> {
-        Some(self.process.pid())
+        self.run.pid()
     }
 
     fn ended(&mut self) -> BoxFuture<'_, Ended> {
-        Box::pin(async move {
-            let status = self.process.wait().await;
-            let _ = std::fs::remove_dir_all(&self.tmpdir);
-            Ended {
-                verb: "exited",
-                detail: status.to_string(),
-            }
-        })
+        self.run.ended()
     }
 
     fn stop(&mut self, grace: Duration) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            let graceful = self.process.stop(grace).await;
+            let graceful = self.run.stop(grace).await;
             remove_socket(&self.endpoint);
             graceful
         })
     }
+
+    fn survives(&self) -> bool {
+        self.run.survives()
+    }
+
+    fn adopted(&self) -> bool {
+        self.run.adopted()
+    }
 }
 
-fn spawn_error(e: &ProcessError) -> String {
+pub(super) fn spawn_error(e: &ProcessError) -> String {
     match e {
         ProcessError::Spawn { program, source }
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -171,7 +195,8 @@ pub fn vllm_default_max_num_seqs(placement: Option<&Placement>, tensor_parallel:
     }
 }
 
-/// The command line and environment of one engine.
+/// The command line and environment of one engine, on `host`.
+#[allow(clippy::too_many_arguments)]
 pub fn spec(
     config: &Config,
     name: &str,
@@ -180,12 +205,13 @@ pub fn spec(
     served_name: &str,
     folder: (&std::path::Path, &super::profile::Profile),
     placement: Option<&Placement>,
+    host: Arc<dyn Host>,
 ) -> Result<EngineSpec, String> {
     let (launch, endpoint) = launch(config, name, model, id, served_name, folder, placement)?;
     Ok(EngineSpec {
         id: id.to_string(),
         model: name.to_string(),
-        kind: Arc::new(Vllm::new(launch, endpoint.clone())),
+        kind: Arc::new(Vllm::new(launch, endpoint.clone(), host)),
         endpoint,
         load_timeout: config.engine.load_timeout.0,
         health_interval: config.engine.health_interval.0,
@@ -222,7 +248,6 @@ pub fn launch(
     let endpoint = match config.engine.transport {
         Transport::Uds => {
             let sock = engines_dir.join(format!("{id}.sock"));
-            let _ = std::fs::remove_file(&sock);
             args.extend(["--uds".into(), sock.display().to_string()]);
             Endpoint::Unix(sock)
         }
@@ -328,13 +353,25 @@ pub fn launch(
         env.retain(|(key, _)| key != k);
         env.push((k.clone(), v.clone()));
     }
+    let stale = match &endpoint {
+        Endpoint::Unix(sock) => vec![sock.clone()],
+        _ => Vec::new(),
+    };
     let launch = Launch {
+        id: id.to_string(),
         program: config.engine.program.clone(),
         args,
         env,
         tmpdir,
         model: name.to_string(),
         levels: level_of,
+        stale,
+        unit: UnitOptions {
+            memory_max: model.memory_max.map(|b| b.0),
+            cpu_weight: model.cpu_weight,
+            stop_grace: config.engine.stop_grace.0,
+            placement: placement.cloned(),
+        },
     };
     Ok((launch, endpoint))
 }

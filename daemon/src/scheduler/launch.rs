@@ -2,6 +2,8 @@
 //! launch; a remote's address and token), then the supervised engine and its slot.
 
 use super::*;
+use crate::engine::host::{Children, Host, Survivor};
+use crate::engine::kind::BoxFuture;
 use crate::engine::profile::Profile;
 
 /// How the scheduler makes a local engine's spec: `vllm serve` ([`VllmLauncher`]); the scheduler's
@@ -19,10 +21,48 @@ pub trait Launcher: Send + Sync {
         folder: (&std::path::Path, &Profile),
         placement: Option<&Placement>,
     ) -> Result<EngineSpec, String>;
+
+    /// The id of a model's next engine.
+    fn engine_id(&self, _model: &str, slug: &str, n: u64) -> String {
+        format!("{slug}-{n}")
+    }
+
+    /// Engines an earlier vllamad left running. Blocking.
+    fn survivors(&self) -> Vec<Survivor> {
+        Vec::new()
+    }
+
+    /// Notes when an engine's keep_alive ends, for the next vllamad. Blocking.
+    fn remember(&self, _id: &str, _until: Option<SystemTime>) {}
+
+    /// Stops and forgets an engine an earlier vllamad left, which is not taken up.
+    fn discard<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// At shutdown: whether engines are left running for the next vllamad (systemd is
+    /// restarting vllamad and engines are units) rather than stopped. Blocking.
+    fn let_go_at_shutdown(&self) -> bool {
+        false
+    }
 }
 
-/// Local engines are `vllm serve` processes.
-pub struct VllmLauncher;
+/// Local engines are `vllm serve` processes, run by a host (children or systemd units).
+pub struct VllmLauncher {
+    host: Arc<dyn Host>,
+}
+
+impl VllmLauncher {
+    pub fn new(host: Arc<dyn Host>) -> VllmLauncher {
+        VllmLauncher { host }
+    }
+}
+
+impl Default for VllmLauncher {
+    fn default() -> Self {
+        VllmLauncher::new(Arc::new(Children))
+    }
+}
 
 impl Launcher for VllmLauncher {
     fn spec(
@@ -35,7 +75,36 @@ impl Launcher for VllmLauncher {
         folder: (&std::path::Path, &Profile),
         placement: Option<&Placement>,
     ) -> Result<EngineSpec, String> {
-        vllm::spec(config, name, model, id, served_name, folder, placement)
+        vllm::spec(
+            config,
+            name,
+            model,
+            id,
+            served_name,
+            folder,
+            placement,
+            self.host.clone(),
+        )
+    }
+
+    fn engine_id(&self, model: &str, slug: &str, n: u64) -> String {
+        self.host.engine_id(model, slug, n)
+    }
+
+    fn survivors(&self) -> Vec<Survivor> {
+        self.host.survivors()
+    }
+
+    fn remember(&self, id: &str, until: Option<SystemTime>) {
+        self.host.remember(id, until)
+    }
+
+    fn discard<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        self.host.discard(id)
+    }
+
+    fn let_go_at_shutdown(&self) -> bool {
+        self.host.name() == "systemd" && crate::engine::units::restarting()
     }
 }
 
@@ -46,6 +115,18 @@ impl Scheduler {
         model: ModelConfig,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Lease, SchedError> {
+        self.start_with(name, model, keep_alive, None).await
+    }
+
+    /// [`Scheduler::start`]; `found`: an engine an earlier vllamad left, taken up where it was
+    /// placed (its host adopts it when the launch is the same, else replaces it).
+    pub(super) async fn start_with(
+        &self,
+        name: &ModelName,
+        model: ModelConfig,
+        keep_alive: Option<KeepAlive>,
+        found: Option<&Survivor>,
+    ) -> Result<Lease, SchedError> {
         let _placing = self.inner.placing.lock().await;
         // Someone else may have started it while this request waited for the lock.
         if let Some(lease) = self.lease_existing(name, keep_alive)? {
@@ -53,11 +134,14 @@ impl Scheduler {
         }
         let active = self.config();
         let config = &active.config;
-        let id = format!(
-            "{}-{}",
-            name.slug(),
-            self.inner.next_id.fetch_add(1, Ordering::SeqCst)
-        );
+        let n = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = if model.remote.is_some() {
+            format!("{}-{n}", name.slug())
+        } else {
+            self.inner
+                .launcher
+                .engine_id(name.as_str(), &name.slug(), n)
+        };
         let Prepared {
             spec,
             info,
@@ -68,7 +152,7 @@ impl Scheduler {
         } = if model.remote.is_some() {
             remote_engine(config, name, model, id).await?
         } else {
-            self.local_engine(config, name, model, id).await?
+            self.local_engine(config, name, model, id, found).await?
         };
         let served_name = model
             .served_name
@@ -127,6 +211,7 @@ impl Scheduler {
         name: &ModelName,
         model: ModelConfig,
         id: String,
+        found: Option<&Survivor>,
     ) -> Result<Prepared, SchedError> {
         let state_dir = config.paths.state_dir.clone();
         let (n, m) = (name.clone(), model.clone());
@@ -153,7 +238,14 @@ impl Scheduler {
             });
             model.max_model_len = Some(want);
         }
-        let (placement, host_need) = self.make_room(name, &model, info.size).await?;
+        let (placement, host_need) = match found {
+            // Already there: its memory is taken (and counted as taken from now on).
+            Some(found) => (
+                found.placement.clone(),
+                Scheduler::found_host_need(config, &model, info.size, found.placement.as_ref()),
+            ),
+            None => self.make_room(name, &model, info.size).await?,
+        };
         let served_name = model
             .served_name
             .clone()

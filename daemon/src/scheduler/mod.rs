@@ -22,6 +22,8 @@ use crate::models::{self, ModelError, ModelName};
 use crate::placement::{self, Placement, Reservation, Shortfall};
 use crate::units::{ByteSize, KeepAlive};
 
+mod adopt;
+mod changed;
 mod keep_alive;
 mod launch;
 mod room;
@@ -255,7 +257,7 @@ impl Scheduler {
             probe,
             tracker,
             (metrics, on_change),
-            Arc::new(VllmLauncher),
+            Arc::new(VllmLauncher::default()),
         )
     }
 
@@ -775,14 +777,30 @@ impl Scheduler {
         )
     }
 
-    /// Stops every engine (daemon shutdown), all at once.
+    /// Daemon shutdown: every engine stopped, all at once — or, when systemd is restarting
+    /// vllamad and engines are units, left running (with their keep_alive recorded) for the
+    /// next vllamad.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.cancel.cancel();
+        let launcher = self.inner.launcher.clone();
+        let let_go = tokio::task::spawn_blocking(move || launcher.let_go_at_shutdown())
+            .await
+            .unwrap_or(false);
+        if let_go {
+            self.remember_keep_alives().await;
+            tracing::info!("vllamad is restarting: its engines stay up for the next one");
+        }
         let engines: Vec<Arc<Engine>> = self.slots().drain().map(|(_, s)| s.engine).collect();
         let mut stops = tokio::task::JoinSet::new();
         for engine in engines {
-            stops.spawn(async move { engine.stop().await });
+            stops.spawn(async move {
+                if let_go {
+                    engine.let_go().await
+                } else {
+                    engine.stop().await
+                }
+            });
         }
         while stops.join_next().await.is_some() {}
     }

@@ -39,16 +39,7 @@ impl Scheduler {
                 Ok((None, 0))
             } else if gpus.is_empty() {
                 let budget = host_budget.unwrap_or(u64::MAX);
-                let mut env = config.config.engine.env.clone();
-                env.extend(model.env.clone());
-                let need = crate::host_memory::need(
-                    weights,
-                    crate::host_memory::kv_bytes(
-                        &vllm::configured_args(&config.config, model),
-                        &env,
-                    ),
-                    budget,
-                );
+                let need = host_need(&config.config, model, weights, budget);
                 if crate::host_memory::fits(host_used, need, budget, loaded) {
                     Ok((None, need))
                 } else {
@@ -96,6 +87,20 @@ impl Scheduler {
                     },
                 });
             }
+        }
+    }
+
+    /// What an engine found running takes of host memory: a CPU engine's estimate; one on
+    /// GPUs is counted by its placement.
+    pub(super) fn found_host_need(
+        config: &Config,
+        model: &ModelConfig,
+        weights: u64,
+        placement: Option<&Placement>,
+    ) -> u64 {
+        match placement {
+            Some(_) => 0,
+            None => host_need(config, model, weights, u64::MAX),
         }
     }
 
@@ -206,4 +211,15 @@ fn host_memory_for(weights: u64) -> bool {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     available_kib * 1024 > weights / 5 * 6 + ByteSize::GIB
+}
+
+/// What one CPU engine of `model` needs of host memory (see [`crate::host_memory::need`]).
+fn host_need(config: &Config, model: &ModelConfig, weights: u64, budget: u64) -> u64 {
+    let mut env = config.engine.env.clone();
+    env.extend(model.env.clone());
+    crate::host_memory::need(
+        weights,
+        crate::host_memory::kv_bytes(&vllm::configured_args(config, model), &env),
+        budget,
+    )
 }

@@ -5,15 +5,23 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
+use crate::engine::host::Survivor;
 use crate::engine::kind::{BoxFuture, Ended, EngineKind, Probe, Run};
 use crate::engine::profile::Profile;
 use crate::engine::EngineClient;
 
-/// Starts and stops, per model.
+/// Starts and stops, per model; and what a host of engines that outlive vllamad would do.
 #[derive(Debug, Default)]
 struct Counts {
     starts: Mutex<HashMap<String, usize>>,
     stops: AtomicUsize,
+    /// Engines "left running by an earlier vllamad" (by id): started, they are adopted.
+    survivors: Mutex<Vec<Survivor>>,
+    adopted: AtomicUsize,
+    discarded: Mutex<Vec<String>>,
+    remembered: Mutex<Vec<(String, Option<SystemTime>)>>,
+    /// Engines outlive vllamad, and vllamad is restarting.
+    let_go: std::sync::atomic::AtomicBool,
 }
 
 impl Counts {
@@ -24,6 +32,7 @@ impl Counts {
 
 #[derive(Debug)]
 struct Memory {
+    id: String,
     model: String,
     counts: Arc<Counts>,
 }
@@ -33,11 +42,23 @@ impl EngineKind for Memory {
         "memory"
     }
 
-    fn start(
-        &self,
-        _: &EngineClient,
-        _: &crate::engine::process::Output,
-    ) -> Result<Box<dyn Run>, String> {
+    fn start<'a>(
+        &'a self,
+        _: &'a EngineClient,
+        _: &'a crate::engine::process::Output,
+    ) -> BoxFuture<'a, Result<Box<dyn Run>, String>> {
+        let found = self
+            .counts
+            .survivors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.id == self.id);
+        if found {
+            self.counts.adopted.fetch_add(1, Ordering::SeqCst);
+            let run: Box<dyn Run> = Box::new(Resident(self.counts.clone()));
+            return Box::pin(std::future::ready(Ok(run)));
+        }
         *self
             .counts
             .starts
@@ -45,7 +66,8 @@ impl EngineKind for Memory {
             .unwrap()
             .entry(self.model.clone())
             .or_default() += 1;
-        Ok(Box::new(Resident(self.counts.clone())))
+        let run: Box<dyn Run> = Box::new(Resident(self.counts.clone()));
+        Box::pin(std::future::ready(Ok(run)))
     }
 
     fn probe<'a>(&'a self, _: &'a EngineClient, _: Duration) -> BoxFuture<'a, Probe> {
@@ -72,6 +94,10 @@ impl Run for Resident {
         self.0.stops.fetch_add(1, Ordering::SeqCst);
         Box::pin(std::future::ready(true))
     }
+
+    fn survives(&self) -> bool {
+        self.0.let_go.load(Ordering::SeqCst)
+    }
 }
 
 /// An engine that cannot start (the program is missing): every start fails at once.
@@ -83,12 +109,14 @@ impl EngineKind for Missing {
         "missing"
     }
 
-    fn start(
-        &self,
-        _: &EngineClient,
-        _: &crate::engine::process::Output,
-    ) -> Result<Box<dyn Run>, String> {
-        Err("the vLLM engine is not installed".into())
+    fn start<'a>(
+        &'a self,
+        _: &'a EngineClient,
+        _: &'a crate::engine::process::Output,
+    ) -> BoxFuture<'a, Result<Box<dyn Run>, String>> {
+        Box::pin(std::future::ready(Err(
+            "the vLLM engine is not installed".into()
+        )))
     }
 
     fn probe<'a>(&'a self, _: &'a EngineClient, _: Duration) -> BoxFuture<'a, Probe> {
@@ -117,6 +145,7 @@ impl Launcher for InMemory {
             Arc::new(Missing)
         } else {
             Arc::new(Memory {
+                id: id.to_string(),
                 model: name.to_string(),
                 counts: self.0.clone(),
             })
@@ -133,6 +162,31 @@ impl Launcher for InMemory {
             stable_after: config.engine.stable_after.0,
             auto_restart: model.pinned,
         })
+    }
+
+    fn engine_id(&self, model: &str, _: &str, _: u64) -> String {
+        format!("unit-{model}")
+    }
+
+    fn survivors(&self) -> Vec<Survivor> {
+        self.0.survivors.lock().unwrap().clone()
+    }
+
+    fn remember(&self, id: &str, until: Option<SystemTime>) {
+        self.0
+            .remembered
+            .lock()
+            .unwrap()
+            .push((id.to_string(), until));
+    }
+
+    fn discard<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        self.0.discarded.lock().unwrap().push(id.to_string());
+        Box::pin(async {})
+    }
+
+    fn let_go_at_shutdown(&self) -> bool {
+        self.0.let_go.load(Ordering::SeqCst)
     }
 }
 
@@ -376,5 +430,108 @@ async fn a_start_that_fails_at_once_is_reported_again_not_waited_for() {
             .expect("the second request hung on a start that had already failed");
         assert!(again.unwrap_err().to_string().contains("not installed"));
     }
+    m.s.shutdown().await;
+}
+
+fn survivor(model: &str, until: Option<SystemTime>) -> Survivor {
+    Survivor {
+        id: format!("unit-{model}"),
+        model: model.to_string(),
+        placement: None,
+        keep_alive_until: until,
+    }
+}
+
+#[tokio::test]
+async fn engines_left_running_are_taken_up_with_the_rest_of_their_keep_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[]);
+    let now = SystemTime::now();
+    *m.counts.survivors.lock().unwrap() = vec![
+        survivor("a:latest", Some(now + Duration::from_millis(300))),
+        survivor("b:latest", None),
+        // Its keep_alive ended while no vllamad ran; the other's model is gone.
+        survivor("c:latest", Some(now - Duration::from_secs(1))),
+        survivor("gone:latest", None),
+    ];
+    assert_eq!(m.s.adopt_survivors().await, 2);
+    assert_eq!(loaded(&m.s), ["a:latest", "b:latest"]);
+    let mut discarded = m.counts.discarded.lock().unwrap().clone();
+    discarded.sort();
+    assert_eq!(discarded, ["unit-c:latest", "unit-gone:latest"]);
+    // A request finds the adopted engine: no start.
+    drop(m.s.acquire(&name("b"), None).await.unwrap());
+    for _ in 0..100 {
+        if m.counts.adopted.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(m.counts.adopted.load(Ordering::SeqCst), 2);
+    assert_eq!(m.counts.starts("a:latest") + m.counts.starts("b:latest"), 0);
+    // a's keep_alive goes on from what was recorded (300 ms), not from the default 5 min.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        loaded(&m.s),
+        ["b:latest"],
+        "a expired with the rest of its keep_alive"
+    );
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_leaves_engines_running_and_records_their_keep_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    m.counts.let_go.store(true, Ordering::SeqCst);
+    m.s.shutdown().await;
+    assert_eq!(m.counts.stops.load(Ordering::SeqCst), 0, "nothing stopped");
+    let remembered = m.counts.remembered.lock().unwrap().clone();
+    assert_eq!(remembered.len(), 1);
+    let (id, until) = &remembered[0];
+    assert_eq!(id, "unit-a:latest");
+    let left = until.unwrap().duration_since(SystemTime::now()).unwrap();
+    assert!(
+        left > Duration::from_secs(290) && left <= Duration::from_secs(300),
+        "{left:?}"
+    );
+
+    // Stopped, not restarted: the same engines are stopped.
+    let m = scheduler(dir.path(), "", &[]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    m.s.shutdown().await;
+    assert_eq!(m.counts.stops.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_a_models_flags_restarts_that_engine_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "max_loaded = 3", &[]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    drop(m.s.acquire(&name("b"), None).await.unwrap());
+    let old = m._config.borrow().config.clone();
+    let mut new = old.clone();
+    new.models.get_mut("a:latest").unwrap().args = vec!["--enforce-eager".into()];
+    m._config.send_modify(|c| {
+        *c = Arc::new(ActiveConfig {
+            access: crate::auth::AccessPolicy::resolve(&new.admin),
+            config: new,
+            file: None,
+            generation: 2,
+            loaded_at: SystemTime::now(),
+        })
+    });
+    assert_eq!(m.s.restart_changed(&old), [name("a")]);
+    for _ in 0..200 {
+        if m.counts.starts("a:latest") == 2 && loaded(&m.s).len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.counts.starts("a:latest"), 2, "a restarted once");
+    assert_eq!(m.counts.starts("b:latest"), 1, "b untouched");
+    assert_eq!(m.counts.stops.load(Ordering::SeqCst), 1);
+    assert_eq!(loaded(&m.s), ["a:latest", "b:latest"]);
     m.s.shutdown().await;
 }

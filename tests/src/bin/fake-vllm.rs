@@ -28,7 +28,8 @@
 //! - `FAKE_VLLM_STRICT_BIND=1`: fail like vLLM when `--uds` names an existing file;
 //! - `FAKE_VLLM_METRICS_MS`: delay `/metrics` answers this long (a stuck exporter);
 //! - `FAKE_VLLM_STATE_DIR`: where it writes `requests.jsonl` (each request: path, headers,
-//!   body), `argv.json`, and a line in `connections.log` per connection accepted.
+//!   body), `argv.json`, a line in `connections.log` per connection accepted, and its pid
+//!   as a line of `starts.log` when it starts (how many times an engine was started).
 //!
 //! Also vLLM's newer routes ([`apis`]): `/v1/messages` (Anthropic), `/v1/responses` (kept with
 //! `VLLM_ENABLE_RESPONSES_API_STORE=1`), `/tokenize`, `/detokenize`, log probabilities, and the
@@ -166,6 +167,14 @@ async fn serve(args: Vec<String>) {
     let startup_ms = env_u64("FAKE_VLLM_STARTUP_MS").unwrap_or(300);
     if let Some(dir) = &state_dir {
         let _ = std::fs::create_dir_all(dir);
+        use std::io::Write;
+        if let Ok(mut starts) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("starts.log"))
+        {
+            let _ = writeln!(starts, "{}", std::process::id());
+        }
         // When /health starts answering 200 (for readiness-overhead measurements).
         let _ = std::fs::write(
             dir.join("ready_at_ms"),
