@@ -297,9 +297,13 @@ $IN runuser -u vllama -- systemctl --no-ask-password set-property --runtime "$u2
 # Restarts with a client loop running (two models, alternately): no refused connection,
 # the same engine processes, no engine start; the time to the first answer after each.
 p1=$(epid tiny); p2=$(epid tiny2); s1=$(starts tiny); s2=$(starts tiny2)
-$IN rm -f /root/stop.loop
-$IN sh -c 'ok=0; fail=0; while [ ! -e /root/stop.loop ]; do for m in tiny tiny2; do if curl -sf -m 20 -o /dev/null -H "Host: localhost" http://127.0.0.1:11434/api/generate -d "{\"model\":\"$m\",\"prompt\":\"hi\",\"stream\":false,\"options\":{\"num_predict\":1}}"; then ok=$((ok+1)); else fail=$((fail+1)); fi; done; done; echo "$ok $fail" > /root/loop.txt' &
-LOOP=$!
+loop_start() {  # a client asking both models in turn, until loop_end
+  $IN rm -f /root/stop.loop /root/loop.txt
+  $IN sh -c 'ok=0; fail=0; while [ ! -e /root/stop.loop ]; do for m in tiny tiny2; do if curl -sf -m 20 -o /dev/null -H "Host: localhost" http://127.0.0.1:11434/api/generate -d "{\"model\":\"$m\",\"prompt\":\"hi\",\"stream\":false,\"options\":{\"num_predict\":1}}"; then ok=$((ok+1)); else fail=$((fail+1)); fi; done; done; echo "$ok $fail" > /root/loop.txt' &
+  LOOP=$!
+}
+loop_end() { $IN touch /root/stop.loop; wait $LOOP; read -r good failed < <($IN cat /root/loop.txt); }
+loop_start
 first_answer() {  # ms from `systemctl restart vllamad` to the first answered request
   $IN systemctl reset-failed vllamad.service
   local t; t=$(now_ms)
@@ -310,8 +314,7 @@ first_answer() {  # ms from `systemctl restart vllamad` to the first answered re
 median() { tr ' ' '\n' | grep . | sort -n | sed -n 3p; }
 kept=""
 for _ in 1 2 3 4 5; do kept="$kept $(first_answer)"; sleep 0.3; done
-$IN touch /root/stop.loop; wait $LOOP
-read -r good failed < <($IN cat /root/loop.txt)
+loop_end
 [ "${failed:-1}" = 0 ] && [ "${good:-0}" -gt 10 ] && ok "5 restarts under a client loop: $good requests, 0 failed" || bad "restarts under load: ${failed:-?} of $((good + failed)) failed"
 [ "$(epid tiny)" = "$p1" ] && [ "$(epid tiny2)" = "$p2" ] && $IN kill -0 "$p1" && $IN kill -0 "$p2" \
   && ok "both engine processes unchanged (pids $p1, $p2)" || bad "engine pids: $p1 $p2 -> $(epid tiny) $(epid tiny2)"
@@ -335,9 +338,12 @@ chat tiny | grep -q '"done":true' && chat tiny2 | grep -q '"done":true' && ok "e
 
 # An upgrade (the same package, a newer version): postinst's try-restart keeps the engines.
 p1=$(epid tiny); p2=$(epid tiny2); s1=$(starts tiny); s2=$(starts tiny2); pid=$(show MainPID)
-$IN systemctl reset-failed vllamad.service
+$IN systemctl reset-failed vllamad.service vllamad.socket vllamad-admin.socket
+loop_start; sleep 0.5
 $IN sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /pkgs/vllama-next.deb' >> "$ART/install.log" 2>&1 \
   && ok "dpkg -i of a newer version ($($IN dpkg-query -W -f '${Version}' vllama))" || bad "dpkg -i vllama-next.deb"
+sleep 0.5; loop_end
+[ "${failed:-1}" = 0 ] && [ "${good:-0}" -gt 2 ] && ok "the upgrade under a client loop: $good requests, 0 failed" || bad "upgrade under load: ${failed:-?} of $((good + failed)) failed"
 [ "$(show MainPID)" != "$pid" ] && [ "$(show ActiveState)" = active ] && ok "the daemon was restarted on the new binary" || bad "daemon: $pid -> $(show MainPID) $(show ActiveState)"
 chat tiny | grep -q '"done":true' && chat tiny2 | grep -q '"done":true' && ok "both models answer after the upgrade" || bad "after the upgrade"
 [ "$(epid tiny)" = "$p1" ] && [ "$(epid tiny2)" = "$p2" ] && [ "$(starts tiny)" = "$s1" ] && [ "$(starts tiny2)" = "$s2" ] \
@@ -359,6 +365,19 @@ for _ in $(seq 50); do [ "$($IN journalctl -u vllamad -o json --all --no-pager |
 [ "$($IN journalctl -u vllamad -o json --all --no-pager | grep -c 'signal: 9 (SIGKILL); unit vllama-engine@')" -gt 0 ] \
   && ok "an engine killed in its unit is reported: $($IN journalctl -u vllamad -o json --all --no-pager | grep -o 'exited unexpectedly (signal: 9 (SIGKILL); unit vllama-engine@[^)]*)' | tail -1)" || bad "the engine's death was not seen"
 chat tiny2 | grep -q '"done":true' && [ "$(starts tiny2)" = $((s2 + 1)) ] && ok "...and started again by the next request" || bad "after the engine's death: starts $s2 -> $(starts tiny2)"
+
+# An engine whose unit ends while no vllamad runs: the next vllamad cleans its record and
+# starts it anew on the next request.
+s2=$(starts tiny2)
+$IN systemctl kill -s KILL --kill-who=main vllamad
+$IN systemctl stop "$u2"
+id2=$(basename "$u2" .service | cut -d@ -f2)
+for _ in $(seq 100); do [ "$(show ActiveState)" = active ] && break; sleep 0.05; done
+for _ in $(seq 40); do $IN test -e "/run/vllama/engines/$id2.json" || break; sleep 0.05; done
+$IN test -e "/run/vllama/engines/$id2.json" && bad "the dead engine's record is still there" \
+  || ok "an engine that ended while no vllamad ran: its record cleaned"
+chat tiny2 | grep -q '"done":true' && [ "$(starts tiny2)" = $((s2 + 1)) ] && ok "...and the next request starts it anew" || bad "tiny2 after its unit ended: starts $s2 -> $(starts tiny2)"
+$IN systemctl reset-failed vllamad.service
 
 # vllamad, the engine and its grandchild: else "nothing left after stop" would prove nothing.
 n=$($IN pgrep -u vllama -c -f . 2>/dev/null)
