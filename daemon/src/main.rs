@@ -71,11 +71,14 @@ fn main() -> ExitCode {
         }
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("vllamad")
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // tokio reads TOKIO_WORKER_THREADS itself when it is set.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(vllamad::server::worker_threads(
+            std::thread::available_parallelism().map_or(1, usize::from),
+        ));
+    }
+    let runtime = match builder.enable_all().thread_name("vllamad").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vllamad: cannot start the async runtime: {e}");
