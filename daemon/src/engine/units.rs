@@ -65,9 +65,10 @@ pub fn available() -> bool {
 /// when vllamad is signalled outside a job) they are stopped. A crash runs no shutdown at
 /// all: the engines stay, and the restarted vllamad adopts them. Blocking.
 ///
-/// Unit dependencies cannot tell the three apart (checked on systemd 252 and 257): with
-/// `StopPropagatedFrom=vllamad.service` a restart keeps the engines, but the automatic
-/// restart after a crash stops them; `PartOf=` restarts them with vllamad.
+/// Unit dependencies cannot tell the three apart (tried on systemd 252 and 257): with
+/// `StopPropagatedFrom=vllamad.service`, 252 keeps the engines through `systemctl restart`
+/// but stops them when it restarts vllamad after a crash, and 257 stops them on a plain
+/// restart too; `PartOf=` restarts them with vllamad.
 pub fn restarting() -> bool {
     let Some(own) = own_unit() else {
         return false;
