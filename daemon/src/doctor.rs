@@ -342,6 +342,27 @@ pub fn exposure(listeners: &[ListenerInfo], keys: usize) -> Check {
     }
 }
 
+/// Where engines run, and whether they can: engine units need polkit (its rule lets
+/// vllamad's user start and stop them). `polkit`: whether it is installed, asked for units.
+pub fn engines(host: &str, polkit: Option<bool>) -> Check {
+    const NAME: &str = "engines";
+    match (host, polkit) {
+        ("systemd", Some(true)) => Check::pass(
+            NAME,
+            "systemd units (vllama-engine@<model>.service): a restart or an upgrade of vllamad keeps them",
+        ),
+        ("systemd", _) => Check::fail(
+            NAME,
+            "engines are systemd units, but polkit is not installed: vllamad's user may not start them",
+            "install and start polkit (Debian: sudo apt install polkitd; Fedora/RHEL: sudo dnf install polkit), or set engine.launch = \"process\"",
+        ),
+        _ => Check::pass(
+            NAME,
+            "children of vllamad: they end with it (not under systemd, or engine.launch = \"process\")",
+        ),
+    }
+}
+
 /// Every check of the daemon's half, in the order shown.
 pub async fn run(daemon: &Daemon) -> Vec<Check> {
     let active = daemon.config();
@@ -392,6 +413,12 @@ pub async fn run(daemon: &Daemon) -> Vec<Check> {
     ));
     checks.push(hub_check(config).await);
     checks.push(exposure(&daemon.listeners, daemon.keys().len()));
+    let host = daemon.scheduler.engine_host();
+    let polkit = match host {
+        "systemd" => Some(crate::engine::units::polkit_installed().await),
+        _ => None,
+    };
+    checks.push(engines(host, polkit));
     checks
 }
 
@@ -681,6 +708,13 @@ mod tests {
         let c = hub_check(&config).await;
         fails_with(&c, "store.endpoint");
         assert!(c.detail.contains("cannot reach"), "{}", c.detail);
+    }
+
+    #[test]
+    fn engine_units_need_polkit() {
+        assert_eq!(engines("systemd", Some(true)).outcome, CheckOutcome::Pass);
+        fails_with(&engines("systemd", Some(false)), "polkitd");
+        assert!(engines("process", None).detail.contains("end with it"));
     }
 
     #[test]

@@ -188,6 +188,7 @@ owner=$($IN stat -c %U /var/lib/vllama/venv.d)
   && ok "venv is a link to a build owned by vllama" || bad "venv: $($IN ls -la /var/lib/vllama) owner $owner"
 out=$($IN vllamactl doctor 2>&1)
 echo "$out" | grep -q "✓ engine" && ok "doctor with the engine installed: ✓ engine" || bad "doctor with an engine: $out"
+echo "$out" | grep -q "✓ engines.*systemd units" && ok "doctor: ✓ engines as systemd units (polkit installed)" || bad "doctor engines: $out"
 echo "$out" > "$ART/doctor.txt"
 
 echo "== an engine, and nothing left after stop"

@@ -110,6 +110,15 @@ fn job_type<'a>(jobs: &'a str, unit: &str) -> Option<&'a str> {
     })
 }
 
+/// Whether polkit is installed, which lets vllamad's user start and stop its engine units
+/// (D-Bus starts it on the first question: not running yet is fine).
+pub async fn polkit_installed() -> bool {
+    let args = ["show", "-p", "LoadState", "--value", "polkit.service"].map(String::from);
+    systemctl(&args, QUICK)
+        .await
+        .is_ok_and(|out| out.trim() == "loaded")
+}
+
 pub fn unit_name(id: &str) -> String {
     format!("{TEMPLATE}@{id}.service")
 }

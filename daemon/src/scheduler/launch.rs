@@ -22,6 +22,11 @@ pub trait Launcher: Send + Sync {
         placement: Option<&Placement>,
     ) -> Result<EngineSpec, String>;
 
+    /// Where its local engines run (`process`, `systemd`; the tests' `memory`).
+    fn host(&self) -> &'static str {
+        "memory"
+    }
+
     /// The id of a model's next engine.
     fn engine_id(&self, _model: &str, slug: &str, n: u64) -> String {
         format!("{slug}-{n}")
@@ -85,6 +90,10 @@ impl Launcher for VllmLauncher {
             placement,
             self.host.clone(),
         )
+    }
+
+    fn host(&self) -> &'static str {
+        self.host.name()
     }
 
     fn engine_id(&self, model: &str, slug: &str, n: u64) -> String {

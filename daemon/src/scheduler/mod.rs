@@ -298,6 +298,11 @@ impl Scheduler {
         &self.inner.aliases
     }
 
+    /// Where local engines run: `process` (children of vllamad) or `systemd` (units).
+    pub fn engine_host(&self) -> &'static str {
+        self.inner.launcher.host()
+    }
+
     /// Whether it takes new requests (false once shutdown began).
     pub fn accepting(&self) -> bool {
         !self.inner.shutting_down.load(Ordering::SeqCst)
