@@ -35,6 +35,12 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// Notes when an engine's keep_alive ends, for the next vllamad. Blocking.
     fn remember(&self, _id: &str, _until: Option<SystemTime>) {}
 
+    /// At shutdown: whether its engines are left running for the next vllamad (engines that
+    /// outlive it, and vllamad is being restarted) rather than stopped. Blocking.
+    fn let_go_at_shutdown(&self) -> bool {
+        false
+    }
+
     /// Stops an engine a survivor named and forgets it (its model is no longer served).
     fn discard<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async {})

@@ -204,20 +204,13 @@ impl Record {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitState {
     pub active: String,
-    pub sub: String,
     pub main_pid: u32,
     pub result: String,
     pub exit_status: String,
 }
 
 impl UnitState {
-    const PROPERTIES: [&'static str; 5] = [
-        "ActiveState",
-        "SubState",
-        "MainPID",
-        "Result",
-        "ExecMainStatus",
-    ];
+    const PROPERTIES: [&'static str; 4] = ["ActiveState", "MainPID", "Result", "ExecMainStatus"];
 
     pub fn parse(text: &str) -> UnitState {
         let mut state = UnitState::default();
@@ -227,7 +220,6 @@ impl UnitState {
             };
             match key {
                 "ActiveState" => state.active = value.into(),
-                "SubState" => state.sub = value.into(),
                 "MainPID" => state.main_pid = value.parse().unwrap_or(0),
                 "Result" => state.result = value.into(),
                 "ExecMainStatus" => state.exit_status = value.into(),
@@ -544,6 +536,10 @@ impl Host for Units {
         if let Err(e) = record.write(&path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot record the engine's keep_alive");
         }
+    }
+
+    fn let_go_at_shutdown(&self) -> bool {
+        restarting()
     }
 
     fn discard<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {

@@ -113,7 +113,7 @@ impl Launcher for VllmLauncher {
     }
 
     fn let_go_at_shutdown(&self) -> bool {
-        self.host.name() == "systemd" && crate::engine::units::restarting()
+        self.host.let_go_at_shutdown()
     }
 }
 
