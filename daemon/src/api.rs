@@ -201,9 +201,14 @@ async fn handle(
         key = tracing::field::Empty,
         key_name = tracing::field::Empty,
     );
+    let origin = observe::Origin {
+        client,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+    };
     let observed = observe::Request::new(
         id.clone(),
-        req.uri().path(),
+        origin,
         span.clone(),
         config
             .config
@@ -212,8 +217,11 @@ async fn handle(
             .then(|| daemon.metrics.clone()),
         config.config.log.access,
     );
+    // Boxed: the handlers' futures are kilobytes (the engine client's, the Ollama
+    // translation's), and an unboxed future is copied whole each time hyper's dispatcher and
+    // these wrappers move it.
     let mut resp = observed
-        .scope(guarded(req, daemon, client))
+        .scope(Box::pin(guarded(req, daemon, client)))
         .instrument(span)
         .await;
     resp.headers_mut()
@@ -244,9 +252,9 @@ fn authenticate(
         return Ok(None);
     }
     let key = keys.check(req.headers())?;
-    let span = tracing::Span::current();
-    span.record("key", tracing::field::display(&key.record.id));
-    span.record("key_name", tracing::field::display(&key.record.name));
+    if let Some(observed) = observe::current() {
+        observed.key(&key);
+    }
     Ok(Some(key))
 }
 

@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod access_line;
 pub mod active_config;
 pub mod admin;
 pub mod aliases;

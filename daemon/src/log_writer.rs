@@ -1,5 +1,8 @@
 //! Where text and JSON log lines go: stderr, in batches.
 //!
+//! Access lines come as tracing events through [`BatchedStderr`], or written by hand straight
+//! into the batch ([`append_access`], `crate::access_line`).
+//!
 //! An access line per request was a `write(2)` per request on the request path. Access lines
 //! are appended to a buffer instead, which a flusher thread writes out at most `GATHER`
 //! after the first line that found it empty: one write for however many lines came
@@ -17,7 +20,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// The access lines' target: the one line per request, batched; the rest is written as it
 /// comes.
-const ACCESS: &str = "vllamad::access";
+pub const ACCESS: &str = "vllamad::access";
 
 /// How long the flusher gathers lines before writing them.
 const GATHER: Duration = Duration::from_millis(50);
@@ -131,24 +134,42 @@ pub struct Line<'a> {
 
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self.shared.lock();
-        if !self.batched || !pending.flusher {
-            self.shared.drain(&mut pending);
-            (self.shared.sink)(bytes);
-            return Ok(bytes.len());
-        }
-        pending.lines.extend_from_slice(bytes);
-        if pending.lines.len() >= HIGH_WATER {
-            self.shared.drain(&mut pending);
-        } else if pending.asleep {
-            pending.asleep = false;
-            self.shared.wake.notify_one();
-        }
+        self.shared
+            .push(self.batched, |lines| lines.extend_from_slice(bytes));
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Adds a line that `write` appends. A batched one waits for the flusher (unless it
+    /// fills the buffer); any other is written at once, with the batch before it in one
+    /// write.
+    fn push(&self, batched: bool, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut pending = self.lock();
+        write(&mut pending.lines);
+        if !batched || !pending.flusher || pending.lines.len() >= HIGH_WATER {
+            self.drain(&mut pending);
+        } else if pending.asleep {
+            pending.asleep = false;
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Adds an access line that `write` appends straight into the batch (no buffer of its own,
+/// no copy). Before logging is set up (no writer), it goes to stderr at once.
+pub fn append_access(write: impl FnOnce(&mut Vec<u8>)) {
+    match SHARED.get() {
+        Some(shared) => shared.push(true, write),
+        None => {
+            let mut line = Vec::with_capacity(256);
+            write(&mut line);
+            to_stderr(&line);
+        }
     }
 }
 

@@ -92,6 +92,13 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
     } else {
         None
     };
+    crate::access_line::set_format(match (format, &journald) {
+        (_, Some(_)) => crate::access_line::Format::Tracing,
+        (LogFormat::Json, _) => crate::access_line::Format::Json,
+        _ => crate::access_line::Format::Text {
+            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        },
+    });
     let output: Box<dyn Layer<_> + Send + Sync> = match (format, journald) {
         (_, Some(layer)) => layer.boxed(),
         (LogFormat::Json, _) => tracing_subscriber::fmt::layer()

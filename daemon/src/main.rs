@@ -16,6 +16,12 @@ use clap::Parser;
 use vllamad::cli::Args;
 use vllamad::listeners::ActivatedFds;
 
+/// mimalloc, not glibc's malloc: 9% fewer instructions a proxied request, 17% fewer on the
+/// Ollama translation (callgrind, docs/PERFORMANCE.md "Where a proxied request's
+/// instructions go"), for ~9 MiB more resident memory at idle.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let source = args.config_source();

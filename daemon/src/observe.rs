@@ -10,16 +10,26 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::access_line::Access;
 use crate::metrics::Metrics;
 
 tokio::task_local! {
     static CURRENT: Arc<Request>;
 }
 
+/// Where a request came from and what it asked: its span's fields, kept for the access line.
+#[derive(Debug)]
+pub struct Origin {
+    pub client: std::net::IpAddr,
+    pub method: hyper::Method,
+    pub uri: hyper::Uri,
+}
+
 /// A request in flight.
 #[derive(Debug)]
 pub struct Request {
     pub id: String,
+    origin: Origin,
     route: &'static str,
     started: Instant,
     span: tracing::Span,
@@ -32,6 +42,8 @@ pub struct Request {
     model: OnceLock<String>,
     /// The model name the client asked for, once it parsed.
     requested: OnceLock<String>,
+    /// The API key it presented.
+    key: OnceLock<Arc<crate::keys::Key>>,
     first_token: OnceLock<Duration>,
     tokens: Mutex<Option<(u64, u64)>>,
     /// Time to the response head.
@@ -46,14 +58,15 @@ pub struct Request {
 impl Request {
     pub fn new(
         id: String,
-        path: &str,
+        origin: Origin,
         span: tracing::Span,
         metrics: Option<Arc<Metrics>>,
         access_log: bool,
     ) -> Arc<Request> {
         Arc::new(Request {
             id,
-            route: crate::metrics::route_label(path),
+            route: crate::metrics::route_label(origin.uri.path()),
+            origin,
             started: Instant::now(),
             span,
             metrics,
@@ -61,6 +74,7 @@ impl Request {
             status: AtomicU16::new(0),
             model: OnceLock::new(),
             requested: OnceLock::new(),
+            key: OnceLock::new(),
             first_token: OnceLock::new(),
             tokens: Mutex::new(None),
             head: AtomicU64::new(0),
@@ -107,17 +121,25 @@ impl Drop for Request {
             }
         }
         if self.access_log {
-            let _in = self.span.enter();
-            tracing::info!(
-                target: "vllamad::access",
+            let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            let access = Access {
+                request_id: &self.id,
+                client: self.origin.client,
+                method: self.origin.method.as_str(),
+                path: self.origin.uri.path(),
+                key: self
+                    .key
+                    .get()
+                    .map(|k| (k.record.id.as_str(), k.record.name.as_str())),
+                requested: self.requested.get().map(String::as_str),
+                model: self.model.get().map(String::as_str),
                 status,
-                head_ms = self.head.load(Ordering::Relaxed) as f64 / 1000.0,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                ttft_ms = self.first_token.get().map(|d| d.as_secs_f64() * 1000.0),
-                prompt_tokens = tokens.map(|t| t.0),
-                eval_tokens = tokens.map(|t| t.1),
-                "request"
-            );
+                head_us: self.head.load(Ordering::Relaxed),
+                duration_us: micros(elapsed),
+                ttft_us: self.first_token.get().copied().map(micros),
+                tokens,
+            };
+            crate::access_line::write(&access, &self.span);
         }
     }
 }
@@ -146,6 +168,15 @@ impl Request {
         if self.requested.get().map(String::as_str) != Some(name) {
             self.span.record("model", tracing::field::display(name));
         }
+    }
+
+    /// The API key the request presented: the span's `key` and `key_name`.
+    pub fn key(&self, key: &Arc<crate::keys::Key>) {
+        let _ = self.key.set(key.clone());
+        self.span
+            .record("key", tracing::field::display(&key.record.id));
+        self.span
+            .record("key_name", tracing::field::display(&key.record.name));
     }
 
     /// The first token is out (only the first call counts).

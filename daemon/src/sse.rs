@@ -77,6 +77,10 @@ pub fn take_event(buf: &mut BytesMut) -> Option<Result<Event, SseError>> {
         let end = memchr::memmem::find(buf, b"\n\n")?;
         let raw = buf.split_to(end);
         buf.advance(2);
+        // The engines' every event: one `data:` line of JSON, parsed where it lies.
+        if let Some(event) = one_line(&raw) {
+            return Some(Ok(event));
+        }
         let text = String::from_utf8_lossy(&raw);
         let data: String = text
             .lines()
@@ -95,5 +99,72 @@ pub fn take_event(buf: &mut BytesMut) -> Option<Result<Event, SseError>> {
                 .map(Event::Data)
                 .map_err(|e| SseError::Json(e.to_string())),
         );
+    }
+}
+
+/// An event of a single `data:` line that parses (`None`: anything else, which the general
+/// path reads: several lines, comments, bytes that are not UTF-8, errors to report).
+fn one_line(raw: &[u8]) -> Option<Event> {
+    let data = raw.strip_prefix(b"data:")?;
+    if memchr::memchr(b'\n', data).is_some() {
+        return None;
+    }
+    let data = data.trim_ascii();
+    if data == b"[DONE]" {
+        return Some(Event::Done);
+    }
+    serde_json::from_slice(data).ok().map(Event::Data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn events(stream: &[u8]) -> Vec<Result<Event, String>> {
+        let mut buf = BytesMut::from(stream);
+        std::iter::from_fn(|| take_event(&mut buf))
+            .map(|e| e.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn events_are_read_as_the_engines_write_them_and_as_the_spec_allows() {
+        let stream = b"data: {\"a\":1}\n\n\
+            data:{\"b\":2}\r\n\n\
+            : a comment\n\n\
+            event: x\ndata: {\"c\":\ndata: 3}\n\n\
+            data: {\"d\":\"\xff\"}\n\n\
+            data: not json\n\n\
+            data: [DONE]\n\n\
+            data: {\"rest\":";
+        assert_eq!(
+            events(stream),
+            vec![
+                Ok(Event::Data(json!({"a": 1}))),
+                Ok(Event::Data(json!({"b": 2}))),
+                // Several data lines are one value, joined by newlines.
+                Ok(Event::Data(json!({"c": 3}))),
+                // Bytes that are not UTF-8 are replaced, not fatal.
+                Ok(Event::Data(json!({"d": "\u{fffd}"}))),
+                Err(
+                    "the engine sent an event that is not JSON: expected ident at line 1 column 2"
+                        .into()
+                ),
+                Ok(Event::Done),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unfinished_event_waits_for_its_end() {
+        let mut buf = BytesMut::from(&b"data: {\"a\":"[..]);
+        assert!(take_event(&mut buf).is_none());
+        buf.extend_from_slice(b"1}\n\n");
+        assert_eq!(
+            take_event(&mut buf).unwrap().unwrap(),
+            Event::Data(json!({"a": 1}))
+        );
+        assert!(buf.is_empty());
     }
 }

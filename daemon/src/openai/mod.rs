@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
 pub(crate) mod body;
@@ -91,13 +91,14 @@ pub(crate) async fn send(
 
 /// Headers passed on to the engine: what the client accepts, the request id, and what
 /// Anthropic clients send (vLLM reads `anthropic-beta` for some features).
-const PASSED_HEADERS: [&str; 6] = [
-    "accept",
-    "x-request-id",
-    "authorization",
-    "anthropic-version",
-    "anthropic-beta",
-    "x-api-key",
+/// Names, not strings: a `&str` name is parsed and checked on every lookup and insert.
+const PASSED_HEADERS: [HeaderName; 6] = [
+    hyper::header::ACCEPT,
+    crate::request_id::HEADER,
+    hyper::header::AUTHORIZATION,
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("x-api-key"),
 ];
 
 /// Error bodies read whole to reshape them; longer ones are cut.
@@ -123,7 +124,7 @@ async fn send_watched(
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     for name in PASSED_HEADERS {
-        if let Some(v) = parts.headers.get(name) {
+        if let Some(v) = parts.headers.get(&name) {
             req.headers_mut().insert(name, v.clone());
         }
     }
