@@ -115,16 +115,7 @@ fn text(a: &Access<'_>, ansi: bool, buf: &mut Vec<u8>) {
     }
     put(buf, &[bold, "}", reset, dim, ":", reset, " "]);
     put(buf, &[dim, TARGET, reset, dim, ":", reset, " request"]);
-    number(buf, " status=", u64::from(a.status));
-    millis(buf, " head_ms=", a.head_us);
-    millis(buf, " duration_ms=", a.duration_us);
-    if let Some(us) = a.ttft_us {
-        millis(buf, " ttft_ms=", us);
-    }
-    if let Some((prompt, generated)) = a.tokens {
-        number(buf, " prompt_tokens=", prompt);
-        number(buf, " eval_tokens=", generated);
-    }
+    measures(a, buf, " ", "=");
     buf.push(b'\n');
 }
 
@@ -134,17 +125,8 @@ fn json(a: &Access<'_>, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(buf, std::time::SystemTime::now());
     buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
-    number(buf, ",\"status\":", u64::from(a.status));
-    millis(buf, ",\"head_ms\":", a.head_us);
-    millis(buf, ",\"duration_ms\":", a.duration_us);
-    if let Some(us) = a.ttft_us {
-        millis(buf, ",\"ttft_ms\":", us);
-    }
-    if let Some((prompt, generated)) = a.tokens {
-        number(buf, ",\"prompt_tokens\":", prompt);
-        number(buf, ",\"eval_tokens\":", generated);
-    }
-    buf.extend_from_slice(b",\"target\":\"vllamad::access\",\"span\":");
+    measures(a, buf, ",\"", "\":");
+    put(buf, &[",\"target\":\"", TARGET, "\",\"span\":"]);
     let span = buf.len();
     string(buf, "{\"request_id\":", a.request_id);
     buf.extend_from_slice(b",\"client\":\"");
@@ -178,7 +160,7 @@ fn timestamp(buf: &mut Vec<u8>, now: std::time::SystemTime) {
     let two = |buf: &mut Vec<u8>, n: u64, after: u8| {
         buf.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8, after]);
     };
-    buf.extend_from_slice(itoa::Buffer::new().format(year).as_bytes());
+    integer(buf, year);
     buf.push(b'-');
     two(buf, month, b'-');
     two(buf, day, b'T');
@@ -216,7 +198,7 @@ fn address(buf: &mut Vec<u8>, ip: IpAddr) {
                 if i > 0 {
                     buf.push(b'.');
                 }
-                buf.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                integer(buf, u64::from(octet));
             }
         }
         IpAddr::V6(v6) => {
@@ -231,15 +213,36 @@ fn put(buf: &mut Vec<u8>, parts: &[&str]) {
     }
 }
 
-fn number(buf: &mut Vec<u8>, name: &str, n: u64) {
-    buf.extend_from_slice(name.as_bytes());
+/// The event's own fields, each named between `open` and `close`: ` status=200 head_ms=…`
+/// in text, `,"status":200,"head_ms":…` in JSON.
+fn measures(a: &Access<'_>, buf: &mut Vec<u8>, open: &str, close: &str) {
+    let name = |buf: &mut Vec<u8>, name: &str| put(buf, &[open, name, close]);
+    name(buf, "status");
+    integer(buf, u64::from(a.status));
+    name(buf, "head_ms");
+    millis(buf, a.head_us);
+    name(buf, "duration_ms");
+    millis(buf, a.duration_us);
+    if let Some(us) = a.ttft_us {
+        name(buf, "ttft_ms");
+        millis(buf, us);
+    }
+    if let Some((prompt, generated)) = a.tokens {
+        name(buf, "prompt_tokens");
+        integer(buf, prompt);
+        name(buf, "eval_tokens");
+        integer(buf, generated);
+    }
+}
+
+fn integer(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Microseconds as milliseconds, as tracing writes an `f64` (`us / 1000.0`): the shortest
 /// decimal, at least one digit after the point.
-fn millis(buf: &mut Vec<u8>, name: &str, us: u64) {
-    number(buf, name, us / 1000);
+fn millis(buf: &mut Vec<u8>, us: u64) {
+    integer(buf, us / 1000);
     let frac = us % 1000;
     let digits = [
         b'.',
@@ -506,13 +509,10 @@ mod tests {
     #[test]
     fn milliseconds_are_written_as_tracing_writes_them() {
         let mut buf = Vec::new();
-        millis(&mut buf, "x=", 1_007);
-        millis(&mut buf, " y=", 0);
-        millis(&mut buf, " z=", 120_450);
-        millis(&mut buf, " w=", 3_500);
-        assert_eq!(
-            String::from_utf8(buf).unwrap(),
-            "x=1.007 y=0.0 z=120.45 w=3.5"
-        );
+        for us in [1_007, 0, 120_450, 3_500] {
+            millis(&mut buf, us);
+            buf.push(b' ');
+        }
+        assert_eq!(String::from_utf8(buf).unwrap(), "1.007 0.0 120.45 3.5 ");
     }
 }

@@ -82,20 +82,24 @@ pub struct BatchedStderr {
     shared: Arc<Shared>,
 }
 
+/// The one writer's state (the first call starts its flusher).
+fn shared() -> &'static Arc<Shared> {
+    SHARED.get_or_init(|| {
+        let shared = Arc::new(Shared::default());
+        let flusher = shared.clone();
+        let started = std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || flush_loop(&flusher));
+        shared.lock().flusher = started.is_ok();
+        shared
+    })
+}
+
 impl BatchedStderr {
     pub fn new() -> BatchedStderr {
-        let shared = SHARED
-            .get_or_init(|| {
-                let shared = Arc::new(Shared::default());
-                let flusher = shared.clone();
-                let started = std::thread::Builder::new()
-                    .name("log-flusher".into())
-                    .spawn(move || flush_loop(&flusher));
-                shared.lock().flusher = started.is_ok();
-                shared
-            })
-            .clone();
-        BatchedStderr { shared }
+        BatchedStderr {
+            shared: shared().clone(),
+        }
     }
 }
 
@@ -161,16 +165,9 @@ impl Shared {
 }
 
 /// Adds an access line that `write` appends straight into the batch (no buffer of its own,
-/// no copy). Before logging is set up (no writer), it goes to stderr at once.
+/// no copy).
 pub fn append_access(write: impl FnOnce(&mut Vec<u8>)) {
-    match SHARED.get() {
-        Some(shared) => shared.push(true, write),
-        None => {
-            let mut line = Vec::with_capacity(256);
-            write(&mut line);
-            to_stderr(&line);
-        }
-    }
+    shared().push(true, write);
 }
 
 /// Whether an event's line waits for the flusher.

@@ -92,12 +92,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
     } else {
         None
     };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     crate::access_line::set_format(match (format, &journald) {
         (_, Some(_)) => crate::access_line::Format::Tracing,
         (LogFormat::Json, _) => crate::access_line::Format::Json,
-        _ => crate::access_line::Format::Text {
-            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        },
+        _ => crate::access_line::Format::Text { ansi },
     });
     let output: Box<dyn Layer<_> + Send + Sync> = match (format, journald) {
         (_, Some(layer)) => layer.boxed(),
@@ -109,7 +108,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
             .boxed(),
         _ => tracing_subscriber::fmt::layer()
             .with_writer(crate::log_writer::BatchedStderr::new())
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(ansi)
             .boxed(),
     };
     tracing_subscriber::registry()
