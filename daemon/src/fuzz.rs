@@ -303,7 +303,11 @@ fn nothing_that_parses_outside_input_panics() {
                 usage.feed(chunk);
                 marker.feed(chunk);
                 let _ = ids.feed(chunk);
-                while let Some(_event) = crate::sse::take_event(&mut buf) {}
+                while let Some(event) = crate::sse::take_event(&mut buf) {
+                    if let Ok(crate::sse::Event::Data(data)) = event {
+                        let _ = crate::ollama::chunk::parse(&data);
+                    }
+                }
             }
             // The end marker is found across any frame cuts exactly when the stream holds it.
             let whole = ends.iter().any(|n| memchr::memmem::find(data, n).is_some());

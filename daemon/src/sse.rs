@@ -1,14 +1,16 @@
 //! Reading an engine's Server-Sent Events stream (`data: {...}\n\n` … `data: [DONE]`).
+//! Events come out as their data's bytes: what they hold is for the reader to parse, into
+//! whatever types it wants.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::Value;
 
 /// One event of the stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Data(Value),
+    /// The event's data: its `data:` lines joined by newlines.
+    Data(Bytes),
     Done,
 }
 
@@ -23,8 +25,6 @@ pub struct SseReader {
 pub enum SseError {
     #[error("the engine's stream broke off: {0}")]
     Body(String),
-    #[error("the engine sent an event that is not JSON: {0}")]
-    Json(String),
     #[error("the engine sent an event longer than {} MiB", MAX_EVENT >> 20)]
     TooLong,
 }
@@ -77,7 +77,8 @@ pub fn take_event(buf: &mut BytesMut) -> Option<Result<Event, SseError>> {
         let end = memchr::memmem::find(buf, b"\n\n")?;
         let raw = buf.split_to(end);
         buf.advance(2);
-        // The engines' every event: one `data:` line of JSON, parsed where it lies.
+        // The engines' every event: one `data:` line, taken where it lies.
+        let raw = raw.freeze();
         if let Some(event) = one_line(&raw) {
             return Some(Ok(event));
         }
@@ -94,17 +95,13 @@ pub fn take_event(buf: &mut BytesMut) -> Option<Result<Event, SseError>> {
         if data == "[DONE]" {
             return Some(Ok(Event::Done));
         }
-        return Some(
-            serde_json::from_str(&data)
-                .map(Event::Data)
-                .map_err(|e| SseError::Json(e.to_string())),
-        );
+        return Some(Ok(Event::Data(Bytes::from(data))));
     }
 }
 
-/// An event of a single `data:` line that parses (`None`: anything else, which the general
-/// path reads: several lines, comments, bytes that are not UTF-8, errors to report).
-fn one_line(raw: &[u8]) -> Option<Event> {
+/// An event of a single `data:` line of UTF-8 (`None`: anything else, which the general
+/// path reads: several lines, comments, bytes that are not UTF-8).
+fn one_line(raw: &Bytes) -> Option<Event> {
     let data = raw.strip_prefix(b"data:")?;
     if memchr::memchr(b'\n', data).is_some() {
         return None;
@@ -113,13 +110,19 @@ fn one_line(raw: &[u8]) -> Option<Event> {
     if data == b"[DONE]" {
         return Some(Event::Done);
     }
-    serde_json::from_slice(data).ok().map(Event::Data)
+    if data.is_empty() || std::str::from_utf8(data).is_err() {
+        return None;
+    }
+    Some(Event::Data(raw.slice_ref(data)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn data(s: &str) -> Event {
+        Event::Data(Bytes::copy_from_slice(s.as_bytes()))
+    }
 
     fn events(stream: &[u8]) -> Vec<Result<Event, String>> {
         let mut buf = BytesMut::from(stream);
@@ -141,16 +144,14 @@ mod tests {
         assert_eq!(
             events(stream),
             vec![
-                Ok(Event::Data(json!({"a": 1}))),
-                Ok(Event::Data(json!({"b": 2}))),
+                Ok(data(r#"{"a":1}"#)),
+                Ok(data(r#"{"b":2}"#)),
                 // Several data lines are one value, joined by newlines.
-                Ok(Event::Data(json!({"c": 3}))),
+                Ok(data("{\"c\":\n3}")),
                 // Bytes that are not UTF-8 are replaced, not fatal.
-                Ok(Event::Data(json!({"d": "\u{fffd}"}))),
-                Err(
-                    "the engine sent an event that is not JSON: expected ident at line 1 column 2"
-                        .into()
-                ),
+                Ok(data("{\"d\":\"\u{fffd}\"}")),
+                // What the data holds is for the reader to judge.
+                Ok(data("not json")),
                 Ok(Event::Done),
             ]
         );
@@ -161,10 +162,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"data: {\"a\":"[..]);
         assert!(take_event(&mut buf).is_none());
         buf.extend_from_slice(b"1}\n\n");
-        assert_eq!(
-            take_event(&mut buf).unwrap().unwrap(),
-            Event::Data(json!({"a": 1}))
-        );
+        assert_eq!(take_event(&mut buf).unwrap().unwrap(), data(r#"{"a":1}"#));
         assert!(buf.is_empty());
     }
 }

@@ -185,6 +185,35 @@ fn engine_death_mid_stream_is_an_ndjson_error_line() {
     );
 }
 
+/// An event that is not a chunk (`data: {garbage`) ends the answer with the engine's
+/// failure: the last NDJSON line when streamed (after the tokens before it), a 500 whole.
+#[test]
+fn an_engine_event_that_is_not_json_is_an_error_not_a_hang_or_a_panic() {
+    let d = Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(
+            &fake(),
+            "garbled",
+            &["env = { FAKE_VLLM_GARBAGE = \"1\" }"],
+        ),
+    );
+    let body = json!({"model": "garbled", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 6}});
+    let resp = d.request("POST", "/api/chat", &body.to_string());
+    assert_eq!(resp.status, 200);
+    let objs = lines(&resp.body);
+    let error = objs
+        .last()
+        .and_then(|o| o["error"].as_str())
+        .unwrap_or_default();
+    assert!(error.contains("not an OpenAI chunk"), "{objs:?}");
+    assert_eq!(objs.len(), 3, "two tokens, then the error: {objs:?}");
+    let whole =
+        json!({"model": "garbled", "prompt": "hi", "stream": false, "options": {"num_predict": 6}});
+    let resp = d.request("POST", "/api/generate", &whole.to_string());
+    assert_eq!(resp.status, 500, "{}", resp.body);
+    assert!(resp.body.contains("not an OpenAI chunk"), "{}", resp.body);
+}
+
 #[test]
 fn a_client_that_leaves_an_ollama_stream_aborts_the_engine_request() {
     let d = daemon();

@@ -2,7 +2,9 @@
 //! shapes: NDJSON streams by default, `{"error": "..."}` errors with Ollama's statuses and
 //! wording, durations in nanoseconds.
 
+pub(crate) mod chunk;
 pub mod generation;
+mod reply;
 mod store;
 pub mod translate;
 

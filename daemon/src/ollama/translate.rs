@@ -205,8 +205,8 @@ pub fn ask_logprobs(top: Option<u8>, chat: bool, body: &mut Map<String, Value>) 
 
 /// One chunk's (or answer's) log probabilities from vLLM, in Ollama's shape:
 /// `[{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]`.
-pub fn ollama_logprobs(choice: &Value) -> Vec<Value> {
-    let lp = &choice["logprobs"];
+/// `lp` is the choice's `logprobs` member.
+pub fn ollama_logprobs(lp: &Value) -> Vec<Value> {
     if let Some(content) = lp["content"].as_array() {
         return content
             .iter()
@@ -468,18 +468,18 @@ mod tests {
         let chat = json!({"logprobs": {"content": [{"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101],
             "top_logprobs": [{"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101]}, {"token": " a", "logprob": -1.5, "bytes": [32, 97]}]}]}});
         assert_eq!(
-            ollama_logprobs(&chat),
+            ollama_logprobs(&chat["logprobs"]),
             [
                 json!({"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101],
                 "top_logprobs": [{"token": " the", "logprob": -0.5, "bytes": [32, 116, 104, 101]}, {"token": " a", "logprob": -1.5, "bytes": [32, 97]}]})
             ]
         );
         let completion = json!({"logprobs": {"tokens": ["x"], "token_logprobs": [-0.25], "top_logprobs": [{"x": -0.25, "y": -2.0}], "text_offset": [0]}});
-        let got = ollama_logprobs(&completion);
+        let got = ollama_logprobs(&completion["logprobs"]);
         assert_eq!(got[0]["token"], "x");
         assert_eq!(got[0]["logprob"], -0.25);
         assert_eq!(got[0]["top_logprobs"].as_array().map(Vec::len), Some(2));
-        assert!(ollama_logprobs(&json!({"logprobs": null})).is_empty());
+        assert!(ollama_logprobs(&Value::Null).is_empty());
     }
 
     #[test]
