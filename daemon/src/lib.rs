@@ -44,6 +44,7 @@ pub mod keys;
 pub mod limits;
 pub mod lines;
 pub mod listeners;
+pub mod log_fields;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;

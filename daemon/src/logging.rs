@@ -107,6 +107,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, LogError> {
             .with_writer(crate::log_writer::BatchedStderr::new())
             .boxed(),
         _ => tracing_subscriber::fmt::layer()
+            .fmt_fields(crate::log_fields::PlainFields)
             .with_writer(crate::log_writer::BatchedStderr::new())
             .with_ansi(ansi)
             .boxed(),
