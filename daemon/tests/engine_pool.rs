@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
 
 /// A streamed chat whose client closes the socket the moment `data: [DONE]` has come.
 fn stream_until_done(d: &Daemon) {
-    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true}).to_string();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}}).to_string();
     let raw = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -91,4 +91,14 @@ fn clients_leaving_at_done_do_not_cost_engine_connections() {
         opened <= 4,
         "20 streams left at [DONE] opened {opened} new engine connections"
     );
+    // Their token counts still reach the access line: the usage event came before [DONE].
+    let log = d.log_with_access();
+    let streams: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("vllamad::access") && l.contains("path=/v1/chat/completions"))
+        .collect();
+    assert_eq!(streams.len(), 25, "{log}");
+    for line in streams {
+        assert!(line.contains(" eval_tokens=3"), "{line}");
+    }
 }

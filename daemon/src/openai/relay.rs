@@ -172,6 +172,13 @@ impl LeasedBody {
         )))
     }
 
+    /// The token counts of the usage object seen last, for the access line and metrics.
+    fn record_tokens(&self) {
+        if let (Some(r), Some(u)) = (&self.observed, self.usage.usage()) {
+            r.tokens(u.prompt_tokens, u.completion_tokens);
+        }
+    }
+
     fn note(&mut self, data: &Bytes) {
         self.usage.feed(data);
         if let (Some((store, scan)), Some(lease)) = (&mut self.ids, &self.lease) {
@@ -240,9 +247,7 @@ impl hyper::body::Body for LeasedBody {
                     let event = self.error_event(&why);
                     return Poll::Ready(Some(Ok(event)));
                 }
-                if let (Some(r), Some(u)) = (&self.observed, self.usage.usage()) {
-                    r.tokens(u.prompt_tokens, u.completion_tokens);
-                }
+                self.record_tokens();
                 self.lease = None;
                 Poll::Ready(None)
             }
@@ -272,6 +277,9 @@ impl Drop for LeasedBody {
         if self.finished || !(self.sse && self.end.seen()) {
             return;
         }
+        // The usage object comes before the end marker: counted though the body's end was
+        // not read.
+        self.record_tokens();
         let Some(mut rest) = self.inner.take() else {
             return;
         };
