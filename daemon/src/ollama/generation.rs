@@ -3,7 +3,7 @@
 //! the client wants one JSON object; chunks become Ollama NDJSON lines as they arrive.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -85,10 +85,6 @@ impl Events {
             Err(_) => Some(Err(Broken(self.stall.fired()))),
         }
     }
-}
-
-pub fn now() -> String {
-    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
 /// What the engine has sent so far.

@@ -191,7 +191,7 @@ async fn load_or_unload(
     };
     let mut o = Map::new();
     o.insert("model".into(), json!(raw));
-    o.insert("created_at".into(), json!(generation::now()));
+    o.insert("created_at".into(), json!(reply::Now));
     match kind {
         Kind::Chat => o.insert(
             "message".into(),
