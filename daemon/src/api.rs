@@ -191,10 +191,11 @@ async fn handle(
     let config = daemon.config();
     let client =
         crate::forwarded::client(peer.ip(), req.headers(), &config.config.api.trusted_proxies);
+    let client_text = crate::ip_text::text("", client);
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        client = %client,
+        client = %client_text,
         method = %req.method(),
         path = %req.uri().path(),
         model = tracing::field::Empty,
@@ -302,7 +303,7 @@ fn admit(
             Some(key.admit()?)
         }
         None => {
-            observed.tenant(Arc::from(format!("ip:{client}")));
+            observed.tenant(Arc::from(crate::ip_text::text("ip:", client)));
             let limits = daemon.config().config.api.client_limits;
             let counted = limits.any() && daemon.keys().is_empty() && !open_route(req, daemon);
             counted

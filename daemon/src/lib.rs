@@ -40,6 +40,7 @@ pub mod health;
 pub mod host_memory;
 pub mod http;
 pub mod install;
+pub mod ip_text;
 pub mod keys;
 pub mod limits;
 pub mod lines;

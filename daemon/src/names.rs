@@ -57,7 +57,13 @@ impl ModelName {
         match name.split_once(':') {
             Some((_, tag)) if tag.contains(':') => Err(bad("more than one `:`")),
             Some(_) => Ok(ModelName(name.to_ascii_lowercase())),
-            None => Ok(ModelName(format!("{}:latest", name.to_ascii_lowercase()))),
+            None => {
+                let mut full = String::with_capacity(name.len() + ":latest".len());
+                full.push_str(name);
+                full.make_ascii_lowercase();
+                full.push_str(":latest");
+                Ok(ModelName(full))
+            }
         }
     }
 

@@ -35,7 +35,21 @@ pub fn new() -> String {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     });
-    format!("vl-{epoch:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    let mut id = String::with_capacity(3 + 16 + 1 + 16);
+    id.push_str("vl-");
+    hex(&mut id, epoch);
+    id.push('-');
+    hex(&mut id, COUNTER.fetch_add(1, Ordering::Relaxed));
+    id
+}
+
+/// `n` in lower-case hex, as `{:x}` writes it (without `core::fmt`: on every request).
+fn hex(out: &mut String, n: u64) {
+    let digits = (64 - (n | 1).leading_zeros()).div_ceil(4);
+    for i in (0..digits).rev() {
+        let nibble = ((n >> (4 * i)) & 0xf) as u32;
+        out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
 }
 
 pub fn value(id: &str) -> HeaderValue {
@@ -57,5 +71,10 @@ mod tests {
         assert!(of(&h).starts_with("vl-"));
         let (a, b) = (new(), new());
         assert_ne!(a, b);
+        for n in [0, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX] {
+            let mut s = String::new();
+            hex(&mut s, n);
+            assert_eq!(s, format!("{n:x}"));
+        }
     }
 }

@@ -123,9 +123,9 @@ impl Metrics {
 
     /// One public API request ended.
     pub fn request_done(&self, route: &str, model: &str, status: u16, elapsed: Duration) {
-        let status = status.to_string();
+        let mut digits = itoa::Buffer::new();
         self.requests
-            .with_label_values(&[route, model, &status])
+            .with_label_values(&[route, model, digits.format(status)])
             .inc();
         self.request_duration
             .with_label_values(&[route, model])

@@ -242,13 +242,14 @@ fn check(needs: Needs, info: &ModelInfo, raw: &str) -> Result<(), Reject> {
 }
 
 async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response<Body>, Reject> {
-    let req = object(body)?;
+    let mut req = object(body)?;
     let (raw, name) = model_of(&req)?;
     let keep_alive = keep_alive_of(&req)?;
     let stream = bool_of(&req, "stream", true)?;
-    let messages = match req.get("messages") {
+    // moved out of the request, not copied: a chat's history can be most of its bytes
+    let messages = match req.remove("messages") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(m)) => m.clone(),
+        Some(Value::Array(m)) => m,
         Some(_) => {
             return Err(Reject(
                 StatusCode::BAD_REQUEST,
@@ -263,32 +264,34 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
         translate::logprobs(req.get("logprobs"), req.get("top_logprobs")).map_err(bad)?;
     translate::ask_logprobs(top_logprobs, true, &mut oai);
     let truncate = truncate_of(&req)?;
-    let thinking = translate::Thinking::parse(req.get("think")).map_err(bad)?;
-    let mut needs = Needs {
-        thinking: thinking.wanted(),
-        ..Needs::default()
-    };
-    match req.get("tools") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(tools)) if tools.is_empty() => {}
-        Some(Value::Array(tools)) => {
-            needs.tools = true;
-            oai.insert("tools".into(), Value::Array(tools.clone()));
-        }
+    let tools = match req.remove("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(tools)) if tools.is_empty() => None,
+        Some(Value::Array(tools)) => Some(tools),
         Some(_) => {
             return Err(Reject(
                 StatusCode::BAD_REQUEST,
                 "tools must be a list".into(),
             ))
         }
+    };
+    let thinking = translate::Thinking::parse(req.get("think")).map_err(bad)?;
+    let needs_tools = tools.is_some();
+    if let Some(tools) = tools {
+        oai.insert("tools".into(), Value::Array(tools));
     }
+    let mut needs = Needs {
+        thinking: thinking.wanted(),
+        tools: needs_tools,
+        ..Needs::default()
+    };
     if let Some(template) = str_of(&req, "template")?.filter(|t| !t.is_empty()) {
         oai.insert("chat_template".into(), json!(template));
     }
     if messages.is_empty() {
         return load_or_unload(daemon, Kind::Chat, &raw, &name, keep_alive, started).await;
     }
-    let (msgs, images) = translate::messages(&messages).map_err(bad)?;
+    let (msgs, images) = translate::messages(messages).map_err(bad)?;
     oai.insert("messages".into(), Value::Array(msgs));
     needs.images = images;
     let info = model_info(daemon, &name).await?;
@@ -574,12 +577,11 @@ async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
     let config = daemon.config().config.clone();
     let (canonical, model) = models::lookup(&config, daemon.scheduler.aliases(), &name)
         .map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
-    let info = tokio::task::spawn_blocking(move || {
-        models::info_of(&config.paths.state_dir, &canonical, &model)
-    })
-    .await
-    .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
+    let (state_dir, model) = (config.paths.state_dir.clone(), model.into_owned());
+    let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &canonical, &model))
+        .await
+        .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
     let mut model_info = Map::new();
     model_info.insert("general.architecture".into(), json!(info.family));
     model_info.insert("general.basename".into(), json!(info.architecture));

@@ -284,8 +284,8 @@ fn image_mime(b64: &str) -> Result<&'static str, Invalid> {
     Ok(mime)
 }
 
-/// Text plus images as OpenAI content parts (or the plain string without images).
-fn content(text: &str, images: Option<&Value>) -> Result<(Value, usize), Invalid> {
+/// Text plus images as OpenAI content parts (or the plain string, moved, without images).
+fn content(text: String, images: Option<&Value>) -> Result<(Value, usize), Invalid> {
     let images: Vec<&str> = match images {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
@@ -298,7 +298,7 @@ fn content(text: &str, images: Option<&Value>) -> Result<(Value, usize), Invalid
         Some(_) => return Err(invalid("images must be a list of base64 strings")),
     };
     if images.is_empty() {
-        return Ok((json!(text), 0));
+        return Ok((Value::String(text), 0));
     }
     let mut parts = vec![json!({"type": "text", "text": text})];
     for image in &images {
@@ -308,28 +308,30 @@ fn content(text: &str, images: Option<&Value>) -> Result<(Value, usize), Invalid
     Ok((Value::Array(parts), images.len()))
 }
 
-/// Ollama chat messages → OpenAI messages; also returns how many images they carry.
-pub fn messages(messages: &[Value]) -> Result<(Vec<Value>, usize), Invalid> {
+/// Ollama chat messages → OpenAI messages; also returns how many images they carry. The
+/// roles and texts are moved into the new messages, not copied.
+pub fn messages(messages: Vec<Value>) -> Result<(Vec<Value>, usize), Invalid> {
     let mut out = Vec::with_capacity(messages.len());
     let mut images = 0;
     let mut call_ids: Vec<(String, String)> = Vec::new(); // (function name, call id)
-    for (i, m) in messages.iter().enumerate() {
-        let Some(m) = m.as_object() else {
+    for (i, m) in messages.into_iter().enumerate() {
+        let Value::Object(mut m) = m else {
             return Err(invalid(format!("messages[{i}] must be an object")));
         };
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("messages[{i}].role is required")))?;
-        let text = match m.get("content") {
-            None | Some(Value::Null) => "",
-            Some(Value::String(s)) => s.as_str(),
+        let role = match m.remove("role") {
+            Some(Value::String(role)) => role,
+            _ => return Err(invalid(format!("messages[{i}].role is required"))),
+        };
+        let text = match m.remove("content") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s,
             Some(_) => return Err(invalid(format!("messages[{i}].content must be a string"))),
         };
         let (content, n) = content(text, m.get("images"))?;
         images += n;
+        let is_tool = role == "tool";
         let mut msg = Map::new();
-        msg.insert("role".into(), json!(role));
+        msg.insert("role".into(), Value::String(role));
         msg.insert("content".into(), content);
         if let Some(Value::Array(calls)) = m.get("tool_calls") {
             let mut openai_calls = Vec::new();
@@ -350,7 +352,7 @@ pub fn messages(messages: &[Value]) -> Result<(Vec<Value>, usize), Invalid> {
             }
             msg.insert("tool_calls".into(), Value::Array(openai_calls));
         }
-        if role == "tool" {
+        if is_tool {
             let name = m.get("tool_name").and_then(Value::as_str).unwrap_or("");
             let id = call_ids
                 .iter()
@@ -378,7 +380,7 @@ pub fn generate_messages(
     if let Some(system) = system.filter(|s| !s.is_empty()) {
         out.push(json!({"role": "system", "content": system}));
     }
-    let (content, n) = content(prompt, images)?;
+    let (content, n) = content(prompt.to_owned(), images)?;
     out.push(json!({"role": "user", "content": content}));
     Ok((out, n))
 }
@@ -484,7 +486,7 @@ mod tests {
 
     #[test]
     fn tool_calls_go_back_as_openai_strings_with_ids() {
-        let (msgs, images) = messages(&[
+        let (msgs, images) = messages(vec![
             json!({"role": "user", "content": "weather?"}),
             json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}),
             json!({"role": "tool", "content": "22C", "tool_name": "get_weather"}),
@@ -500,9 +502,10 @@ mod tests {
     #[test]
     fn images_become_content_parts() {
         let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
-        let (msgs, n) =
-            messages(&[json!({"role": "user", "content": "what is it?", "images": [png]})])
-                .unwrap();
+        let (msgs, n) = messages(vec![
+            json!({"role": "user", "content": "what is it?", "images": [png]}),
+        ])
+        .unwrap();
         assert_eq!(n, 1);
         let parts = msgs[0]["content"].as_array().unwrap();
         assert_eq!(parts[0]["text"], "what is it?");
@@ -510,12 +513,12 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("data:image/png;base64,iVBOR"));
-        assert!(messages(&[
+        assert!(messages(vec![
             json!({"role": "user", "content": "x", "images": ["not base64 at all!"]})
         ])
         .is_err());
-        assert!(messages(&[json!({"role": "user", "content": "x", "images": [3]})]).is_err());
-        assert!(messages(&[json!({"content": "no role"})]).is_err());
-        assert!(messages(&[json!({"role": "user", "content": {"x": 1}})]).is_err());
+        assert!(messages(vec![json!({"role": "user", "content": "x", "images": [3]})]).is_err());
+        assert!(messages(vec![json!({"content": "no role"})]).is_err());
+        assert!(messages(vec![json!({"role": "user", "content": {"x": 1}})]).is_err());
     }
 }

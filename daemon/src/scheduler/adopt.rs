@@ -52,7 +52,10 @@ impl Scheduler {
             return false;
         }
         let pinned = model.pinned;
-        match self.start_with(&name, model, None, Some(survivor)).await {
+        match self
+            .start_with(&name, model.into_owned(), None, Some(survivor))
+            .await
+        {
             Ok(lease) => drop(lease),
             Err(e) => {
                 tracing::warn!(model = %name, error = %e, "cannot take up the engine left running");

@@ -373,8 +373,8 @@ impl Scheduler {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(SchedError::ShuttingDown);
         }
-        let (canonical, mut model) =
-            models::lookup(&self.config().config, &self.inner.aliases, name)?;
+        let active = self.config();
+        let (canonical, mut model) = models::lookup(&active.config, &self.inner.aliases, name)?;
         if let Some(want) = num_ctx {
             let running = self
                 .slots()
@@ -386,7 +386,7 @@ impl Scheduler {
                         tracing::info!(model = %canonical, num_ctx = want, limit = ?limit, "num_ctx is beyond the model's context length; serving with {current}");
                     } else if pending == 0 && self.stop_if_idle(&canonical).await {
                         tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's: restarted it with the larger context");
-                        model.max_model_len = Some(want);
+                        model.to_mut().max_model_len = Some(want);
                     } else {
                         tracing::info!(model = %canonical, num_ctx = want, current, "num_ctx is larger than the running engine's, which is busy; serving with it");
                     }
@@ -395,7 +395,10 @@ impl Scheduler {
         }
         let mut lease = match self.lease_existing(&canonical, keep_alive)? {
             Some(lease) => lease,
-            None => self.start(&canonical, model, keep_alive).await?,
+            None => {
+                self.start(&canonical, model.into_owned(), keep_alive)
+                    .await?
+            }
         };
         let engine = lease.engine.clone();
         let timeout = self.config().config.engine.load_timeout.0;
@@ -537,6 +540,7 @@ impl Scheduler {
             return Ok(slot.info.clone());
         }
         let state_dir = active.config.paths.state_dir.clone();
+        let model = model.into_owned();
         let info =
             tokio::task::spawn_blocking(move || models::info_of(&state_dir, &canonical, &model))
                 .await

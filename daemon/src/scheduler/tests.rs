@@ -352,11 +352,14 @@ async fn futures_join(s: &Scheduler, n: usize) -> usize {
 async fn a_context_restart_never_stops_an_engine_a_lease_holds() {
     let dir = tempfile::tempdir().unwrap();
     let m = scheduler(dir.path(), "", &[]);
-    let (canonical, model) =
-        models::lookup(&m.s.config().config, m.s.aliases(), &name("a")).unwrap();
+    let active = m.s.config();
+    let (canonical, model) = models::lookup(&active.config, m.s.aliases(), &name("a")).unwrap();
     // The request that got its lease between the larger-context request's look at
     // `pending` and its stop: the stop must see the lease and leave the engine alone.
-    let lease = m.s.start(&canonical, model, None).await.unwrap();
+    let lease =
+        m.s.start(&canonical, model.into_owned(), None)
+            .await
+            .unwrap();
     assert!(!m.s.stop_if_idle(&canonical).await, "stopped under a lease");
     assert_eq!(m.s.engines().len(), 1);
     drop(lease);

@@ -69,7 +69,7 @@ pub fn source_of(
     if Path::new(&model.source).is_absolute() {
         return Err(StoreError::LocalFolder {
             name: name.to_string(),
-            path: model.source,
+            path: model.source.clone(),
         });
     }
     let (repo, rev) = model
