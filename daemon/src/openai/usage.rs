@@ -26,7 +26,7 @@ pub struct Usage {
 /// Responses and Anthropic APIs do (`input_tokens`). A member it lacks keeps the value seen
 /// before: embeddings have no completion tokens, and Anthropic's `message_delta` may carry
 /// only the output tokens.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 struct Raw {
     #[serde(alias = "input_tokens")]
     prompt_tokens: Option<u64>,
@@ -145,7 +145,11 @@ impl UsageScan {
         self.buf.extend_from_slice(&data[..taken]);
         if end.is_some() {
             self.object = None;
-            if let Ok(raw) = serde_json::from_slice::<Raw>(&self.buf) {
+            let raw = match plain(&self.buf) {
+                Some(raw) => Ok(raw),
+                None => serde_json::from_slice::<Raw>(&self.buf),
+            };
+            if let Ok(raw) = raw {
                 if raw.prompt_tokens.is_some() || raw.completion_tokens.is_some() {
                     let before = self.last.unwrap_or(Usage {
                         prompt_tokens: 0,
@@ -163,6 +167,94 @@ impl UsageScan {
         }
         &data[taken..]
     }
+}
+
+/// The counts of a usage object as vLLM writes it, read in one pass (serde's derive was
+/// ~2 500 instructions a response: every key a string read, every other member skipped
+/// value by value). Only that shape is read here — compact, keys without escapes, each
+/// member a plain integer, `null` or an object of those (`prompt_tokens_details`), no count
+/// named twice; anything else is `None`, and serde reads the object, so the answer is
+/// serde's either way.
+fn plain(obj: &[u8]) -> Option<Raw> {
+    let mut raw = Raw::default();
+    let mut seen = (false, false);
+    members(obj, 0, &mut |key, value, nested| {
+        let (slot, seen) = match key {
+            b"prompt_tokens" | b"input_tokens" => (&mut raw.prompt_tokens, &mut seen.0),
+            b"completion_tokens" | b"output_tokens" => (&mut raw.completion_tokens, &mut seen.1),
+            _ => return true,
+        };
+        // serde calls a second one an error, and an object is no count
+        if nested || std::mem::replace(seen, true) {
+            return false;
+        }
+        *slot = value;
+        true
+    })
+    .filter(|&end| end == obj.len())
+    .map(|_| raw)
+}
+
+/// What `members` hands each member to: its key, its count, whether it was an object; `false`
+/// stops the reading.
+type Member<'a> = dyn FnMut(&[u8], Option<u64>, bool) -> bool + 'a;
+
+/// Reads the object at `at` whose members are counts (or, at the top, objects of counts),
+/// handing each top-level one to `member` (key, its count, whether it was an object) until
+/// that says no; returns where the object ends.
+fn members(obj: &[u8], mut at: usize, member: &mut Member<'_>) -> Option<usize> {
+    if obj.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    if obj.get(at) == Some(&b'}') {
+        return Some(at + 1);
+    }
+    loop {
+        if obj.get(at) != Some(&b'"') {
+            return None;
+        }
+        let rest = obj.get(at + 1..)?;
+        let len = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest.get(len) != Some(&b'"') || rest.get(len + 1) != Some(&b':') {
+            return None;
+        }
+        let key = rest.get(..len)?;
+        at += len + 3;
+        let (value, nested) = if obj.get(at) == Some(&b'{') {
+            at = members(obj, at, &mut |_, _, nested| !nested)?;
+            (None, true)
+        } else {
+            let (value, end) = count(obj, at)?;
+            at = end;
+            (value, false)
+        };
+        if !member(key, value, nested) {
+            return None;
+        }
+        match obj.get(at) {
+            Some(b',') => at += 1,
+            Some(b'}') => return Some(at + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// A count at `at`: a plain integer or `null`, and where it ends.
+fn count(obj: &[u8], at: usize) -> Option<(Option<u64>, usize)> {
+    let rest = obj.get(at..)?;
+    if rest.starts_with(b"null") {
+        return Some((None, at + 4));
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || (digits > 1 && rest.first() == Some(&b'0')) {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in rest.get(..digits)? {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some((Some(n), at + digits))
 }
 
 #[cfg(test)]
@@ -244,6 +336,54 @@ data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n";
                 completion_tokens: 3
             })
         );
+    }
+
+    #[test]
+    fn the_one_pass_reading_agrees_with_serde() {
+        let objects: &[&[u8]] = &[
+            br#"{"prompt_tokens":12,"total_tokens":19,"completion_tokens":7,"prompt_tokens_details":null}"#,
+            br#"{"input_tokens":16,"input_tokens_details":{"cached_tokens":0},"output_tokens":4,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":20}"#,
+            br#"{"output_tokens":3}"#,
+            br#"{}"#,
+            br#"{"prompt_tokens":null,"completion_tokens":0}"#,
+            br#"{"prompt_tokens":1,"input_tokens":2}"#,
+            br#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            br#"{"prompt_tokens":1.0}"#,
+            br#"{"prompt_tokens":-1}"#,
+            br#"{"prompt_tokens":01}"#,
+            br#"{"prompt_tokens":18446744073709551616}"#,
+            br#"{"prompt_tokens":"3"}"#,
+            br#"{"note":"}{"","prompt_tokens":1,"completion_tokens":3}"#,
+            br#"{"a":[1,{"b":"]"}],"completion_tokens":9}"#,
+            br#"{"prompt_tokens":5}"#,
+            br#"{ "prompt_tokens": 5 }"#,
+            br#"{"prompt_tokens":5,}"#,
+            br#"{"prompt_tokens":5"#,
+            br#"{"prompt_tokens":true}"#,
+            br#"{"x":tru,"prompt_tokens":1}"#,
+            br#"{"x":{"y":{}},"prompt_tokens":1}"#,
+            br#"{"prompt_tokens":{"a":1}}"#,
+            br#"{"d":{"a":1,"b":null},"prompt_tokens":2}"#,
+            br#"{"prompt_tokens":1}x"#,
+            br#"{"prompt_tokens":12e1}"#,
+        ];
+        for obj in objects {
+            let serde = serde_json::from_slice::<Raw>(obj).ok();
+            if let Some(fast) = plain(obj) {
+                assert_eq!(Some(fast), serde, "{}", String::from_utf8_lossy(obj));
+            }
+        }
+        // The shapes vLLM writes are read without serde.
+        for i in [0, 1, 2, 3, 4, 22] {
+            assert!(plain(objects[i]).is_some(), "{i}");
+        }
+        // Every cut of a real one either agrees or falls back.
+        for cut in 0..objects[1].len() {
+            let obj = &objects[1][..cut];
+            if let Some(fast) = plain(obj) {
+                assert_eq!(Some(fast), serde_json::from_slice::<Raw>(obj).ok());
+            }
+        }
     }
 
     #[test]
