@@ -98,7 +98,7 @@ fn model_of(req: &Map<String, Value>) -> Result<(String, ModelName), Reject> {
     };
     let name =
         ModelName::parse(&raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    crate::observe::requested(&name.to_string());
+    crate::observe::requested(name.as_str());
     Ok((raw, name))
 }
 
