@@ -191,22 +191,21 @@ async fn handle(
     let config = daemon.config();
     let client =
         crate::forwarded::client(peer.ip(), req.headers(), &config.config.api.trusted_proxies);
-    let client_text = crate::ip_text::text("", client);
+    let origin = observe::Origin {
+        client: crate::ip_text::text(client),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+    };
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        client = %client_text,
+        client = %origin.client,
         method = %req.method(),
         path = %req.uri().path(),
         model = tracing::field::Empty,
         key = tracing::field::Empty,
         key_name = tracing::field::Empty,
     );
-    let origin = observe::Origin {
-        client,
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-    };
     let observed = observe::Request::new(
         id.clone(),
         origin,
@@ -303,7 +302,7 @@ fn admit(
             Some(key.admit()?)
         }
         None => {
-            observed.tenant(Arc::from(crate::ip_text::text("ip:", client)));
+            observed.tenant(Arc::from(["ip:", observed.client()].concat()));
             let limits = daemon.config().config.api.client_limits;
             let counted = limits.any() && daemon.keys().is_empty() && !open_route(req, daemon);
             counted

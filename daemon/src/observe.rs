@@ -20,7 +20,9 @@ tokio::task_local! {
 /// Where a request came from and what it asked: its span's fields, kept for the access line.
 #[derive(Debug)]
 pub struct Origin {
-    pub client: std::net::IpAddr,
+    /// The client's address as text (`ip_text`): written once, read by the span, the
+    /// tenant and the access line.
+    pub client: String,
     pub method: hyper::Method,
     pub uri: hyper::Uri,
 }
@@ -124,7 +126,7 @@ impl Drop for Request {
             let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             let access = Access {
                 request_id: &self.id,
-                client: self.origin.client,
+                client: &self.origin.client,
                 method: self.origin.method.as_str(),
                 path: self.origin.uri.path(),
                 key: self
@@ -189,6 +191,11 @@ impl Request {
         let _ = self
             .first_token
             .set(at.saturating_duration_since(self.started));
+    }
+
+    /// The client's address, as text.
+    pub fn client(&self) -> &str {
+        &self.origin.client
     }
 
     /// Whom the request counts as for fair turns: its key, or its client's address.

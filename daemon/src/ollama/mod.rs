@@ -574,10 +574,10 @@ async fn tags(daemon: &Daemon, parts: &Parts) -> Result<Response<Body>, Reject> 
 async fn show(daemon: &Daemon, body: &[u8]) -> Result<Response<Body>, Reject> {
     let req = object(body)?;
     let (_, name) = model_of(&req)?;
-    let config = daemon.config().config.clone();
-    let (canonical, model) = models::lookup(&config, daemon.scheduler.aliases(), &name)
+    let active = daemon.config();
+    let (canonical, model) = models::lookup(&active.config, daemon.scheduler.aliases(), &name)
         .map_err(|e| Reject(StatusCode::NOT_FOUND, e.to_string()))?;
-    let (state_dir, model) = (config.paths.state_dir.clone(), model.into_owned());
+    let (state_dir, model) = (active.config.paths.state_dir.clone(), model.into_owned());
     let info = tokio::task::spawn_blocking(move || models::info_of(&state_dir, &canonical, &model))
         .await
         .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
