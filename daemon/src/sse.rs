@@ -2,9 +2,9 @@
 //! Events come out as their data's bytes: what they hold is for the reader to parse, into
 //! whatever types it wants.
 
+use crate::engine::pool::EngineBody;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 /// One event of the stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,7 +16,7 @@ pub enum Event {
 
 /// Pulls events from an engine's response body.
 pub struct SseReader {
-    body: Incoming,
+    body: EngineBody,
     buf: BytesMut,
     done: bool,
 }
@@ -33,11 +33,19 @@ pub enum SseError {
 pub const MAX_EVENT: usize = 16 << 20;
 
 impl SseReader {
-    pub fn new(body: Incoming) -> Self {
+    pub fn new(body: EngineBody) -> Self {
         SseReader {
             body,
             buf: BytesMut::new(),
             done: false,
+        }
+    }
+
+    /// Done with the stream after its `[DONE]`: the body's end read, so that the engine's
+    /// connection is kept (see [`EngineBody::finish`]).
+    pub async fn finish(self) {
+        if !self.done {
+            self.body.finish().await;
         }
     }
 

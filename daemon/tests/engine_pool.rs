@@ -52,6 +52,33 @@ fn stream_until_done(d: &Daemon) {
     drop(s);
 }
 
+/// Four clients at a time, a round to warm the pool and then five: the engine connections
+/// the five opened (the pool holds four after the first round). Each round is followed by
+/// 100 ms, for a body's end that comes after its last event.
+fn engine_connections_opened(d: &Daemon, client: impl Fn(usize) + Sync) -> usize {
+    let accepted = || {
+        std::fs::read_to_string(d.fake_state("m").join("connections.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let round = || {
+        std::thread::scope(|s| {
+            for i in 0..4 {
+                let client = &client;
+                s.spawn(move || client(i));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    round();
+    let before = accepted();
+    for _ in 0..5 {
+        round();
+    }
+    accepted() - before
+}
+
 #[test]
 fn clients_leaving_at_done_do_not_cost_engine_connections() {
     let fake = workspace_bin(BIN, "fake-vllm");
@@ -64,29 +91,7 @@ fn clients_leaving_at_done_do_not_cost_engine_connections() {
         ),
     );
     stream_until_done(&d); // the engine starts
-    let accepted = || {
-        std::fs::read_to_string(d.fake_state("m").join("connections.log"))
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
-    // Four clients at a time, five rounds: the pool holds four connections after the first.
-    let warm = || {
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| stream_until_done(&d));
-            }
-        })
-    };
-    warm();
-    std::thread::sleep(Duration::from_millis(100));
-    let before = accepted();
-    for _ in 0..5 {
-        warm();
-        // The engine's last chunk comes 30 ms after [DONE].
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let opened = accepted() - before;
+    let opened = engine_connections_opened(&d, |_| stream_until_done(&d));
     assert!(
         opened <= 4,
         "20 streams left at [DONE] opened {opened} new engine connections"
@@ -100,5 +105,34 @@ fn clients_leaving_at_done_do_not_cost_engine_connections() {
     assert_eq!(streams.len(), 25, "{log}");
     for line in streams {
         assert!(line.contains(" eval_tokens=3"), "{line}");
+    }
+}
+
+/// Ollama's chats read the engine's event stream to `[DONE]` and answer from it: the
+/// engine's connection goes back to the pool whether the body's end came with `[DONE]` or a
+/// moment after it, for whole answers and for streamed ones.
+#[test]
+fn ollama_chats_keep_their_engine_connections() {
+    let fake = workspace_bin(BIN, "fake-vllm");
+    for tail in ["0", "30"] {
+        let env = format!(
+            "env = {{ FAKE_VLLM_STARTUP_MS = \"50\", FAKE_VLLM_TOKEN_MS = \"1\", FAKE_VLLM_TAIL_MS = \"{tail}\" }}"
+        );
+        let d = Daemon::start(
+            BIN,
+            DaemonOptions::default().fake_model(&fake, "m", &[&env]),
+        );
+        let chat = |stream: bool| {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream, "options": {"num_predict": 3}});
+            let resp = d.request("POST", "/api/chat", &body.to_string());
+            assert_eq!(resp.status, 200, "{}", resp.body);
+            assert!(resp.body.contains("\"done\":true"), "{}", resp.body);
+        };
+        chat(false); // the engine starts
+        let opened = engine_connections_opened(&d, |i| chat(i % 2 == 0));
+        assert!(
+            opened <= 4,
+            "20 Ollama chats opened {opened} new engine connections (tail {tail} ms)"
+        );
     }
 }

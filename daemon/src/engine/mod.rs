@@ -8,6 +8,7 @@ pub mod host;
 pub mod kind;
 pub mod limits;
 pub mod parsers;
+pub mod pool;
 pub mod process;
 pub mod profile;
 pub mod remote;

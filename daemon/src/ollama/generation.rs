@@ -59,6 +59,11 @@ struct Events {
 struct Broken(String);
 
 impl Events {
+    /// After `[DONE]`: the engine's connection kept for the next request.
+    async fn finish(self) {
+        self.reader.finish().await;
+    }
+
     /// The next event; `None` only after `[DONE]`. A body that ends before it is broken.
     async fn next(&mut self, model: &str) -> Option<Result<Event, Broken>> {
         if self.done {
@@ -283,7 +288,7 @@ fn observed(request: Option<&crate::observe::Request>, p: &Progress) {
 }
 
 /// An engine's error answer: its status and its message.
-async fn error_of(resp: Response<hyper::body::Incoming>) -> (StatusCode, String) {
+async fn error_of(resp: Response<crate::engine::pool::EngineBody>) -> (StatusCode, String) {
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
         .collect()
@@ -317,7 +322,7 @@ async fn post(
     lease: &Lease,
     path: &'static str,
     body: &Map<String, Value>,
-) -> Result<Response<hyper::body::Incoming>, Response<Body>> {
+) -> Result<Response<crate::engine::pool::EngineBody>, Response<Body>> {
     let payload = serde_json::to_vec(body)
         .map_err(|e| http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut req = Request::new(http::full(payload));
@@ -455,6 +460,7 @@ pub async fn run(mut job: Job, lease: Lease, tasks: &TaskTracker) -> Response<Bo
             }
             p.feed(&chunk);
         }
+        reader.finish().await;
         let calls = p.ollama_tool_calls();
         let logprobs = std::mem::take(&mut p.logprobs);
         let whole = Piece {
@@ -540,6 +546,7 @@ async fn stream(
         let _ = tx.send(reply::ndjson(&Failure { error: &why })).await;
         return;
     }
+    reader.finish().await;
     let calls = p.take_calls(true);
     if !calls.is_empty() && job.kind == Kind::Chat {
         let line = reply::ndjson(&object(job, Piece::default(), calls, Vec::new(), None));

@@ -9,13 +9,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::CONTENT_TYPE;
 use hyper::Response;
 
 use super::dialect::Dialect;
 use super::responses::{IdScan, ResponseIds};
 use super::usage::UsageScan;
+use crate::engine::pool::EngineBody;
 use crate::http::{self, Body};
 use crate::scheduler::Lease;
 use crate::stall::Stall;
@@ -32,7 +33,7 @@ pub struct Watch {
     pub stall: Option<Stall>,
 }
 
-pub fn relay(resp: Response<Incoming>, lease: Lease, watch: Watch) -> Response<Body> {
+pub fn relay(resp: Response<EngineBody>, lease: Lease, watch: Watch) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let sse = parts
         .headers
@@ -142,7 +143,7 @@ impl Marker {
 /// The engine's response body, holding the model's lease until it ends.
 struct LeasedBody {
     /// `None` once handed to the drain (see `Drop`).
-    inner: Option<Incoming>,
+    inner: Option<EngineBody>,
     lease: Option<Lease>,
     /// The request, for its first token and its end (dropped with the body).
     observed: Option<Arc<crate::observe::Request>>,
@@ -264,9 +265,6 @@ impl hyper::body::Body for LeasedBody {
     }
 }
 
-/// How long a stream's rest is read after its client went away at its end.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
-
 impl Drop for LeasedBody {
     /// A client that stops reading at a stream's last event (`data: [DONE]`: the SDKs do)
     /// leaves the engine's body a few bytes short of its end — the chunked encoding's last
@@ -280,16 +278,9 @@ impl Drop for LeasedBody {
         // The usage object comes before the end marker: counted though the body's end was
         // not read.
         self.record_tokens();
-        let Some(mut rest) = self.inner.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            let drained = async { while let Some(Ok(_)) = rest.frame().await {} };
-            let _ = tokio::time::timeout(DRAIN, drained).await;
-        });
+        if let Some(rest) = self.inner.take() {
+            rest.drain();
+        }
     }
 }
 
