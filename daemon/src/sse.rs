@@ -2,7 +2,7 @@
 //! Events come out as their data's bytes: what they hold is for the reader to parse, into
 //! whatever types it wants.
 
-use crate::engine::pool::EngineBody;
+use crate::engine::EngineBody;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 

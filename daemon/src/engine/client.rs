@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
-use hyper::http::uri::{Authority, Scheme};
+use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use super::pool::{EngineBody, Pool};
@@ -41,7 +41,6 @@ impl std::fmt::Display for Endpoint {
 pub struct Target {
     /// As configured, for messages (no secret in it).
     pub url: String,
-    pub scheme: Scheme,
     pub authority: Authority,
     pub host: String,
     pub port: u16,
@@ -123,7 +122,8 @@ impl EngineClient {
             *req.uri_mut() = Uri::from_static("/");
         }
         req.headers_mut().insert(HOST, self.host.clone());
-        Pool::send(&self.pool, req)
+        self.pool
+            .send(req)
             .await
             .map_err(|e| match self.endpoint() {
                 Endpoint::Remote(target) => {

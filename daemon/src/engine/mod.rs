@@ -8,7 +8,7 @@ pub mod host;
 pub mod kind;
 pub mod limits;
 pub mod parsers;
-pub mod pool;
+mod pool;
 pub mod process;
 pub mod profile;
 pub mod remote;
@@ -19,6 +19,7 @@ pub mod vllm;
 
 pub use client::{Endpoint, EngineClient};
 pub use kind::EngineKind;
+pub use pool::EngineBody;
 pub use process::Launch;
 pub use supervisor::{
     Engine, EngineError, EngineEvent, EngineObserver, EngineSpec, EngineStatus, ObserverFn, Phase,

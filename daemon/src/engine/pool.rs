@@ -100,23 +100,23 @@ impl Pool {
     /// the engine closed while it sat idle is replaced once when hyper hands the request
     /// back unsent.
     pub async fn send(
-        pool: &Arc<Pool>,
+        self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<EngineBody>, PoolError> {
         // A connection lives in a box of its own, so that moving it between the pool, the
         // request and its body moves a pointer; the cold paths (connecting, the retry) are
         // boxed futures, so that the hot path's future stays small: it is moved into each
         // caller's.
-        let (conn, reused) = match poll_fn(|cx| Poll::Ready(pool.checkout(cx))).await {
+        let (conn, reused) = match poll_fn(|cx| Poll::Ready(self.checkout(cx))).await {
             Some(conn) => (conn, true),
-            None => (Box::pin(pool.connect()).await?, false),
+            None => (Box::pin(self.connect()).await?, false),
         };
         let (resp, conn) = match exchange(conn, req).await {
             Ok(answer) => answer,
             Err((error, Some(unsent))) if reused => {
                 tracing::debug!(%error, "a pooled engine connection had closed; a new one");
                 Box::pin(async {
-                    let conn = pool.connect().await?;
+                    let conn = self.connect().await?;
                     exchange(conn, unsent)
                         .await
                         .map_err(|(e, _)| PoolError::Exchange(e))
@@ -129,7 +129,7 @@ impl Pool {
         let mut body = EngineBody {
             body,
             conn: Some(conn),
-            pool: pool.clone(),
+            pool: self.clone(),
         };
         if hyper::body::Body::is_end_stream(&body.body) {
             body.give_back();
@@ -309,7 +309,7 @@ impl hyper::body::Body for EngineBody {
 
 /// A connection to an engine.
 #[derive(Debug)]
-pub enum Stream {
+enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -438,7 +438,7 @@ mod tests {
             hyper::header::HOST,
             hyper::header::HeaderValue::from_static("engine"),
         );
-        let resp = Pool::send(pool, req).await?;
+        let resp = pool.send(req).await?;
         let body = resp
             .into_body()
             .collect()
@@ -479,7 +479,7 @@ mod tests {
             hyper::header::HOST,
             hyper::header::HeaderValue::from_static("engine"),
         );
-        let resp = Pool::send(&pool, req).await.unwrap();
+        let resp = pool.send(req).await.unwrap();
         drop(resp);
         assert_eq!(pool.lock().len(), 0);
         assert_eq!(get(&pool).await.unwrap(), "ok");

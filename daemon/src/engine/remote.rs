@@ -76,7 +76,6 @@ pub fn target(
         .transpose()?;
     Ok(Target {
         url: url.trim_end_matches('/').to_string(),
-        scheme,
         authority,
         host,
         port,

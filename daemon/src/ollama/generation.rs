@@ -288,7 +288,7 @@ fn observed(request: Option<&crate::observe::Request>, p: &Progress) {
 }
 
 /// An engine's error answer: its status and its message.
-async fn error_of(resp: Response<crate::engine::pool::EngineBody>) -> (StatusCode, String) {
+async fn error_of(resp: Response<crate::engine::EngineBody>) -> (StatusCode, String) {
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
         .collect()
@@ -322,7 +322,7 @@ async fn post(
     lease: &Lease,
     path: &'static str,
     body: &Map<String, Value>,
-) -> Result<Response<crate::engine::pool::EngineBody>, Response<Body>> {
+) -> Result<Response<crate::engine::EngineBody>, Response<Body>> {
     let payload = serde_json::to_vec(body)
         .map_err(|e| http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut req = Request::new(http::full(payload));

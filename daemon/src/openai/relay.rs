@@ -16,7 +16,7 @@ use hyper::Response;
 use super::dialect::Dialect;
 use super::responses::{IdScan, ResponseIds};
 use super::usage::UsageScan;
-use crate::engine::pool::EngineBody;
+use crate::engine::EngineBody;
 use crate::http::{self, Body};
 use crate::scheduler::Lease;
 use crate::stall::Stall;
