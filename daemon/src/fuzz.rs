@@ -78,6 +78,12 @@ const KEYS: &[&str] = &[
     "id",
     "token",
     "bytes",
+    "text",
+    "finish_reason",
+    "token_ids",
+    "prompt_token_ids",
+    "reasoning_content",
+    "index",
 ];
 
 const WORDS: &[&str] = &[
@@ -333,6 +339,39 @@ fn nothing_that_parses_outside_input_panics() {
             let pattern: String = a.chars().take(24).collect();
             let _ = crate::cors::origin_allowed(b, &[pattern]);
         },
+    );
+    // Events of the recorded streams, one at a time, mutated or rebuilt from random JSON:
+    // whatever the one-pass chunk reader reads, serde reads the same (and it reads the
+    // unmutated ones itself, so a reader that gave up on everything would fail here).
+    let events: Vec<&str> = SEEDS
+        .iter()
+        .flat_map(|s| s.split("\n\n"))
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| e.starts_with('{'))
+        .collect();
+    let read_here = std::sync::atomic::AtomicU64::new(0);
+    total += run(
+        "chunk reader",
+        |r| match r.below(4) {
+            0 => r.pick(&events).as_bytes().to_vec(),
+            1 => json_value(r, 4).to_string().into_bytes(),
+            _ => {
+                let event = r.pick(&events).as_bytes().to_vec();
+                mutate(r, &event)
+            }
+        },
+        |data| {
+            if let Some(fast) = crate::ollama::chunk::compact_for_tests(data) {
+                read_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let slow = serde_json::from_slice::<crate::ollama::chunk::Chunk<'_>>(data)
+                    .map(|c| format!("{c:?}"));
+                assert_eq!(slow.ok(), Some(format!("{fast:?}")));
+            }
+        },
+    );
+    assert!(
+        read_here.into_inner() > iterations() / 4,
+        "the one-pass reader read too few events"
     );
     let (ring, _, _) = crate::keys::KeyRing::default()
         .with_new(

@@ -14,9 +14,14 @@ pub enum Event {
     Done,
 }
 
-/// Pulls events from an engine's response body.
-pub struct SseReader {
-    body: EngineBody,
+/// Pulls events from an engine's response body. Whole events are taken from the front of
+/// the frame they came in, without a copy (an engine writes an event, or several, a frame);
+/// only an event split between frames is gathered in a buffer.
+pub struct SseReader<B = EngineBody> {
+    body: B,
+    /// The frame being read, when no split event is being gathered.
+    frame: Bytes,
+    /// A split event, gathered from the frames it came in (and what followed it).
     buf: BytesMut,
     done: bool,
 }
@@ -33,14 +38,6 @@ pub enum SseError {
 pub const MAX_EVENT: usize = 16 << 20;
 
 impl SseReader {
-    pub fn new(body: EngineBody) -> Self {
-        SseReader {
-            body,
-            buf: BytesMut::new(),
-            done: false,
-        }
-    }
-
     /// Done with the stream after its `[DONE]`: the body's end read, so that the engine's
     /// connection is kept (see [`EngineBody::finish`]).
     pub async fn finish(self) {
@@ -48,11 +45,33 @@ impl SseReader {
             self.body.finish().await;
         }
     }
+}
+
+impl<B> SseReader<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    pub fn new(body: B) -> Self {
+        SseReader {
+            body,
+            frame: Bytes::new(),
+            buf: BytesMut::new(),
+            done: false,
+        }
+    }
 
     /// The next event; `None` at the end of the stream.
     pub async fn next(&mut self) -> Option<Result<Event, SseError>> {
         loop {
-            if let Some(event) = take_event(&mut self.buf) {
+            if self.buf.is_empty() {
+                if let Some(event) = take_event_from(&mut self.frame) {
+                    return Some(event);
+                }
+                // the frame ends inside an event: it is gathered from here on
+                self.buf.extend_from_slice(&self.frame);
+                self.frame.clear();
+            } else if let Some(event) = take_event(&mut self.buf) {
                 return Some(event);
             }
             if self.done {
@@ -66,7 +85,11 @@ impl SseReader {
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        if self.buf.is_empty() {
+                            self.frame = data;
+                        } else {
+                            self.buf.extend_from_slice(&data);
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -82,29 +105,52 @@ impl SseReader {
 /// The next whole event in `buf` (taken out of it), if there is one.
 pub fn take_event(buf: &mut BytesMut) -> Option<Result<Event, SseError>> {
     loop {
-        let end = memchr::memmem::find(buf, b"\n\n")?;
-        let raw = buf.split_to(end);
+        let end = blank_line(buf)?;
+        let raw = buf.split_to(end).freeze();
         buf.advance(2);
-        // The engines' every event: one `data:` line, taken where it lies.
-        let raw = raw.freeze();
-        if let Some(event) = one_line(&raw) {
+        if let Some(event) = event_of(raw) {
             return Some(Ok(event));
         }
-        let text = String::from_utf8_lossy(&raw);
-        let data: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim_start)
-            .collect::<Vec<_>>()
-            .join("\n");
-        if data.is_empty() {
-            continue; // a comment or keep-alive
-        }
-        if data == "[DONE]" {
-            return Some(Ok(Event::Done));
-        }
-        return Some(Ok(Event::Data(Bytes::from(data))));
     }
+}
+
+/// The same, from a frame.
+fn take_event_from(frame: &mut Bytes) -> Option<Result<Event, SseError>> {
+    loop {
+        let end = blank_line(frame)?;
+        let raw = frame.split_to(end);
+        frame.advance(2);
+        if let Some(event) = event_of(raw) {
+            return Some(Ok(event));
+        }
+    }
+}
+
+/// Where the blank line that ends the first event begins.
+fn blank_line(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find(|&at| buf.get(at + 1) == Some(&b'\n'))
+}
+
+/// What one event's text holds; `None` for a comment or keep-alive.
+fn event_of(raw: Bytes) -> Option<Event> {
+    // The engines' every event: one `data:` line, taken where it lies.
+    if let Some(event) = one_line(&raw) {
+        return Some(event);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if data.is_empty() {
+        return None;
+    }
+    if data == "[DONE]" {
+        return Some(Event::Done);
+    }
+    Some(Event::Data(Bytes::from(data)))
 }
 
 /// An event of a single `data:` line of UTF-8 (`None`: anything else, which the general
@@ -163,6 +209,68 @@ mod tests {
                 Ok(Event::Done),
             ]
         );
+    }
+
+    /// A body of the given frames.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+
+    fn read_all(frames: Vec<Bytes>) -> Vec<Result<Event, String>> {
+        let mut reader = SseReader::new(Frames(frames.into()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut out = Vec::new();
+            while let Some(e) = reader.next().await {
+                out.push(e.map_err(|e| e.to_string()));
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn events_read_the_same_however_the_frames_cut_them() {
+        let stream = std::fs::read(format!(
+            "{}/../tests/fixtures/real-vllm/chat-tool-call-stream.sse",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let mut odd = stream.clone();
+        odd.extend_from_slice(b": ping\n\nevent: x\ndata: {\"c\":\ndata: 3}\n\ndata: [DONE]\n\n");
+        for stream in [stream, odd] {
+            let whole = events(&stream);
+            assert!(whole.len() > 10);
+            assert_eq!(read_all(vec![Bytes::from(stream.clone())]), whole);
+            // a byte a frame
+            let bytes = stream
+                .iter()
+                .map(|b| Bytes::copy_from_slice(&[*b]))
+                .collect();
+            assert_eq!(read_all(bytes), whole);
+            // an event a frame, and every cut in two
+            let by_event = stream
+                .split_inclusive(|b| *b == b'\n')
+                .map(Bytes::copy_from_slice)
+                .collect();
+            assert_eq!(read_all(by_event), whole);
+            for cut in (0..stream.len()).step_by(7) {
+                let (a, b) = stream.split_at(cut);
+                let frames = vec![Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+                assert_eq!(read_all(frames), whole, "cut at {cut}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! built. Whether a member is there at all, even as `null`, is kept where it matters (a
 //! chunk is a token when it has a `content` member, whatever its value).
 
+mod compact;
+
 use std::borrow::Cow;
 
 use serde::de::{Deserializer, IgnoredAny};
@@ -143,9 +145,19 @@ pub struct FunctionDelta<'a> {
     pub arguments: Option<Text<'a>>,
 }
 
-/// Reads one event's JSON.
+/// Reads one event's JSON: in one pass when it has vLLM's shape, else by serde (the
+/// answer is serde's either way: see [`compact`]).
 pub fn parse(data: &[u8]) -> Result<Chunk<'_>, serde_json::Error> {
-    serde_json::from_slice(data)
+    match compact::chunk(data) {
+        Some(chunk) => Ok(chunk),
+        None => serde_json::from_slice(data),
+    }
+}
+
+/// The one-pass reader alone, for the fuzz target that checks it against serde.
+#[cfg(test)]
+pub(crate) fn compact_for_tests(data: &[u8]) -> Option<Chunk<'_>> {
+    compact::chunk(data)
 }
 
 #[cfg(test)]
