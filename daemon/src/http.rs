@@ -224,8 +224,10 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => with_type(status, "application/json; charset=utf-8", full(bytes)),
+    // room for an Ollama answer's last object without growing
+    let mut bytes = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut bytes, value) {
+        Ok(()) => with_type(status, "application/json; charset=utf-8", full(bytes)),
         Err(e) => {
             tracing::error!(error = %e, "serializing a response failed");
             error(
@@ -234,6 +236,11 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
             )
         }
     }
+}
+
+/// JSON already written.
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    with_type(status, "application/json; charset=utf-8", full(bytes))
 }
 
 /// `{"error": "..."}` — the Ollama API's error shape, also used by the admin API.

@@ -323,7 +323,8 @@ async fn post(
     path: &'static str,
     body: &Map<String, Value>,
 ) -> Result<Response<crate::engine::EngineBody>, Response<Body>> {
-    let payload = serde_json::to_vec(body)
+    let mut payload = Vec::with_capacity(512);
+    serde_json::to_writer(&mut payload, body)
         .map_err(|e| http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut req = Request::new(http::full(payload));
     *req.method_mut() = Method::POST;
@@ -468,10 +469,9 @@ pub async fn run(mut job: Job, lease: Lease, tasks: &TaskTracker) -> Response<Bo
             thought: &p.thinking,
         };
         let stats = p.stats(&job, load, sent);
-        let resp = http::json(
-            StatusCode::OK,
-            &object(&job, whole, calls, logprobs, Some(stats)),
-        );
+        let mut answer = Vec::with_capacity(512);
+        object(&job, whole, calls, logprobs, Some(stats)).write(&mut answer);
+        let resp = http::json_bytes(StatusCode::OK, answer);
         observed(crate::observe::current().as_deref(), &p);
         drop(lease);
         return resp;
@@ -534,7 +534,7 @@ async fn stream(
             continue;
         }
         let logprobs = std::mem::take(&mut p.logprobs);
-        let line = reply::ndjson(&object(job, piece, calls, logprobs, None));
+        let line = object(job, piece, calls, logprobs, None).ndjson();
         if tx.send(line).await.is_err() {
             tracing::debug!(model = %job.model, "client left: aborting the engine request");
             return; // dropping the reader closes the engine connection: vLLM aborts
@@ -549,19 +549,13 @@ async fn stream(
     reader.finish().await;
     let calls = p.take_calls(true);
     if !calls.is_empty() && job.kind == Kind::Chat {
-        let line = reply::ndjson(&object(job, Piece::default(), calls, Vec::new(), None));
+        let line = object(job, Piece::default(), calls, Vec::new(), None).ndjson();
         if tx.send(line).await.is_err() {
             return;
         }
     }
     let stats = p.stats(job, load, sent);
-    let last = reply::ndjson(&object(
-        job,
-        Piece::default(),
-        Vec::new(),
-        Vec::new(),
-        Some(stats),
-    ));
+    let last = object(job, Piece::default(), Vec::new(), Vec::new(), Some(stats)).ndjson();
     observed(observe, &p);
     let _ = tx.send(last).await;
 }

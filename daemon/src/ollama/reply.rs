@@ -7,39 +7,126 @@ use bytes::Bytes;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-/// One answer object: a piece of the answer, or the last one with the statistics.
-#[derive(Debug, Serialize)]
+/// One answer object: a piece of the answer, or the last one with the statistics. Written
+/// straight to bytes ([`Line::write`]): the keys are fixed text, so only the values go
+/// through serde_json (its escaping of strings, the log probabilities and tool calls).
+#[derive(Debug)]
 pub struct Line<'a> {
     pub model: &'a str,
     pub created_at: Now,
     /// Chat's answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<Message<'a>>,
     /// Generate's answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<&'a str>,
-    /// Generate's thinking (chat's is in the message).
-    #[serde(skip_serializing_if = "str::is_empty")]
+    /// Generate's thinking (chat's is in the message); left out when empty.
     pub thinking: &'a str,
     pub done: bool,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    /// The last object's: written among its members.
     pub stats: Option<Stats<'a>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Left out when empty.
     pub logprobs: Vec<Value>,
 }
 
-#[derive(Debug, Serialize)]
+impl Line<'_> {
+    /// The object's JSON, in the order Ollama writes its members.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"model\":");
+        string(out, self.model);
+        out.extend_from_slice(b",\"created_at\":\"");
+        self.created_at.write(out);
+        out.push(b'"');
+        if let Some(m) = &self.message {
+            out.extend_from_slice(b",\"message\":{\"role\":");
+            string(out, m.role);
+            out.extend_from_slice(b",\"content\":");
+            string(out, m.content);
+            if !m.thinking.is_empty() {
+                out.extend_from_slice(b",\"thinking\":");
+                string(out, m.thinking);
+            }
+            if !m.tool_calls.is_empty() {
+                out.extend_from_slice(b",\"tool_calls\":");
+                value(out, &m.tool_calls);
+            }
+            out.push(b'}');
+        }
+        if let Some(response) = self.response {
+            out.extend_from_slice(b",\"response\":");
+            string(out, response);
+        }
+        if !self.thinking.is_empty() {
+            out.extend_from_slice(b",\"thinking\":");
+            string(out, self.thinking);
+        }
+        out.extend_from_slice(if self.done {
+            b",\"done\":true"
+        } else {
+            b",\"done\":false"
+        });
+        if let Some(st) = &self.stats {
+            out.extend_from_slice(b",\"done_reason\":");
+            string(out, st.done_reason);
+            for (key, n) in [
+                (&b",\"total_duration\":"[..], st.total_duration),
+                (b",\"load_duration\":", st.load_duration),
+                (b",\"prompt_eval_count\":", st.prompt_eval_count),
+                (b",\"prompt_eval_duration\":", st.prompt_eval_duration),
+                (b",\"eval_count\":", st.eval_count),
+                (b",\"eval_duration\":", st.eval_duration),
+            ] {
+                out.extend_from_slice(key);
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            }
+            if let Some(Context(prompt, answer)) = &st.context {
+                out.extend_from_slice(b",\"context\":[");
+                for (i, id) in prompt.iter().chain(answer.iter()).enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(itoa::Buffer::new().format(*id).as_bytes());
+                }
+                out.push(b']');
+            }
+        }
+        if !self.logprobs.is_empty() {
+            out.extend_from_slice(b",\"logprobs\":");
+            value(out, &self.logprobs);
+        }
+        out.push(b'}');
+    }
+
+    /// The object as one NDJSON line.
+    pub fn ndjson(&self) -> Bytes {
+        let mut out = Vec::with_capacity(256);
+        self.write(&mut out);
+        out.push(b'\n');
+        Bytes::from(out)
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn string(out: &mut Vec<u8>, s: &str) {
+    value(out, s);
+}
+
+/// A value as serde_json writes it (writing into a Vec cannot fail for these: strings,
+/// JSON values).
+fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    let _ = serde_json::to_writer(out, v);
+}
+
+#[derive(Debug)]
 pub struct Message<'a> {
     pub role: &'static str,
     pub content: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
+    /// Left out when empty.
     pub thinking: &'a str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Left out when empty.
     pub tool_calls: Vec<Value>,
 }
 
 /// The last object's figures; durations in nanoseconds.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Stats<'a> {
     pub done_reason: &'static str,
     pub total_duration: u64,
@@ -48,8 +135,8 @@ pub struct Stats<'a> {
     pub prompt_eval_duration: u64,
     pub eval_count: u64,
     pub eval_duration: u64,
-    /// Generate's `context`: the prompt's token ids, then the answer's.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Generate's `context`: the prompt's token ids, then the answer's; left out when
+    /// `None`.
     pub context: Option<Context<'a>>,
 }
 
@@ -57,15 +144,21 @@ pub struct Stats<'a> {
 #[derive(Debug)]
 pub struct Context<'a>(pub &'a [u64], pub &'a [u64]);
 
-impl Serialize for Context<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().chain(self.1))
-    }
-}
-
 /// The time it is written, as Ollama writes it (RFC 3339 with nanoseconds).
 #[derive(Debug, Clone, Copy)]
 pub struct Now;
+
+impl Now {
+    /// The time, without quotes (its text needs no escapes).
+    fn write(self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "{}",
+            humantime::format_rfc3339_nanos(SystemTime::now())
+        );
+    }
+}
 
 impl Serialize for Now {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -93,6 +186,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn line(l: Line<'_>) -> Bytes {
+        l.ndjson()
+    }
+
     fn parsed(line: &Bytes) -> Value {
         assert_eq!(line.last(), Some(&b'\n'));
         serde_json::from_slice(line).unwrap()
@@ -100,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_chat_piece_has_the_message_and_no_statistics() {
-        let line = ndjson(&Line {
+        let line = line(Line {
             model: "m",
             created_at: Now,
             message: Some(Message {
@@ -129,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_last_generate_object_has_its_figures_and_context() {
-        let line = ndjson(&Line {
+        let line = line(Line {
             model: "m",
             created_at: Now,
             message: None,
@@ -156,5 +253,96 @@ mod tests {
         assert_eq!(v["context"], json!([1, 2, 3]));
         assert_eq!(v["logprobs"][0]["token"], "x");
         assert!(v.get("message").is_none());
+    }
+
+    #[test]
+    fn members_come_in_ollamas_order_and_empty_ones_are_left_out() {
+        let stats = || Stats {
+            done_reason: "stop",
+            total_duration: 5,
+            load_duration: 1,
+            prompt_eval_count: 2,
+            prompt_eval_duration: 3,
+            eval_count: 4,
+            eval_duration: 2,
+            context: None,
+        };
+        let first = line(Line {
+            model: "m",
+            created_at: Now,
+            message: None,
+            response: Some("r"),
+            thinking: "t",
+            done: true,
+            stats: Some(Stats {
+                context: Some(Context(&[1], &[])),
+                ..stats()
+            }),
+            logprobs: vec![json!({"token": "x"})],
+        });
+        let text = std::str::from_utf8(&first).unwrap();
+        let order = [
+            "model",
+            "created_at",
+            "response",
+            "thinking",
+            "done",
+            "done_reason",
+            "total_duration",
+            "load_duration",
+            "prompt_eval_count",
+            "prompt_eval_duration",
+            "eval_count",
+            "eval_duration",
+            "context",
+            "logprobs",
+        ]
+        .map(|k| {
+            text.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k}: {text}"))
+        });
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let whole = line(Line {
+            model: "m",
+            created_at: Now,
+            message: None,
+            response: Some(""),
+            thinking: "",
+            done: true,
+            stats: Some(stats()),
+            logprobs: Vec::new(),
+        });
+        let v = parsed(&whole);
+        assert_eq!(v.as_object().unwrap().len(), 11, "{v}");
+        for absent in ["thinking", "context", "logprobs", "message"] {
+            assert!(v.get(absent).is_none(), "{absent}: {v}");
+        }
+    }
+
+    #[test]
+    fn a_chat_line_with_thinking_and_tool_calls_is_valid_json_with_them() {
+        let text = "line\nnext \u{1} \"q\" \\ caf\u{e9}";
+        let call = json!({"function": {"name": "f", "arguments": {"a": 1}}});
+        let v = parsed(&line(Line {
+            model: "m:latest",
+            created_at: Now,
+            message: Some(Message {
+                role: "assistant",
+                content: text,
+                thinking: "why",
+                tool_calls: vec![call.clone()],
+            }),
+            response: None,
+            thinking: "",
+            done: false,
+            stats: None,
+            logprobs: Vec::new(),
+        }));
+        assert_eq!(
+            v["message"],
+            json!({"role": "assistant", "content": text, "thinking": "why", "tool_calls": [call]})
+        );
+        assert_eq!(v["model"], "m:latest");
+        assert_eq!(v["done"], false);
     }
 }
