@@ -224,10 +224,8 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    // room for an Ollama answer's last object without growing
-    let mut bytes = Vec::with_capacity(512);
-    match serde_json::to_writer(&mut bytes, value) {
-        Ok(()) => with_type(status, "application/json; charset=utf-8", full(bytes)),
+    match serde_json::to_vec(value) {
+        Ok(bytes) => with_type(status, "application/json; charset=utf-8", full(bytes)),
         Err(e) => {
             tracing::error!(error = %e, "serializing a response failed");
             error(

@@ -190,6 +190,20 @@ mod tests {
         l.ndjson()
     }
 
+    /// The last object's figures, as a test gives them.
+    fn stats(done_reason: &'static str, context: Option<Context<'static>>) -> Stats<'static> {
+        Stats {
+            done_reason,
+            total_duration: 5,
+            load_duration: 1,
+            prompt_eval_count: 2,
+            prompt_eval_duration: 3,
+            eval_count: 4,
+            eval_duration: 2,
+            context,
+        }
+    }
+
     fn parsed(line: &Bytes) -> Value {
         assert_eq!(line.last(), Some(&b'\n'));
         serde_json::from_slice(line).unwrap()
@@ -233,16 +247,7 @@ mod tests {
             response: Some(""),
             thinking: "hmm",
             done: true,
-            stats: Some(Stats {
-                done_reason: "length",
-                total_duration: 5,
-                load_duration: 1,
-                prompt_eval_count: 2,
-                prompt_eval_duration: 3,
-                eval_count: 4,
-                eval_duration: 2,
-                context: Some(Context(&[1, 2], &[3])),
-            }),
+            stats: Some(stats("length", Some(Context(&[1, 2], &[3])))),
             logprobs: vec![json!({"token": "x", "logprob": -0.5})],
         });
         let v = parsed(&line);
@@ -257,16 +262,6 @@ mod tests {
 
     #[test]
     fn members_come_in_ollamas_order_and_empty_ones_are_left_out() {
-        let stats = || Stats {
-            done_reason: "stop",
-            total_duration: 5,
-            load_duration: 1,
-            prompt_eval_count: 2,
-            prompt_eval_duration: 3,
-            eval_count: 4,
-            eval_duration: 2,
-            context: None,
-        };
         let first = line(Line {
             model: "m",
             created_at: Now,
@@ -274,10 +269,7 @@ mod tests {
             response: Some("r"),
             thinking: "t",
             done: true,
-            stats: Some(Stats {
-                context: Some(Context(&[1], &[])),
-                ..stats()
-            }),
+            stats: Some(stats("stop", Some(Context(&[1], &[])))),
             logprobs: vec![json!({"token": "x"})],
         });
         let text = std::str::from_utf8(&first).unwrap();
@@ -309,7 +301,7 @@ mod tests {
             response: Some(""),
             thinking: "",
             done: true,
-            stats: Some(stats()),
+            stats: Some(stats("stop", None)),
             logprobs: Vec::new(),
         });
         let v = parsed(&whole);
