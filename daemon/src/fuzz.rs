@@ -310,7 +310,7 @@ fn nothing_that_parses_outside_input_panics() {
                 marker.feed(chunk);
                 let _ = ids.feed(chunk);
                 while let Some(event) = crate::sse::take_event(&mut buf) {
-                    if let Ok(crate::sse::Event::Data(data)) = event {
+                    if let crate::sse::Event::Data(data) = event {
                         let _ = crate::ollama::chunk::parse(&data);
                     }
                 }
@@ -361,7 +361,7 @@ fn nothing_that_parses_outside_input_panics() {
             }
         },
         |data| {
-            if let Some(fast) = crate::ollama::chunk::compact_for_tests(data) {
+            if let Some(fast) = crate::ollama::chunk::compact::chunk(data) {
                 read_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let slow = serde_json::from_slice::<crate::ollama::chunk::Chunk<'_>>(data)
                     .map(|c| format!("{c:?}"));

@@ -31,18 +31,18 @@ impl Line<'_> {
     /// The object's JSON, in the order Ollama writes its members.
     pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"model\":");
-        string(out, self.model);
+        value(out, self.model);
         out.extend_from_slice(b",\"created_at\":\"");
         self.created_at.write(out);
         out.push(b'"');
         if let Some(m) = &self.message {
             out.extend_from_slice(b",\"message\":{\"role\":");
-            string(out, m.role);
+            value(out, m.role);
             out.extend_from_slice(b",\"content\":");
-            string(out, m.content);
+            value(out, m.content);
             if !m.thinking.is_empty() {
                 out.extend_from_slice(b",\"thinking\":");
-                string(out, m.thinking);
+                value(out, m.thinking);
             }
             if !m.tool_calls.is_empty() {
                 out.extend_from_slice(b",\"tool_calls\":");
@@ -52,11 +52,11 @@ impl Line<'_> {
         }
         if let Some(response) = self.response {
             out.extend_from_slice(b",\"response\":");
-            string(out, response);
+            value(out, response);
         }
         if !self.thinking.is_empty() {
             out.extend_from_slice(b",\"thinking\":");
-            string(out, self.thinking);
+            value(out, self.thinking);
         }
         out.extend_from_slice(if self.done {
             b",\"done\":true"
@@ -65,7 +65,7 @@ impl Line<'_> {
         });
         if let Some(st) = &self.stats {
             out.extend_from_slice(b",\"done_reason\":");
-            string(out, st.done_reason);
+            value(out, st.done_reason);
             for (key, n) in [
                 (&b",\"total_duration\":"[..], st.total_duration),
                 (b",\"load_duration\":", st.load_duration),
@@ -104,13 +104,8 @@ impl Line<'_> {
     }
 }
 
-/// A JSON string, escaped as serde_json escapes it.
-fn string(out: &mut Vec<u8>, s: &str) {
-    value(out, s);
-}
-
-/// A value as serde_json writes it (writing into a Vec cannot fail for these: strings,
-/// JSON values).
+/// A value as serde_json writes it, strings escaped (writing into a Vec cannot fail for
+/// these: strings, JSON values).
 fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     let _ = serde_json::to_writer(out, v);
 }

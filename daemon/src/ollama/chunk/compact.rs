@@ -20,7 +20,7 @@ use super::{Choice, Chunk, Delta, Field, FunctionDelta, Text, ToolCallDelta, Usa
 const MAX_DEPTH: u32 = 32;
 
 /// The chunk, when the event has the shape read here.
-pub fn chunk(data: &[u8]) -> Option<Chunk<'_>> {
+pub(crate) fn chunk(data: &[u8]) -> Option<Chunk<'_>> {
     let mut r = Reader { s: data, at: 0 };
     let mut c = Chunk::default();
     let mut seen = Seen::default();

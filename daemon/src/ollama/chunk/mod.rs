@@ -4,7 +4,7 @@
 //! built. Whether a member is there at all, even as `null`, is kept where it matters (a
 //! chunk is a token when it has a `content` member, whatever its value).
 
-mod compact;
+pub(crate) mod compact;
 
 use std::borrow::Cow;
 
@@ -152,12 +152,6 @@ pub fn parse(data: &[u8]) -> Result<Chunk<'_>, serde_json::Error> {
         Some(chunk) => Ok(chunk),
         None => serde_json::from_slice(data),
     }
-}
-
-/// The one-pass reader alone, for the fuzz target that checks it against serde.
-#[cfg(test)]
-pub(crate) fn compact_for_tests(data: &[u8]) -> Option<Chunk<'_>> {
-    compact::chunk(data)
 }
 
 #[cfg(test)]
