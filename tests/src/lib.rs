@@ -35,12 +35,48 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A loopback port that was free a moment ago.
+/// A port that was free on every address a moment ago, never handed out before by this
+/// process.
+///
+/// It comes from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port
+/// from inside that range (what binding port 0 gives) can be handed, between this check and
+/// the program that binds it, to any outgoing connection on the machine. CI saw Caddy fail
+/// "address already in use" that way while other tests were connecting. Below the range a
+/// port is taken only by an explicit bind, and the start is random so that test processes
+/// running side by side do not walk the same ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    const LOWEST: u16 = 10_000;
+    let ceiling = ephemeral_start().unwrap_or(32_768).max(LOWEST + 1_000);
+    let span = u64::from(ceiling - LOWEST);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        (std::process::id(), Instant::now()),
+    );
+    for step in 0..span {
+        let port = LOWEST + ((seed % span + step) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        // All addresses, as a proxy listening on `:port` binds; std sets SO_REUSEADDR, as
+        // servers do, so a port left in TIME_WAIT counts as free.
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port below {ceiling}");
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A binary built next to `sibling` (another `CARGO_BIN_EXE_*` of this workspace).
