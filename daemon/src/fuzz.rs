@@ -222,6 +222,7 @@ fn body(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn nothing_that_parses_outside_input_panics() {
+    use crate::engine::wire;
     use crate::ollama::translate;
     let mut total = 0;
     total += run("openai body", body, |b| {
@@ -372,6 +373,83 @@ fn nothing_that_parses_outside_input_panics() {
     assert!(
         read_here.into_inner() > iterations() / 4,
         "the one-pass reader read too few events"
+    );
+    // Engine answers (engine/wire.rs): a head and a chunked, sized or close-delimited body,
+    // well formed or mutated, fed in random pieces. A well-formed body decodes to what was
+    // encoded and leaves what follows it; nothing panics or yields more than came in.
+    total += run(
+        "engine answers",
+        |r| {
+            let body = bytes(r, 300);
+            let framing = *r.pick(&[
+                wire::Framing::Chunked,
+                wire::Framing::Length(body.len() as u64),
+                wire::Framing::Close,
+            ]);
+            let mut encoded = match framing {
+                wire::Framing::Chunked => {
+                    let mut out = Vec::new();
+                    for piece in body.chunks(1 + r.below(64)) {
+                        out.extend_from_slice(format!("{:x}", piece.len()).as_bytes());
+                        if r.below(4) == 0 {
+                            out.extend_from_slice(b";ext=1");
+                        }
+                        out.extend_from_slice(b"\r\n");
+                        out.extend_from_slice(piece);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(if r.below(4) == 0 {
+                        b"0\r\nx: y\r\n\r\n"
+                    } else {
+                        b"0\r\n\r\n"
+                    });
+                    out
+                }
+                _ => body.clone(),
+            };
+            let mutated = r.below(3) == 0;
+            if mutated {
+                encoded = mutate(r, &encoded);
+            }
+            let head = mutate(
+                r,
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 12\r\n\r\n",
+            );
+            (head, framing, body, encoded, mutated, 1 + r.below(80))
+        },
+        |(head, framing, body, encoded, mutated, piece)| {
+            let _ = wire::parse_head(head, &http::Method::POST);
+            let mut wire_bytes = encoded.clone();
+            wire_bytes.extend_from_slice(b"NEXT");
+            let mut decoder = wire::Decoder::new(*framing);
+            let mut buf = bytes::BytesMut::new();
+            let mut out = Vec::new();
+            let mut ended = false;
+            let mut fed = 0;
+            'feed: while fed < wire_bytes.len() {
+                let to = (fed + piece).min(wire_bytes.len());
+                buf.extend_from_slice(&wire_bytes[fed..to]);
+                fed = to;
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(wire::Step::Data(d)) => out.extend_from_slice(&d),
+                        Ok(wire::Step::More) => break,
+                        Ok(wire::Step::End) => {
+                            ended = true;
+                            break 'feed;
+                        }
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+            buf.extend_from_slice(&wire_bytes[fed..]);
+            assert!(out.len() <= wire_bytes.len());
+            if !mutated && *framing != wire::Framing::Close {
+                assert!(ended, "a well-formed body ended");
+                assert_eq!(&out, body);
+                assert_eq!(&buf[..], b"NEXT");
+            }
+        },
     );
     let (ring, _, _) = crate::keys::KeyRing::default()
         .with_new(

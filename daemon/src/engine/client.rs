@@ -15,7 +15,6 @@ use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use super::pool::{EngineBody, Pool};
-use crate::http::{self, Body};
 
 /// Where an engine listens.
 #[derive(Debug, Clone)]
@@ -102,7 +101,7 @@ impl EngineClient {
     }
 
     /// Sends a request whose URI is its path and query, like `/v1/chat/completions`.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<EngineBody>, ClientError> {
+    pub async fn send(&self, mut req: Request<Bytes>) -> Result<Response<EngineBody>, ClientError> {
         if let Endpoint::Remote(target) = self.endpoint() {
             if !target.prefix.is_empty() {
                 let rest = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -144,7 +143,7 @@ impl EngineClient {
             let req = Request::builder()
                 .method(method)
                 .uri(path)
-                .body(http::empty())
+                .body(Bytes::new())
                 .map_err(|e| ClientError::Request(e.to_string()))?;
             let resp = self.send(req).await?;
             let status = resp.status();

@@ -15,7 +15,9 @@ pub mod remote;
 mod supervisor;
 pub mod unit_main;
 pub mod units;
+mod unix;
 pub mod vllm;
+pub(crate) mod wire;
 
 pub use client::{Endpoint, EngineClient};
 pub use kind::EngineKind;

@@ -1,29 +1,34 @@
-//! One engine's HTTP/1.1 connections, kept open between requests. A connection is driven by
-//! the task of the request that holds it — hyper's connection future is polled beside the
-//! request and then inside the response body — so an exchange with the engine has no task
-//! of its own, no channel hop between tasks and no wake-up of another task. The connection
-//! goes back to the pool when the response body has ended, and a pooled one is checked for
-//! life (the engine may have closed it) before it is used again.
+//! One engine's HTTP/1.1 connections, kept open between requests, and the exchange on one:
+//! the request written whole, the answer's head read and its body taken as it arrives
+//! ([`super::wire`]), all by the task of the request that holds the connection — no task
+//! per connection, no channel between tasks, no wake-up of another task. The connection
+//! goes back to the pool at the body's end, and a pooled one is checked for life (the
+//! engine may have closed it) before it is used again.
+//!
+//! This replaced hyper's client connection here (hyper still serves the clients, and its
+//! pooled client the Hub downloads): the engine is a known peer that answers requests
+//! vllamad wrote itself, and hyper's general client — its dispatcher, its request and
+//! response channels, its header map for the request — was a fifth of the instructions of
+//! a proxied request (docs/PERFORMANCE.md).
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
+use hyper::body::{Frame, SizeHint};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::client::Endpoint;
-use crate::http::Body;
+use super::unix::UnixStream;
+use super::wire::{self, Decoder, Step, WireError};
 
 /// A connection idle this long is closed rather than used: under uvicorn's keep-alive
 /// timeout (vLLM's `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s), so the engine seldom closes one
@@ -33,13 +38,24 @@ const IDLE_FOR: Duration = Duration::from_secs(4);
 const MAX_IDLE: usize = 256;
 /// How long a body's rest is read after its reader is done with it.
 const DRAIN: Duration = Duration::from_secs(2);
+/// A first read asks for this much; a read that fills what it asked for doubles the next,
+/// up to [`MAX_READ`] (a large answer comes in fewer reads).
+const READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// A request body up to this size goes out in one write with its head; a larger one is
+/// written after it, not copied.
+const COPIED_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("connecting to the engine failed")]
     Connect(#[source] io::Error),
-    #[error("the engine exchange failed")]
-    Exchange(#[source] hyper::Error),
+    #[error("the engine connection failed")]
+    Io(#[source] io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the engine closed the connection before it answered")]
+    Closed,
 }
 
 /// An engine's idle connections, the most recently used last.
@@ -55,33 +71,50 @@ struct Idle {
     since: Instant,
 }
 
-/// One connection: hyper's request sender and the future that drives it.
+/// One connection and what was read from it but not yet taken.
+#[derive(Debug)]
 struct Conn {
-    send: http1::SendRequest<Body>,
-    driver: http1::Connection<TokioIo<Stream>, Body>,
-    /// The driver has finished (the connection is closed): never polled again.
-    ended: bool,
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("ended", &self.ended).finish()
-    }
+    io: Stream,
+    buf: BytesMut,
+    /// What the next read asks for.
+    read_size: usize,
 }
 
 impl Conn {
-    /// Moves the connection on (reads, writes, keep-alive checks) in the calling task.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.ended && Pin::new(&mut self.driver).poll(cx).is_ready() {
-            self.ended = true;
+    fn new(io: Stream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            read_size: READ,
         }
     }
 
-    /// Whether a request can go out on it now.
-    fn ready(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx);
-        !self.ended && matches!(self.send.poll_ready(cx), Poll::Ready(Ok(())))
+    /// Reads what the engine sent into the buffer: how many bytes (0: it closed).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(self.read_size);
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
     }
+
+    /// Whether an idle connection can carry a request: nothing arrived on it, and the
+    /// engine has not closed it.
+    fn reusable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.buf.is_empty() && self.poll_fill(cx).is_pending()
+    }
+}
+
+/// An exchange that failed, and whether its request was delivered at all.
+struct Failed {
+    error: PoolError,
+    unsent: bool,
 }
 
 impl Pool {
@@ -96,12 +129,11 @@ impl Pool {
         &self.endpoint
     }
 
-    /// Sends `req` (origin-form URI, its `Host` set) on a pooled or a new connection. One
-    /// the engine closed while it sat idle is replaced once when hyper hands the request
-    /// back unsent.
+    /// Sends `req` (origin-form URI, its `Host` set) on a pooled or a new connection. When
+    /// a pooled one turns out closed before the request went out, a new one carries it.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<Body>,
+        req: Request<Bytes>,
     ) -> Result<Response<EngineBody>, PoolError> {
         // A connection lives in a box of its own, so that moving it between the pool, the
         // request and its body moves a pointer; the cold paths (connecting, the retry) are
@@ -111,27 +143,29 @@ impl Pool {
             Some(conn) => (conn, true),
             None => (Box::pin(self.connect()).await?, false),
         };
-        let (resp, conn) = match exchange(conn, req).await {
+        let (head, conn) = match exchange(conn, &req).await {
             Ok(answer) => answer,
-            Err((error, Some(unsent))) if reused => {
-                tracing::debug!(%error, "a pooled engine connection had closed; a new one");
+            Err(failed) if reused && failed.unsent => {
+                tracing::debug!(error = %failed.error, "a pooled engine connection had closed; a new one");
                 Box::pin(async {
                     let conn = self.connect().await?;
-                    exchange(conn, unsent)
-                        .await
-                        .map_err(|(e, _)| PoolError::Exchange(e))
+                    exchange(conn, &req).await.map_err(|f| f.error)
                 })
                 .await?
             }
-            Err((error, _)) => return Err(PoolError::Exchange(error)),
+            Err(failed) => return Err(failed.error),
         };
-        let (parts, body) = resp.into_parts();
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = head.status;
+        parts.version = head.version;
+        parts.headers = head.headers;
         let mut body = EngineBody {
-            body,
+            decoder: Decoder::new(head.framing),
+            keep_alive: head.keep_alive,
             conn: Some(conn),
             pool: self.clone(),
         };
-        if hyper::body::Body::is_end_stream(&body.body) {
+        if body.decoder.is_done() {
             body.give_back();
         }
         Ok(Response::from_parts(parts, body))
@@ -144,7 +178,7 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The most recently used idle connection that is still open and ready.
+    /// The most recently used idle connection that is still open and quiet.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
         loop {
             let idle = self.lock().pop_back()?;
@@ -155,16 +189,13 @@ impl Pool {
                 return None;
             }
             let mut conn = idle.conn;
-            if conn.ready(cx) {
+            if conn.reusable(cx) {
                 return Some(conn);
             }
         }
     }
 
     fn put(&self, conn: Box<Conn>) {
-        if conn.ended || conn.send.is_closed() {
-            return;
-        }
         let now = Instant::now();
         let mut stale = Vec::new();
         {
@@ -184,45 +215,68 @@ impl Pool {
         let stream = Stream::open(&self.endpoint)
             .await
             .map_err(PoolError::Connect)?;
-        let (send, driver) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::Exchange)?;
-        Ok(Box::new(Conn {
-            send,
-            driver,
-            ended: false,
-        }))
+        Ok(Box::new(Conn::new(stream)))
     }
 }
 
-type Unsent = Option<Request<Body>>;
-
-/// One request out and its answer's head back, the connection driven meanwhile.
+/// The request out, and the answer's head back.
 async fn exchange(
     mut conn: Box<Conn>,
-    req: Request<Body>,
-) -> Result<(Response<Incoming>, Box<Conn>), (hyper::Error, Unsent)> {
-    let mut answer = pin!(conn.send.try_send_request(req));
-    let answered = poll_fn(|cx| {
-        conn.drive(cx);
-        answer.as_mut().poll(cx)
-    })
-    .await;
-    match answered {
-        Ok(resp) => Ok((resp, conn)),
-        Err(mut e) => {
-            let unsent = e.take_message();
-            Err((e.into_error(), unsent))
+    req: &Request<Bytes>,
+) -> Result<(wire::Head, Box<Conn>), Failed> {
+    let body = req.body();
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let copied = body.len() <= COPIED_BODY;
+    let mut out = Vec::with_capacity(256 + if copied { body.len() } else { 0 });
+    wire::write_head(&mut out, req.method(), target, req.headers(), body.len());
+    if copied {
+        out.extend_from_slice(body);
+    }
+    let sent = |e| Failed {
+        error: PoolError::Io(e),
+        unsent: false,
+    };
+    // The first write tells whether the connection is open: one the engine closed fails it
+    // (EPIPE, ECONNRESET) with nothing delivered.
+    let first = conn.io.write(&out).await.map_err(|e| Failed {
+        error: PoolError::Io(e),
+        unsent: true,
+    })?;
+    conn.io
+        .write_all(out.get(first..).unwrap_or_default())
+        .await
+        .map_err(sent)?;
+    if !copied {
+        conn.io.write_all(body).await.map_err(sent)?;
+    }
+    // TLS keeps what it encrypted until flushed.
+    conn.io.flush().await.map_err(sent)?;
+    loop {
+        let parsed = wire::parse_head(&conn.buf, req.method()).map_err(|e| Failed {
+            error: e.into(),
+            unsent: false,
+        })?;
+        if let Some((len, head)) = parsed {
+            conn.buf.advance(len);
+            return Ok((head, conn));
+        }
+        let n = poll_fn(|cx| conn.poll_fill(cx)).await.map_err(sent)?;
+        if n == 0 {
+            return Err(Failed {
+                error: PoolError::Closed,
+                unsent: false,
+            });
         }
     }
 }
 
-/// An engine's response body. It drives its connection while it is read and hands the
-/// connection back to the pool at its end; dropped before its end, it closes it.
+/// An engine's response body, read by the task that polls it. At its end the connection
+/// goes back to the pool (when it can carry another request); dropped before its end, the
+/// connection closes.
 #[derive(Debug)]
 pub struct EngineBody {
-    body: Incoming,
+    decoder: Decoder,
+    keep_alive: bool,
     /// Until the body's end.
     conn: Option<Box<Conn>>,
     pool: Arc<Pool>,
@@ -231,7 +285,10 @@ pub struct EngineBody {
 impl EngineBody {
     fn give_back(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.put(conn);
+            // Bytes after the answer's end were never asked for: not a connection to reuse.
+            if self.keep_alive && conn.buf.is_empty() {
+                self.pool.put(conn);
+            }
         }
     }
 
@@ -274,36 +331,55 @@ impl EngineBody {
 
 impl hyper::body::Body for EngineBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = PoolError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
         let this = self.get_mut();
-        // What has arrived is taken first; the connection is driven when nothing has.
-        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
-        if polled.is_pending() {
-            if let Some(conn) = &mut this.conn {
-                conn.drive(cx);
-                polled = Pin::new(&mut this.body).poll_frame(cx);
-            }
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let failed = match this.decoder.decode(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    if this.decoder.is_done() {
+                        this.give_back();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    this.give_back();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => match this.decoder.eof() {
+                        Ok(()) => {
+                            this.conn = None;
+                            return Poll::Ready(None);
+                        }
+                        Err(e) => PoolError::Wire(e),
+                    },
+                    Ok(_) => continue,
+                    Err(e) => PoolError::Io(e),
+                },
+                Err(e) => PoolError::Wire(e),
+            };
+            this.conn = None;
+            return Poll::Ready(Some(Err(failed)));
         }
-        match &polled {
-            Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.give_back(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
-        }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -397,11 +473,19 @@ mod tests {
 
     use super::*;
 
-    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    const ANSWER: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
 
     /// An engine on a Unix socket that answers each request `ANSWER`, closing a connection
     /// after `per_connection` answers; it counts the connections it accepted.
     fn engine(per_connection: usize) -> (tempfile::TempDir, Endpoint, Arc<AtomicUsize>) {
+        engine_answering(per_connection, ANSWER)
+    }
+
+    /// The same engine answering with `pieces`, written 5 ms apart.
+    fn engine_answering(
+        per_connection: usize,
+        pieces: &'static [&'static [u8]],
+    ) -> (tempfile::TempDir, Endpoint, Arc<AtomicUsize>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -421,8 +505,11 @@ mod tests {
                             }
                         }
                         buf.clear();
-                        if s.write_all(ANSWER).await.is_err() {
-                            return;
+                        for piece in pieces {
+                            if s.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
                 });
@@ -432,18 +519,14 @@ mod tests {
     }
 
     async fn get(pool: &Arc<Pool>) -> Result<Bytes, PoolError> {
-        let mut req = Request::new(crate::http::empty());
+        let mut req = Request::new(Bytes::new());
         *req.uri_mut() = hyper::Uri::from_static("/health");
         req.headers_mut().insert(
             hyper::header::HOST,
             hyper::header::HeaderValue::from_static("engine"),
         );
         let resp = pool.send(req).await?;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(PoolError::Exchange)?;
+        let body = resp.into_body().collect().await?;
         Ok(body.to_bytes())
     }
 
@@ -474,7 +557,7 @@ mod tests {
     async fn a_body_dropped_before_its_end_closes_its_connection() {
         let (_dir, endpoint, accepted) = engine(usize::MAX);
         let pool = Arc::new(Pool::new(endpoint));
-        let mut req = Request::new(crate::http::empty());
+        let mut req = Request::new(Bytes::new());
         req.headers_mut().insert(
             hyper::header::HOST,
             hyper::header::HeaderValue::from_static("engine"),
@@ -484,5 +567,41 @@ mod tests {
         assert_eq!(pool.lock().len(), 0);
         assert_eq!(get(&pool).await.unwrap(), "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_read_whole_however_it_arrives_and_its_connection_kept() {
+        const CHUNKED: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\ntransfer-",
+            b"encoding: chunked\r\n\r\n5\r\nhel",
+            b"lo\r\n",
+            b"7\r\n, world\r",
+            b"\n0\r\n",
+            b"\r\n",
+        ];
+        let (_dir, endpoint, accepted) = engine_answering(usize::MAX, CHUNKED);
+        let pool = Arc::new(Pool::new(endpoint));
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await.unwrap(), "hello, world");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_that_end_their_connection_are_read_to_the_close_and_not_kept() {
+        const CLOSING: &[&[u8]] =
+            &[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"];
+        let (_dir, endpoint, accepted) = engine_answering(usize::MAX, CLOSING);
+        let pool = Arc::new(Pool::new(endpoint));
+        for _ in 0..2 {
+            assert_eq!(get(&pool).await.unwrap(), "ok");
+        }
+        assert_eq!((accepted.load(Ordering::SeqCst), pool.lock().len()), (2, 0));
+        // No length: the body runs until the engine closes.
+        const UNTIL_CLOSE: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the close"];
+        let (_dir, endpoint, _) = engine_answering(1, UNTIL_CLOSE);
+        let pool = Arc::new(Pool::new(endpoint));
+        assert_eq!(get(&pool).await.unwrap(), "until the close");
+        assert_eq!(pool.lock().len(), 0);
     }
 }

@@ -326,7 +326,7 @@ async fn post(
     let mut payload = Vec::with_capacity(512);
     serde_json::to_writer(&mut payload, body)
         .map_err(|e| http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut req = Request::new(http::full(payload));
+    let mut req = Request::new(Bytes::from(payload));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = hyper::Uri::from_static(path);
     req.headers_mut()

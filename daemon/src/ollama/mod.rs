@@ -463,7 +463,7 @@ async fn embed(
             }
         }
     }
-    let mut engine_req = Request::new(http::full(serde_json::to_vec(&oai).unwrap_or_default()));
+    let mut engine_req = Request::new(Bytes::from(serde_json::to_vec(&oai).unwrap_or_default()));
     *engine_req.method_mut() = Method::POST;
     *engine_req.uri_mut() = hyper::Uri::from_static("/v1/embeddings");
     engine_req.headers_mut().insert(

@@ -116,7 +116,7 @@ async fn send_watched(
 ) -> Response<Body> {
     let ends = dialect::stream_end(parts.uri.path());
     let has_body = !body.is_empty();
-    let mut req = Request::new(http::full(body));
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     if has_body {
