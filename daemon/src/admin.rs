@@ -1,10 +1,9 @@
 //! The admin API on the `admin` Unix socket: status and reload for `vllamactl`. Every
 //! connection's peer is identified by the kernel; each route needs a [`Role`].
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
+use crate::h1::RequestBody;
 use hyper::{Method, Request, Response, StatusCode};
 use std::time::{Duration, Instant};
 use tokio::net::UnixListener;
@@ -59,20 +58,27 @@ pub fn spawn(
                     continue;
                 }
             };
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take over an admin connection");
+                    continue;
+                }
+            };
             let daemon = daemon.clone();
             let timeout = daemon.config().config.api.header_read_timeout.0;
-            let service = hyper::service::service_fn(move |req| {
+            let handler = move |req| {
                 let daemon = daemon.clone();
                 let peer = peer.clone();
-                async move { Ok::<_, Infallible>(handle(req, &daemon, &peer).await) }
-            });
-            http::spawn_connection(&conns, shutdown.clone(), stream, timeout, None, service);
+                async move { handle(req, &daemon, &peer).await }
+            };
+            http::spawn_connection(&conns, shutdown.clone(), stream, timeout, None, handler);
         }
         tracing::debug!("admin listener closed");
     });
 }
 
-async fn handle(req: Request<Incoming>, daemon: &Daemon, peer: &Peer) -> Response<Body> {
+async fn handle(req: Request<RequestBody>, daemon: &Daemon, peer: &Peer) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let role = daemon.config().access.role(peer);
@@ -160,7 +166,12 @@ impl Route {
     }
 }
 
-async fn route(req: Request<Incoming>, daemon: &Daemon, peer: &Peer, role: Role) -> Response<Body> {
+async fn route(
+    req: Request<RequestBody>,
+    daemon: &Daemon,
+    peer: &Peer,
+    role: Role,
+) -> Response<Body> {
     let route = match Route::find(req.uri().path(), req.method()) {
         Ok(route) => route,
         Err(reject) => return reject.into(),

@@ -2,12 +2,10 @@
 //! the routes (`/`, `/api/version`, `/metrics`, the OpenAI pass-through; the Ollama routes in
 //! [`crate::ollama`]). Also the optional `/metrics`-only listener.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, HOST,
@@ -22,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cors;
+use crate::h1::RequestBody;
 use crate::http::{self, Body, BodyError};
 use crate::observe;
 use crate::request_id;
@@ -78,7 +77,7 @@ fn serve<H, F>(
     name: &'static str,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, Arc<Daemon>, std::net::SocketAddr) -> F
+    H: Fn(Request<RequestBody>, Arc<Daemon>, std::net::SocketAddr) -> F
         + Clone
         + Send
         + Sync
@@ -116,20 +115,20 @@ fn serve<H, F>(
             let timeout = config.config.api.header_read_timeout.0;
             let daemon = daemon.clone();
             let handler = handler.clone();
-            let conn = registration.conn().clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                conn.begin();
-                let fut = handler(req, daemon.clone(), peer);
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(http::Tracked::wrap(fut.await, conn)) }
-            });
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot take over a connection");
+                    continue;
+                }
+            };
             http::spawn_connection(
                 &conns,
                 shutdown.clone(),
                 stream,
                 timeout,
                 Some(registration),
-                service,
+                move |req| handler(req, daemon.clone(), peer),
             );
         }
         tracing::debug!(listener = name, "listener closed");
@@ -181,7 +180,7 @@ struct Version {
 }
 
 async fn handle(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     daemon: &Daemon,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
@@ -232,7 +231,7 @@ async fn handle(
 
 /// Whether a request may pass with no key although keys are in force: what clients probe
 /// (`GET /`, `/api/version`), load balancers' checks (`/health`), and `/metrics` when `metrics.require_key` is off.
-fn open_route(req: &Request<Incoming>, daemon: &Daemon) -> bool {
+fn open_route(req: &Request<RequestBody>, daemon: &Daemon) -> bool {
     match req.uri().path() {
         "/" => matches!(*req.method(), Method::GET | Method::HEAD),
         "/api/version" | "/health" => true,
@@ -244,7 +243,7 @@ fn open_route(req: &Request<Incoming>, daemon: &Daemon) -> bool {
 /// The key a request presents, when keys are in force (`None`: none are, or the route is
 /// open); the span gets its id and name.
 fn authenticate(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     daemon: &Daemon,
 ) -> Result<Option<Arc<crate::keys::Key>>, crate::keys::Denied> {
     let keys = daemon.keys();
@@ -291,7 +290,7 @@ fn admit(
     daemon: &Daemon,
     key: Option<&crate::keys::Key>,
     client: IpAddr,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<(), crate::limits::Limited> {
     let Some(observed) = observe::current() else {
         return Ok(());
@@ -348,7 +347,7 @@ fn model_allowed(
 }
 
 /// Host and Origin checks (CORS), the API key and the limits, then the route.
-async fn guarded(req: Request<Incoming>, daemon: &Daemon, client: IpAddr) -> Response<Body> {
+async fn guarded(req: Request<RequestBody>, daemon: &Daemon, client: IpAddr) -> Response<Body> {
     let config = daemon.config();
     let origin = req
         .headers()
@@ -394,7 +393,7 @@ async fn guarded(req: Request<Incoming>, daemon: &Daemon, client: IpAddr) -> Res
     resp
 }
 
-fn preflight(origin: &str, req: &Request<Incoming>) -> Response<Body> {
+fn preflight(origin: &str, req: &Request<RequestBody>) -> Response<Body> {
     let mut resp = Response::new(http::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
@@ -432,7 +431,7 @@ fn metrics_here(daemon: &Daemon) -> bool {
 }
 
 async fn route(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     daemon: &Daemon,
     limit: u64,
     key: Option<Arc<crate::keys::Key>>,

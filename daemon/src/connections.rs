@@ -188,9 +188,9 @@ impl Connections {
     }
 }
 
-impl Conn {
+impl crate::h1::Activity for Conn {
     /// A request's headers were read: the connection is busy until its response ends.
-    pub fn begin(&self) {
+    fn busy(&self) {
         let _ = self
             .state
             .compare_exchange(HEADERLESS, BUSY, Ordering::AcqRel, Ordering::Acquire)
@@ -203,13 +203,15 @@ impl Conn {
         }
     }
 
-    /// The response went out to its last byte (or was dropped).
-    pub fn end(&self) {
+    /// The response went out to its last byte (or was abandoned).
+    fn idle(&self) {
         let _ = self
             .state
             .compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
+}
 
+impl Conn {
     fn try_shed(&self, from: u8) -> bool {
         let shed = self
             .state
@@ -295,6 +297,7 @@ pub fn out_of_fds(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::Activity;
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])
@@ -319,7 +322,7 @@ mod tests {
         let (other, shed) = r.admit(ip(3), 3);
         assert!(!shed);
         // A connection that sent its request no longer counts.
-        held[1].conn().begin();
+        held[1].conn().busy();
         assert_eq!(
             r.counts().headerless,
             4,
@@ -346,10 +349,10 @@ mod tests {
     fn shedding_takes_the_oldest_connection_that_serves_no_request() {
         let r = Arc::new(Connections::default());
         let busy = admit(&r, 2, 0);
-        busy.conn().begin();
+        busy.conn().busy();
         let idle = admit(&r, 2, 0);
-        idle.conn().begin();
-        idle.conn().end();
+        idle.conn().busy();
+        idle.conn().idle();
         let headerless = admit(&r, 2, 0);
         // The busy one is older but serving, the header-less one is too young: the idle one
         // goes first.
@@ -364,15 +367,15 @@ mod tests {
         );
         std::thread::sleep(MIN_HEADERLESS_AGE);
         let young_idle = admit(&r, 2, 0);
-        young_idle.conn().begin();
-        young_idle.conn().end();
+        young_idle.conn().busy();
+        young_idle.conn().idle();
         // An old header-less connection goes before an idle one.
         assert!(r.shed_oldest().is_some());
         assert!(!young_idle.shed().is_cancelled());
         drop(young_idle);
         // A shed connection's late request does not revive it.
         assert!(headerless.shed().is_cancelled());
-        headerless.conn().begin();
+        headerless.conn().busy();
         drop(headerless);
         assert!(r.shed_oldest().is_none(), "only the busy one is left");
         assert_eq!(r.counts().shed_fd_limit, 2);

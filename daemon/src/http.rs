@@ -1,134 +1,56 @@
 //! HTTP plumbing shared by the public and the admin API: serving one connection with
 //! graceful shutdown, reading a request body under a limit, JSON and error responses.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connections::{Conn, Registration};
+use crate::connections::Registration;
+use crate::h1::{self, RequestBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use http::request::Parts;
 /// The response body type of every route: whole bodies now, streams later.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// How long a just-accepted connection is given, at shutdown, for its first request to
-/// arrive.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
-
-/// Serves HTTP/1.1 (keep-alive, pipelining) on one connection until the client leaves or
-/// `shutdown` fires; then the request in flight finishes and the connection closes. A
-/// registered connection also closes at once when the registry sheds it (it serves no
-/// request then).
-pub fn spawn_connection<I, S>(
+/// Serves HTTP/1.1 (keep-alive, pipelining) on one connection ([`crate::h1`]) until the
+/// client leaves or `shutdown` fires; then the request in flight finishes and the connection
+/// closes. A registered connection also closes at once when the registry sheds it (it
+/// serves no request then), and tells the registry when it is busy. `stream` is a
+/// non-blocking std TCP or Unix stream.
+pub fn spawn_connection<S, H, F>(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-    io: I,
+    stream: S,
     header_read_timeout: Duration,
     registration: Option<Registration>,
-    service: S,
+    handler: H,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: std::os::fd::AsRawFd + Send + Sync + 'static,
+    H: FnMut(Request<RequestBody>) -> F + Send + 'static,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     tracker.spawn(async move {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        // No `pipeline_flush`: it holds hyper's own answers to broken requests (431 for too
-        // many or too large headers, 400, 414) unflushed until the connection closes, so the
-        // client got nothing at all.
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        let born = tokio::time::Instant::now();
-        let shed = registration.as_ref().map(Registration::shed);
-        let shed = async {
-            match shed {
-                Some(token) => token.cancelled().await,
-                None => std::future::pending().await,
-            }
+        let options = h1::Options {
+            header_read_timeout,
+            shutdown,
+            shed: registration.as_ref().map(Registration::shed),
+            activity: registration
+                .as_ref()
+                .map(|r| r.conn().clone() as Arc<dyn h1::Activity>),
         };
-        // In a block of its own: the socket is closed when `conn` is dropped at its end,
-        // before `registration` tells the registry the descriptor is free.
-        let result = {
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => result,
-                _ = shed => Ok(()),
-                _ = shutdown.cancelled() => {
-                    // A connection accepted a moment ago has its first request on the way (a
-                    // client writes right after connecting): closed now, before hyper has read
-                    // it, that client would get an empty reply during a restart. It gets the
-                    // moment, and its request is served before the connection closes.
-                    let young = tokio::time::sleep_until(born + FIRST_REQUEST_GRACE);
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        _ = young => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    }
-                }
-            }
-        };
-        if let Err(e) = result {
-            // Clients that vanish or send garbage are normal on a public port.
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
+        // The socket is closed when `serve` returns, before `registration` tells the
+        // registry the descriptor is free.
+        h1::serve(stream, options, handler).await;
         drop(registration);
     });
-}
-
-/// A response body that marks its connection idle again once it is sent (or dropped).
-pub struct Tracked {
-    body: Body,
-    conn: Arc<Conn>,
-}
-
-impl Tracked {
-    pub fn wrap(resp: Response<Body>, conn: Arc<Conn>) -> Response<Body> {
-        resp.map(|body| Tracked { body, conn }.boxed())
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.conn.end();
-    }
-}
-
-impl hyper::body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// Why a request body could not be read.
@@ -147,7 +69,7 @@ pub enum BodyError {
 /// nothing arrives for `idle`: a client that trickles its body, or stops sending it, does not
 /// hold its connection forever. A slow link that keeps sending is not cut.
 pub async fn read_body(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     limit: u64,
     idle: Duration,
 ) -> Result<(http::request::Parts, Bytes), BodyError> {

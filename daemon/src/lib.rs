@@ -36,6 +36,7 @@ pub mod forwarded;
 #[cfg(test)]
 mod fuzz;
 pub mod gpu;
+pub mod h1;
 pub mod health;
 pub mod host_memory;
 pub mod http;

@@ -156,3 +156,90 @@ fn garbage_does_not_hurt() {
     );
     assert_eq!(d.get("/").status, 200);
 }
+
+/// Reads from `s` until `want` has arrived (or the read times out).
+fn read_until(s: &mut TcpStream, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_client_that_expects_100_continue_is_told_when_its_body_is_wanted() {
+    let d = daemon();
+    let mut s = TcpStream::connect(d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = r#"{"model":"nothing-here"}"#;
+    write!(
+        s,
+        "POST /api/show HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let interim = read_until(&mut s, "\r\n\r\n");
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let answer = read_until(&mut s, "}");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.contains("nothing-here"),
+        "the body was read: {answer}"
+    );
+    // The connection carries the next request.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert!(read_until(&mut s, "running").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn a_chunked_body_arriving_in_pieces_is_read_whole() {
+    let d = daemon();
+    let mut s = TcpStream::connect(d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let pieces = [
+        "POST /api/show HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "6\r\n{\"mode",
+        "\r\n",
+        "12\r\nl\":\"nothing-h",
+        "ere\"}\r\n",
+        "0\r\n\r\n",
+    ];
+    for piece in pieces {
+        s.write_all(piece.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = read_until(&mut s, "}");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("nothing-here"), "{answer}");
+    // What followed the body is the next request.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert!(read_until(&mut s, "running").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn http_1_0_clients_get_bodies_they_can_read() {
+    let d = daemon();
+    // No keep-alive asked: the answer says the connection closes, and it does.
+    let raw = exchange(d.api, b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.contains("connection: close\r\n"), "{raw}");
+    assert!(raw.ends_with("Ollama is running"), "{raw}");
+    // Keep-alive asked: kept, and said so.
+    let mut s = TcpStream::connect(d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let answer = read_until(&mut s, "running");
+        assert!(answer.contains("connection: keep-alive\r\n"), "{answer}");
+        assert!(!answer.contains("chunked"), "{answer}");
+    }
+}

@@ -91,7 +91,11 @@ impl Conn {
 
     /// Reads what the engine sent into the buffer: how many bytes (0: it closed).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(self.read_size);
+        // The room left is used while there is some: the memory before it may still be
+        // shared with a frame on its way to a client.
+        if self.buf.capacity() - self.buf.len() < crate::h1::MIN_ROOM {
+            self.buf.reserve(self.read_size);
+        }
         let room = self.buf.capacity() - self.buf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
@@ -359,12 +363,12 @@ impl hyper::body::Body for EngineBody {
                             this.conn = None;
                             return Poll::Ready(None);
                         }
-                        Err(e) => PoolError::Wire(e),
+                        Err(e) => PoolError::Wire(e.into()),
                     },
                     Ok(_) => continue,
                     Err(e) => PoolError::Io(e),
                 },
-                Err(e) => PoolError::Wire(e),
+                Err(e) => PoolError::Wire(e.into()),
             };
             this.conn = None;
             return Poll::Ready(Some(Err(failed)));

@@ -41,20 +41,6 @@ impl UnixStream {
     }
 }
 
-/// `send(2)` without SIGPIPE: an engine that closed its end fails the write with EPIPE.
-fn send(socket: &StdUnixStream, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: send reads at most `data.len()` bytes from `data`.
-    let n = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
 /// Registers a non-blocking socket (or a duplicate of one) with the runtime's reactor.
 fn register<T: AsRawFd>(fd: T, interest: Interest) -> io::Result<AsyncFd<T>> {
     // SAFETY: `T` owns its descriptor (a std socket or an OwnedFd), which stays open and the
@@ -112,7 +98,7 @@ impl AsyncWrite for UnixStream {
         let this = self.get_mut();
         loop {
             let Some(waiting) = &this.waiting_write else {
-                match send(this.socket.get_ref(), data) {
+                match crate::h1::send(this.socket.get_ref(), data) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         let dup = this.socket.get_ref().as_fd().try_clone_to_owned()?;
                         this.waiting_write = Some(register(dup, Interest::WRITABLE)?);
@@ -121,8 +107,8 @@ impl AsyncWrite for UnixStream {
                     done => return Poll::Ready(done),
                 }
             };
-            let sent =
-                ready!(waiting.poll_write_ready(cx))?.try_io(|_| send(this.socket.get_ref(), data));
+            let sent = ready!(waiting.poll_write_ready(cx))?
+                .try_io(|_| crate::h1::send(this.socket.get_ref(), data));
             if let Ok(done) = sent {
                 this.waiting_write = None;
                 return Poll::Ready(done);
@@ -152,28 +138,30 @@ mod tests {
     /// /proc/self/fdinfo: `tfd: FD events: MASK ...`).
     fn watched(fd: i32) -> Vec<u32> {
         use std::os::unix::fs::MetadataExt;
-        let mut masks = Vec::new();
-        // mio holds its epoll instance under two descriptors: each instance once.
-        let mut instances = Vec::new();
+        // Registrations of this socket only (another test's epoll instance may watch a
+        // descriptor that had this number before), each once: mio holds its epoll instance
+        // under two descriptors, which list the same lines.
+        let inode = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino();
+        let inode = format!("ino:{inode:x}");
+        let mut lines = std::collections::BTreeSet::new();
         for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
             let target = std::fs::read_link(entry.path()).unwrap_or_default();
             if target.to_string_lossy() != "anon_inode:[eventpoll]" {
                 continue;
             }
-            let instance = std::fs::metadata(entry.path()).map(|m| m.ino()).ok();
-            if instances.contains(&instance) {
-                continue;
-            }
-            instances.push(instance);
             let info =
                 std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(entry.file_name()))
                     .unwrap_or_default();
-            for line in info.lines() {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                if let ["tfd:", tfd, "events:", mask, ..] = words[..] {
-                    if tfd.parse() == Ok(fd) {
-                        masks.push(u32::from_str_radix(mask, 16).unwrap());
-                    }
+            lines.extend(info.lines().map(str::to_string));
+        }
+        let mut masks = Vec::new();
+        for line in &lines {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let ["tfd:", tfd, "events:", mask, ..] = words[..] {
+                if tfd.parse() == Ok(fd) && words.contains(&inode.as_str()) {
+                    masks.push(u32::from_str_radix(mask, 16).unwrap());
                 }
             }
         }

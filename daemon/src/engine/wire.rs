@@ -7,16 +7,18 @@
 //! client for answers to requests vllamad wrote itself, not a general one — no request
 //! bodies of unknown length, no `Expect`, no upgrades.
 
-use bytes::{Buf, Bytes, BytesMut};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use std::mem::MaybeUninit;
+
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, StatusCode, Version};
+
+pub(crate) use crate::h1::body::{Decoder, Framing, FramingError, Step};
+use crate::h1::head;
 
 /// The longest response head accepted.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head.
 const MAX_HEADERS: usize = 100;
-/// The longest chunk-size or trailer line, and all trailer lines together.
-const MAX_LINE: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -28,12 +30,8 @@ pub enum WireError {
     Header(String),
     #[error("the engine's response has an invalid Content-Length")]
     Length,
-    #[error("the engine's chunked body is malformed: {0}")]
-    Chunk(&'static str),
-    #[error("the engine closed the connection {0} bytes before the body's end")]
-    Short(u64),
-    #[error("the engine closed the connection in the middle of a chunked body")]
-    ChunkedCut,
+    #[error("the engine's answer: {0}")]
+    Body(#[from] FramingError),
 }
 
 /// Writes a request's head, with `Content-Length` for a body of `body_len` bytes (none for
@@ -70,16 +68,6 @@ pub(crate) fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// How a response's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the engine closes the connection (which then cannot carry another request).
-    Close,
-}
-
 /// A response head, and how its body is framed.
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -96,9 +84,13 @@ pub(crate) struct Head {
 pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Head)>, WireError> {
     let mut at = 0;
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let len = match response.parse(buf.get(at..).unwrap_or_default())? {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf.get(at..).unwrap_or_default(),
+            &mut fields,
+        )? {
             httparse::Status::Partial if buf.len() > MAX_HEAD => {
                 return Err(WireError::HeadTooLarge)
             }
@@ -125,7 +117,7 @@ pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, H
             headers.append(name, value);
         }
         let framing = framing(method, status, &headers)?;
-        let keep_alive = framing != Framing::Close && persistent(version, &headers);
+        let keep_alive = framing != Framing::Close && head::persistent(version, &headers);
         let head = Head {
             status,
             version,
@@ -145,224 +137,21 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        // Chunked only when it is the last coding; anything else runs to the close.
-        let last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
+    // Chunked only when it is the last coding; any other runs to the close.
+    if let Some(chunked) = head::transfer_chunked(headers) {
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
         });
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| WireError::Length)?;
-        for item in text.split(',') {
-            let item = item.trim();
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(WireError::Length);
-            }
-            let n: u64 = item.parse().map_err(|_| WireError::Length)?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err(WireError::Length);
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
-    })
-}
-
-/// Whether the connection stays open after the response (RFC 9112 §9.3).
-fn persistent(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(CONNECTION) {
-        for option in value.to_str().unwrap_or("").split(',').map(str::trim) {
-            close |= option.eq_ignore_ascii_case("close");
-            keep |= option.eq_ignore_ascii_case("keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep)
-}
-
-/// What the decoder took from the buffer.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// Body bytes (sharing the buffer's memory).
-    Data(Bytes),
-    /// Nothing until more bytes arrive.
-    More,
-    /// The body has ended; what follows in the buffer is not the body's.
-    End,
-}
-
-/// Takes a response body out of the read buffer as its bytes arrive.
-#[derive(Debug)]
-pub(crate) struct Decoder(State);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Length(u64),
-    Close,
-    /// Chunked: expecting a chunk-size line.
-    Size,
-    /// Chunked: this many bytes of the chunk to come.
-    Data(u64),
-    /// Chunked: the CRLF after a chunk's data.
-    DataEnd,
-    /// Chunked: the trailer section, and how many of its bytes were read.
-    Trailer(usize),
-    Done,
-}
-
-impl Decoder {
-    pub(crate) fn new(framing: Framing) -> Decoder {
-        Decoder(match framing {
-            Framing::Empty | Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Size,
-            Framing::Close => State::Close,
-        })
-    }
-
-    pub(crate) fn is_done(&self) -> bool {
-        self.0 == State::Done
-    }
-
-    /// The body's bytes still to come, when they are known.
-    pub(crate) fn remaining(&self) -> Option<u64> {
-        match self.0 {
-            State::Done => Some(0),
-            State::Length(n) => Some(n),
-            _ => None,
-        }
-    }
-
-    /// Takes the next piece of the body from the front of `buf`.
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, WireError> {
-        loop {
-            match self.0 {
-                State::Done => return Ok(Step::End),
-                State::Length(left) | State::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let rest = left - take as u64;
-                    self.0 = match (self.0, rest) {
-                        (State::Length(_), 0) => State::Done,
-                        (State::Length(_), _) => State::Length(rest),
-                        (_, 0) => State::DataEnd,
-                        _ => State::Data(rest),
-                    };
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
-                }
-                State::Close => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    return Ok(Step::Data(buf.split().freeze()));
-                }
-                State::Size => {
-                    let Some(line) = line(buf)? else {
-                        return Ok(Step::More);
-                    };
-                    let size = chunk_size(&line)?;
-                    self.0 = if size == 0 {
-                        State::Trailer(0)
-                    } else {
-                        State::Data(size)
-                    };
-                }
-                State::DataEnd => match buf.first() {
-                    None => return Ok(Step::More),
-                    Some(b'\n') => {
-                        buf.advance(1);
-                        self.0 = State::Size;
-                    }
-                    Some(b'\r') => match buf.get(1) {
-                        None => return Ok(Step::More),
-                        Some(b'\n') => {
-                            buf.advance(2);
-                            self.0 = State::Size;
-                        }
-                        Some(_) => return Err(WireError::Chunk("no CRLF after a chunk")),
-                    },
-                    Some(_) => return Err(WireError::Chunk("no CRLF after a chunk")),
-                },
-                State::Trailer(read) => {
-                    let Some(line) = line(buf)? else {
-                        return Ok(Step::More);
-                    };
-                    if line.is_empty() {
-                        self.0 = State::Done;
-                        return Ok(Step::End);
-                    }
-                    let read = read + line.len();
-                    if read > MAX_LINE {
-                        return Err(WireError::Chunk("trailers too long"));
-                    }
-                    self.0 = State::Trailer(read);
-                }
-            }
-        }
-    }
-
-    /// The engine closed the connection: the end of a body that runs until then, an error
-    /// for one that had more to come.
-    pub(crate) fn eof(&mut self) -> Result<(), WireError> {
-        match self.0 {
-            State::Close | State::Done => {
-                self.0 = State::Done;
-                Ok(())
-            }
-            State::Length(n) => Err(WireError::Short(n)),
-            _ => Err(WireError::ChunkedCut),
-        }
-    }
-}
-
-/// Takes one line (up to LF, without its CR LF) from the front of `buf`, if it is all there.
-fn line(buf: &mut BytesMut) -> Result<Option<BytesMut>, WireError> {
-    let Some(end) = memchr::memchr(b'\n', buf) else {
-        if buf.len() > MAX_LINE {
-            return Err(WireError::Chunk("line too long"));
-        }
-        return Ok(None);
-    };
-    if end > MAX_LINE {
-        return Err(WireError::Chunk("line too long"));
-    }
-    let mut line = buf.split_to(end + 1);
-    line.truncate(end);
-    if line.last() == Some(&b'\r') {
-        line.truncate(end - 1);
-    }
-    Ok(Some(line))
-}
-
-/// A chunk-size line's size: hex digits, then optionally whitespace and extensions.
-fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return Err(WireError::Chunk("bad chunk size"));
-    }
-    match line.get(digits) {
-        None | Some(b';' | b' ' | b'\t') => {}
-        Some(_) => return Err(WireError::Chunk("bad chunk size")),
-    }
-    let text = std::str::from_utf8(line.get(..digits).unwrap_or_default())
-        .map_err(|_| WireError::Chunk("bad chunk size"))?;
-    u64::from_str_radix(text, 16).map_err(|_| WireError::Chunk("bad chunk size"))
+    Ok(
+        match head::content_length(headers).map_err(|_| WireError::Length)? {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -375,30 +164,6 @@ mod tests {
 
     fn framing_of(text: &str) -> Framing {
         head(text).unwrap().unwrap().1.framing
-    }
-
-    /// Every piece `decode` gives for `wire` fed in pieces of `size` bytes, and whether the
-    /// body ended (with `eof` after the last byte when it had not).
-    fn decode_in_pieces(
-        framing: Framing,
-        wire: &[u8],
-        size: usize,
-    ) -> (Vec<u8>, Result<(), String>) {
-        let mut decoder = Decoder::new(framing);
-        let mut buf = BytesMut::new();
-        let mut body = Vec::new();
-        for piece in wire.chunks(size.max(1)) {
-            buf.extend_from_slice(piece);
-            loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Step::Data(d)) => body.extend_from_slice(&d),
-                    Ok(Step::More) => break,
-                    Ok(Step::End) => return (body, Ok(())),
-                    Err(e) => return (body, Err(e.to_string())),
-                }
-            }
-        }
-        (body, decoder.eof().map_err(|e| e.to_string()))
     }
 
     #[test]
@@ -532,95 +297,5 @@ mod tests {
         assert!(alive(
             "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
         ));
-    }
-
-    /// `body` in chunked encoding, the chunks cut at `cut` bytes, with an extension and a
-    /// trailer now and then.
-    fn chunked(body: &[u8], cut: usize, extras: bool) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, piece) in body.chunks(cut.max(1)).enumerate() {
-            out.extend_from_slice(format!("{:X}", piece.len()).as_bytes());
-            if extras && i % 2 == 1 {
-                out.extend_from_slice(b" ;name=\"v\"");
-            }
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(piece);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"0\r\n");
-        if extras {
-            out.extend_from_slice(b"x-trailer: 1\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out
-    }
-
-    #[test]
-    fn chunked_bodies_decode_the_same_however_they_arrive() {
-        let body: Vec<u8> = (0..700u32).map(|i| (i * 7 % 251) as u8).collect();
-        for cut in [1, 2, 15, 16, 100, 700, 1000] {
-            for extras in [false, true] {
-                let mut wire = chunked(&body, cut, extras);
-                // What follows the body is not taken.
-                wire.extend_from_slice(b"HTTP/1.1 200 OK");
-                for size in [1, 2, 3, 7, 64, wire.len()] {
-                    let (got, ended) = decode_in_pieces(Framing::Chunked, &wire, size);
-                    assert_eq!(got, body, "chunks of {cut}, pieces of {size}");
-                    assert_eq!(ended, Ok(()), "chunks of {cut}, pieces of {size}");
-                }
-                let mut decoder = Decoder::new(Framing::Chunked);
-                let mut buf = BytesMut::from(&wire[..]);
-                while decoder.decode(&mut buf).unwrap() != Step::End {}
-                assert_eq!(&buf[..], b"HTTP/1.1 200 OK");
-            }
-        }
-        // LF alone ends lines too, as most servers accept.
-        let (got, ended) = decode_in_pieces(Framing::Chunked, b"3\nabc\n0\n\n", 1);
-        assert_eq!((got, ended), (b"abc".to_vec(), Ok(())));
-    }
-
-    #[test]
-    fn malformed_or_cut_chunked_bodies_fail() {
-        for bad in [
-            &b"g\r\n"[..],
-            b"\r\n",
-            b"-1\r\n",
-            b"3x\r\nabc\r\n",
-            b"3\r\nabcd\r\n",
-            b"3\r\nabc\rx",
-            b"1000000000000000\r\n",
-        ] {
-            let (_, ended) = decode_in_pieces(Framing::Chunked, bad, bad.len());
-            assert!(ended.is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-        let long = format!("{}\r\n", "0".repeat(MAX_LINE + 1));
-        assert!(decode_in_pieces(Framing::Chunked, long.as_bytes(), 64)
-            .1
-            .is_err());
-        let trailers = format!("0\r\n{}\r\n", "x: y\r\n".repeat(MAX_LINE));
-        assert!(decode_in_pieces(Framing::Chunked, trailers.as_bytes(), 64)
-            .1
-            .is_err());
-        let (got, ended) = decode_in_pieces(Framing::Chunked, b"5\r\nab", 1);
-        assert_eq!(got, b"ab");
-        assert!(ended.is_err());
-    }
-
-    #[test]
-    fn length_and_close_bodies_end_where_they_should() {
-        let (got, ended) = decode_in_pieces(Framing::Length(5), b"hello, and more", 2);
-        assert_eq!((got, ended), (b"hello".to_vec(), Ok(())));
-        let (got, ended) = decode_in_pieces(Framing::Length(10), b"hello", 2);
-        assert_eq!(got, b"hello");
-        assert_eq!(ended, Err(WireError::Short(5).to_string()));
-        let (got, ended) = decode_in_pieces(Framing::Close, b"until the end", 4);
-        assert_eq!((got, ended), (b"until the end".to_vec(), Ok(())));
-        let mut empty = Decoder::new(Framing::Empty);
-        assert!(empty.is_done());
-        assert_eq!(
-            empty.decode(&mut BytesMut::from(&b"next"[..])).unwrap(),
-            Step::End
-        );
-        assert_eq!(Decoder::new(Framing::Length(9)).remaining(), Some(9));
     }
 }
