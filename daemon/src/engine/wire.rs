@@ -9,11 +9,25 @@
 
 use std::mem::MaybeUninit;
 
-use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{
+    HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+    TRANSFER_ENCODING,
+};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
 pub(crate) use crate::h1::body::{Decoder, Framing, FramingError, Step};
 use crate::h1::head;
+
+/// The answer's headers that are kept: those that frame it, and those vllamad reads or
+/// passes on (the relay's `Content-Type` and `Cache-Control`). `Date`, `Server` and the rest
+/// are not read, and not built into the header map.
+const KEPT: [HeaderName; 5] = [
+    CONTENT_TYPE,
+    CACHE_CONTROL,
+    CONTENT_LENGTH,
+    TRANSFER_ENCODING,
+    CONNECTION,
+];
 
 /// The longest response head accepted.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -108,13 +122,17 @@ pub(crate) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, H
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut headers = HeaderMap::new();
         for field in response.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| WireError::Header(field.name.to_string()))?;
+            let Some(name) = KEPT
+                .iter()
+                .find(|kept| kept.as_str().eq_ignore_ascii_case(field.name))
+            else {
+                continue;
+            };
             let value = HeaderValue::from_bytes(field.value)
                 .map_err(|_| WireError::Header(field.name.to_string()))?;
-            headers.append(name, value);
+            headers.append(name.clone(), value);
         }
         let framing = framing(method, status, &headers)?;
         let keep_alive = framing != Framing::Close && head::persistent(version, &headers);
@@ -198,6 +216,7 @@ mod tests {
         assert_eq!(len, text.len() - 2);
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.headers["content-type"], "application/json");
+        assert!(h.headers.get("date").is_none(), "not read");
         assert_eq!(h.framing, Framing::Length(2));
         assert!(h.keep_alive);
         for cut in 0..len {
