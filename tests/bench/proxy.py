@@ -5,8 +5,10 @@
 at c = 1, 64, 256; ratios against (a) and (d); vllamad's RSS and CPU time per request.
 
 (e) LiteLLM's proxy (`litellm[proxy]`, one worker) in front of the same engine, when it is
-installed: `VLLAMA_LITELLM` names its `litellm` program (default: the venv tests/run makes,
-/var/cache/vllama/litellm-venv/bin/litellm).
+installed: `VLLAMA_LITELLM` names its `litellm` program (default
+/var/cache/vllama/litellm-venv/bin/litellm, made by `python3 -m venv
+/var/cache/vllama/litellm-venv && /var/cache/vllama/litellm-venv/bin/pip install
+'litellm[proxy]'`; tests/run does not install it: it is large and only this benchmark uses it).
 
 `latency` instead measures what each proxy adds alone: one-token answers, not streamed, from
 an engine that does not wait (c = 1 and 64), so the latencies are the proxies' and the

@@ -42,6 +42,8 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// up to [`MAX_READ`] (a large answer comes in fewer reads).
 const READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
+/// An idle connection's read buffer larger than this is let go.
+const KEPT_BUFFER: usize = 32 * 1024;
 /// A request body up to this size goes out in one write with its head; a larger one is
 /// written after it, not copied.
 const COPIED_BODY: usize = 64 * 1024;
@@ -288,9 +290,14 @@ pub struct EngineBody {
 
 impl EngineBody {
     fn give_back(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             // Bytes after the answer's end were never asked for: not a connection to reuse.
             if self.keep_alive && conn.buf.is_empty() {
+                // An idle connection does not hold a large answer's buffer.
+                if conn.buf.capacity() > KEPT_BUFFER {
+                    conn.buf = BytesMut::new();
+                }
+                conn.read_size = READ;
                 self.pool.put(conn);
             }
         }

@@ -32,6 +32,8 @@ use super::socket::{Socket, READ};
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 /// Gathered output is written once it reaches this size.
 const WRITE_AT: usize = 64 * 1024;
+/// Buffers larger than this are let go between requests.
+const KEPT_BUFFER: usize = 32 * 1024;
 /// A body frame this large is written where it lies, not copied into the output.
 const COPY_UNDER: usize = 16 * 1024;
 
@@ -313,11 +315,24 @@ impl<S: AsRawFd + Send + Sync + 'static> Conn<S> {
         drop(parts);
         self.send(body, sending).await?;
         self.served += 1;
+        self.shrink();
         Ok(if keep_alive {
             Next::Another
         } else {
             Next::Close
         })
+    }
+
+    /// Between requests a connection keeps buffers of an everyday request's size: one that
+    /// carried a large body or answer does not hold that memory while it idles.
+    fn shrink(&mut self) {
+        if self.out.capacity() > KEPT_BUFFER {
+            self.out = Vec::new();
+        }
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
+            self.buf = BytesMut::new();
+        }
+        self.read_size = READ;
     }
 
     /// Takes the read buffer back from a request body its handler has dropped; what of the
