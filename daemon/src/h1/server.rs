@@ -339,9 +339,10 @@ impl<S: AsRawFd + Send + Sync + 'static> Conn<S> {
     /// body is already buffered is skipped, and a body left unread ends the connection after
     /// this answer (its rest would be read as the next request).
     fn reclaim(&mut self) {
-        let Some(lent) = self.lent.take_if(|lent| Arc::strong_count(lent) == 1) else {
+        let Some(lent) = self.lent.take() else {
             return;
         };
+        // The body, while its handler holds it, holds the other reference.
         let lent = match Arc::try_unwrap(lent) {
             Ok(lent) => lent
                 .into_inner()
