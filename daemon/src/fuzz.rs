@@ -245,7 +245,8 @@ fn nothing_that_parses_outside_input_panics() {
             let _ = translate::logprobs(Some(v), v.get("top_logprobs"));
             let _ = translate::ollama_logprobs(v);
             if let Value::Array(items) = v {
-                let _ = translate::messages(items.clone());
+                let _ =
+                    translate::messages(crate::ollama::request::Messages::Values(items.clone()));
             }
             let _ = translate::generate_messages(
                 v["system"].as_str(),

@@ -5,6 +5,7 @@
 pub(crate) mod chunk;
 pub mod generation;
 mod reply;
+pub(crate) mod request;
 mod store;
 pub mod translate;
 
@@ -84,26 +85,33 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, Reject> {
 }
 
 fn model_of(req: &Map<String, Value>) -> Result<(String, ModelName), Reject> {
-    let raw = match req.get("model").or_else(|| req.get("name")) {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err(Reject(StatusCode::BAD_REQUEST, "model is required".into()))
-        }
-        Some(other) => {
-            return Err(Reject(
-                StatusCode::BAD_REQUEST,
-                format!("model must be a string, not {other}"),
-            ))
-        }
-    };
-    let name =
-        ModelName::parse(&raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    match req.get("model").or_else(|| req.get("name")) {
+        Some(Value::String(s)) => model_named(s),
+        None | Some(Value::Null) => model_named(""),
+        Some(other) => Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!("model must be a string, not {other}"),
+        )),
+    }
+}
+
+/// The model a request names (`raw`, trimmed), checked and parsed.
+fn model_named(raw: &str) -> Result<(String, ModelName), Reject> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(Reject(StatusCode::BAD_REQUEST, "model is required".into()));
+    }
+    let name = ModelName::parse(raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     crate::observe::requested(name.as_str());
-    Ok((raw, name))
+    Ok((raw.to_string(), name))
 }
 
 fn keep_alive_of(req: &Map<String, Value>) -> Result<Option<KeepAlive>, Reject> {
-    match req.get("keep_alive") {
+    keep_alive_value(req.get("keep_alive"))
+}
+
+fn keep_alive_value(keep_alive: Option<&Value>) -> Result<Option<KeepAlive>, Reject> {
+    match keep_alive {
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value::<KeepAlive>(v.clone())
             .map(Some)
@@ -117,7 +125,11 @@ fn keep_alive_of(req: &Map<String, Value>) -> Result<Option<KeepAlive>, Reject> 
 }
 
 fn bool_of(req: &Map<String, Value>, key: &str, default: bool) -> Result<bool, Reject> {
-    match req.get(key) {
+    bool_value(key, req.get(key), default)
+}
+
+fn bool_value(key: &str, value: Option<&Value>, default: bool) -> Result<bool, Reject> {
+    match value {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(Reject(
@@ -128,7 +140,11 @@ fn bool_of(req: &Map<String, Value>, key: &str, default: bool) -> Result<bool, R
 }
 
 fn str_of<'a>(req: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Reject> {
-    match req.get(key) {
+    str_value(key, req.get(key))
+}
+
+fn str_value<'a>(key: &str, value: Option<&'a Value>) -> Result<Option<&'a str>, Reject> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(Reject(
@@ -142,13 +158,17 @@ fn str_of<'a>(req: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>,
 /// an answer stops at the context's end (`done_reason: "length"`) whatever `shift` says, so
 /// `shift` is only checked.
 fn truncate_of(req: &Map<String, Value>) -> Result<bool, Reject> {
-    bool_of(req, "shift", true)?;
-    bool_of(req, "truncate", true)
+    truncate_value(req.get("shift"), req.get("truncate"))
+}
+
+fn truncate_value(shift: Option<&Value>, truncate: Option<&Value>) -> Result<bool, Reject> {
+    bool_value("shift", shift, true)?;
+    bool_value("truncate", truncate, true)
 }
 
 /// `options.num_ctx`, when a client asks for a context size.
-fn num_ctx_of(req: &Map<String, Value>) -> Option<u32> {
-    req.get("options")?
+fn num_ctx_of(options: Option<&Value>) -> Option<u32> {
+    options?
         .get("num_ctx")?
         .as_u64()
         .and_then(|n| u32::try_from(n).ok())
@@ -242,29 +262,16 @@ fn check(needs: Needs, info: &ModelInfo, raw: &str) -> Result<(), Reject> {
 }
 
 async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response<Body>, Reject> {
-    let mut req = object(body)?;
-    let (raw, name) = model_of(&req)?;
-    let keep_alive = keep_alive_of(&req)?;
-    let stream = bool_of(&req, "stream", true)?;
-    // moved out of the request, not copied: a chat's history can be most of its bytes
-    let messages = match req.remove("messages") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(m)) => m,
-        Some(_) => {
-            return Err(Reject(
-                StatusCode::BAD_REQUEST,
-                "messages must be a list".into(),
-            ))
-        }
-    };
+    let req = request::Chat::read(body)?;
+    let (raw, name, keep_alive) = (req.raw, req.name, req.keep_alive);
     let mut oai = Map::new();
-    translate::options(req.get("options"), &mut oai).map_err(bad)?;
-    translate::format(req.get("format"), &mut oai).map_err(bad)?;
+    translate::options(req.options.as_ref(), &mut oai).map_err(bad)?;
+    translate::format(req.format.as_ref(), &mut oai).map_err(bad)?;
     let top_logprobs =
-        translate::logprobs(req.get("logprobs"), req.get("top_logprobs")).map_err(bad)?;
+        translate::logprobs(req.logprobs.as_ref(), req.top_logprobs.as_ref()).map_err(bad)?;
     translate::ask_logprobs(top_logprobs, true, &mut oai);
-    let truncate = truncate_of(&req)?;
-    let tools = match req.remove("tools") {
+    let truncate = truncate_value(req.shift.as_ref(), req.truncate.as_ref())?;
+    let tools = match req.tools {
         None | Some(Value::Null) => None,
         Some(Value::Array(tools)) if tools.is_empty() => None,
         Some(Value::Array(tools)) => Some(tools),
@@ -275,7 +282,7 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
             ))
         }
     };
-    let thinking = translate::Thinking::parse(req.get("think")).map_err(bad)?;
+    let thinking = translate::Thinking::parse(req.think.as_ref()).map_err(bad)?;
     let needs_tools = tools.is_some();
     if let Some(tools) = tools {
         oai.insert("tools".into(), Value::Array(tools));
@@ -285,13 +292,15 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
         tools: needs_tools,
         ..Needs::default()
     };
-    if let Some(template) = str_of(&req, "template")?.filter(|t| !t.is_empty()) {
+    if let Some(template) = str_value("template", req.template.as_ref())?.filter(|t| !t.is_empty())
+    {
         oai.insert("chat_template".into(), json!(template));
     }
-    if messages.is_empty() {
+    if req.messages.is_empty() {
         return load_or_unload(daemon, Kind::Chat, &raw, &name, keep_alive, started).await;
     }
-    let (msgs, images) = translate::messages(messages).map_err(bad)?;
+    // moved into the engine's body, not copied: a chat's history can be most of its bytes
+    let (msgs, images) = translate::messages(req.messages).map_err(bad)?;
     oai.insert("messages".into(), Value::Array(msgs));
     needs.images = images;
     let info = model_info(daemon, &name).await?;
@@ -299,13 +308,13 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
     translate::think(thinking, info.profile.think, &mut oai);
     let lease = daemon
         .scheduler
-        .acquire_with_context(&name, keep_alive, num_ctx_of(&req))
+        .acquire_with_context(&name, keep_alive, num_ctx_of(req.options.as_ref()))
         .await
         .map_err(sched)?;
     let job = Job {
         kind: Kind::Chat,
         model: raw,
-        stream,
+        stream: req.stream,
         body: oai,
         want_context: false,
         truncate,
@@ -382,7 +391,7 @@ async fn generate(
     translate::think(thinking, info.profile.think, &mut oai);
     let lease = daemon
         .scheduler
-        .acquire_with_context(&name, keep_alive, num_ctx_of(&req))
+        .acquire_with_context(&name, keep_alive, num_ctx_of(req.get("options")))
         .await
         .map_err(sched)?;
     let job = Job {

@@ -4,6 +4,8 @@
 use crate::engine::profile::Think;
 use serde_json::{json, Map, Value};
 
+use super::request::{Message, Messages};
+
 /// A request that cannot be translated: the message for Ollama's `{"error": ...}` (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -309,31 +311,36 @@ fn content(text: String, images: Option<&Value>) -> Result<(Value, usize), Inval
 }
 
 /// Ollama chat messages → OpenAI messages; also returns how many images they carry. The
-/// roles and texts are moved into the new messages, not copied.
-pub fn messages(messages: Vec<Value>) -> Result<(Vec<Value>, usize), Invalid> {
+/// roles and texts are moved into the new messages when they own their bytes, else copied
+/// once from the request's body.
+pub fn messages(messages: Messages<'_>) -> Result<(Vec<Value>, usize), Invalid> {
+    match messages {
+        Messages::Read(m) => read_messages(m.into_iter().map(Ok)),
+        Messages::Values(m) => read_messages(
+            m.into_iter()
+                .enumerate()
+                .map(|(i, m)| Message::from_value(i, m)),
+        ),
+    }
+}
+
+fn read_messages<'a>(
+    messages: impl ExactSizeIterator<Item = Result<Message<'a>, Invalid>>,
+) -> Result<(Vec<Value>, usize), Invalid> {
     let mut out = Vec::with_capacity(messages.len());
     let mut images = 0;
     let mut call_ids: Vec<(String, String)> = Vec::new(); // (function name, call id)
-    for (i, m) in messages.into_iter().enumerate() {
-        let Value::Object(mut m) = m else {
-            return Err(invalid(format!("messages[{i}] must be an object")));
-        };
-        let role = match m.remove("role") {
-            Some(Value::String(role)) => role,
-            _ => return Err(invalid(format!("messages[{i}].role is required"))),
-        };
-        let text = match m.remove("content") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s,
-            Some(_) => return Err(invalid(format!("messages[{i}].content must be a string"))),
-        };
-        let (content, n) = content(text, m.get("images"))?;
+    for m in messages {
+        let m = m?;
+        let text = m.content.map(|t| t.0.into_owned()).unwrap_or_default();
+        let (content, n) = content(text, m.images.as_ref())?;
         images += n;
+        let role = m.role.0.into_owned();
         let is_tool = role == "tool";
         let mut msg = Map::new();
         msg.insert("role".into(), Value::String(role));
         msg.insert("content".into(), content);
-        if let Some(Value::Array(calls)) = m.get("tool_calls") {
+        if let Some(Value::Array(calls)) = &m.tool_calls {
             let mut openai_calls = Vec::new();
             for call in calls {
                 let name = call
@@ -353,7 +360,7 @@ pub fn messages(messages: Vec<Value>) -> Result<(Vec<Value>, usize), Invalid> {
             msg.insert("tool_calls".into(), Value::Array(openai_calls));
         }
         if is_tool {
-            let name = m.get("tool_name").and_then(Value::as_str).unwrap_or("");
+            let name = m.tool_name.as_ref().and_then(Value::as_str).unwrap_or("");
             let id = call_ids
                 .iter()
                 .rev()
@@ -486,11 +493,11 @@ mod tests {
 
     #[test]
     fn tool_calls_go_back_as_openai_strings_with_ids() {
-        let (msgs, images) = messages(vec![
+        let (msgs, images) = messages(Messages::Values(vec![
             json!({"role": "user", "content": "weather?"}),
             json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}),
             json!({"role": "tool", "content": "22C", "tool_name": "get_weather"}),
-        ])
+        ]))
         .unwrap();
         assert_eq!(images, 0);
         let call = &msgs[1]["tool_calls"][0];
@@ -502,9 +509,9 @@ mod tests {
     #[test]
     fn images_become_content_parts() {
         let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
-        let (msgs, n) = messages(vec![
+        let (msgs, n) = messages(Messages::Values(vec![
             json!({"role": "user", "content": "what is it?", "images": [png]}),
-        ])
+        ]))
         .unwrap();
         assert_eq!(n, 1);
         let parts = msgs[0]["content"].as_array().unwrap();
@@ -513,12 +520,18 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("data:image/png;base64,iVBOR"));
-        assert!(messages(vec![
+        assert!(messages(Messages::Values(vec![
             json!({"role": "user", "content": "x", "images": ["not base64 at all!"]})
-        ])
+        ]))
         .is_err());
-        assert!(messages(vec![json!({"role": "user", "content": "x", "images": [3]})]).is_err());
-        assert!(messages(vec![json!({"content": "no role"})]).is_err());
-        assert!(messages(vec![json!({"role": "user", "content": {"x": 1}})]).is_err());
+        assert!(messages(Messages::Values(vec![
+            json!({"role": "user", "content": "x", "images": [3]})
+        ]))
+        .is_err());
+        assert!(messages(Messages::Values(vec![json!({"content": "no role"})])).is_err());
+        assert!(messages(Messages::Values(vec![
+            json!({"role": "user", "content": {"x": 1}})
+        ]))
+        .is_err());
     }
 }

@@ -1,0 +1,424 @@
+//! An Ollama chat request as the handler reads it. Most bodies are read in one pass into
+//! typed members: the model's name and the messages' roles and texts borrowed from the body,
+//! no map built for the request or for each message (a `serde_json::Value` tree spent ~5 900
+//! instructions on a one-message chat: a B-tree and a `String` for every key and text).
+//!
+//! Whatever the typed read refuses — a member of the wrong type, a member named twice, an
+//! array where an object belongs, no `model`, a `\u` escape, broken JSON — is read again as a JSON tree and
+//! checked member by member, so that the answer, and the error that names the field, are
+//! what the tree alone gives (the test `typed_and_tree_reads_agree` checks it on generated
+//! bodies).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::chunk::Text;
+use super::translate::Invalid;
+use crate::http::Reject;
+use crate::models::ModelName;
+use crate::units::KeepAlive;
+use hyper::StatusCode;
+
+/// A chat request's members, checked as far as the chat's first checks go (model,
+/// `keep_alive`, `stream`, `messages` being a list); the rest are checked where they are
+/// translated, in the order the handler has always checked them.
+#[derive(Debug)]
+pub struct Chat<'a> {
+    /// The name as the client wrote it (trimmed), and as parsed.
+    pub raw: String,
+    pub name: ModelName,
+    pub keep_alive: Option<KeepAlive>,
+    pub stream: bool,
+    pub messages: Messages<'a>,
+    pub options: Option<Value>,
+    pub format: Option<Value>,
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
+    pub shift: Option<Value>,
+    pub truncate: Option<Value>,
+    pub tools: Option<Value>,
+    pub think: Option<Value>,
+    pub template: Option<Value>,
+}
+
+/// The messages: read typed, or left as JSON values (the tree's read), each checked when it
+/// is translated.
+#[derive(Debug)]
+pub enum Messages<'a> {
+    Read(Vec<Message<'a>>),
+    Values(Vec<Value>),
+}
+
+impl Messages<'_> {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Messages::Read(m) => m.is_empty(),
+            Messages::Values(m) => m.is_empty(),
+        }
+    }
+}
+
+/// One chat message, as translation reads it.
+#[derive(Debug, Deserialize)]
+pub struct Message<'a> {
+    #[serde(borrow)]
+    pub role: Text<'a>,
+    #[serde(borrow, default)]
+    pub content: Option<Text<'a>>,
+    #[serde(default)]
+    pub images: Option<Value>,
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    #[serde(default)]
+    pub tool_name: Option<Value>,
+}
+
+impl Message<'static> {
+    /// `messages[i]` of the tree's read, checked as the typed read checks it.
+    pub fn from_value(i: usize, m: Value) -> Result<Message<'static>, Invalid> {
+        let Value::Object(mut m) = m else {
+            return Err(Invalid(format!("messages[{i}] must be an object")));
+        };
+        let role = match m.remove("role") {
+            Some(Value::String(role)) => role,
+            _ => return Err(Invalid(format!("messages[{i}].role is required"))),
+        };
+        let content = match m.remove("content") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(Text(Cow::Owned(s))),
+            Some(_) => return Err(Invalid(format!("messages[{i}].content must be a string"))),
+        };
+        Ok(Message {
+            role: Text(Cow::Owned(role)),
+            content,
+            images: m.remove("images").filter(|v| !v.is_null()),
+            tool_calls: m.remove("tool_calls").filter(|v| !v.is_null()),
+            tool_name: m.remove("tool_name").filter(|v| !v.is_null()),
+        })
+    }
+}
+
+/// The members the typed read takes; any other member is skipped unread, as the tree's
+/// read ignores it.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    model: Option<Text<'a>>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default)]
+    messages: Option<Vec<ObjectOnly<Message<'a>>>>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default)]
+    format: Option<Value>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    top_logprobs: Option<Value>,
+    #[serde(default)]
+    shift: Option<bool>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    think: Option<Value>,
+    #[serde(default)]
+    template: Option<Value>,
+}
+
+impl<'a> Chat<'a> {
+    /// Reads a chat request: typed when the body has the plain shape, else as a JSON tree.
+    pub fn read(body: &'a [u8]) -> Result<Chat<'a>, Reject> {
+        match typed(body) {
+            Some(fields) => Chat::from_fields(fields),
+            None => Chat::from_map(super::object(body)?),
+        }
+    }
+
+    /// The typed read: `null` members are absent ones, as the handler has always taken
+    /// them; a request without `model` (one that names it `name`) is the tree's to read.
+    fn from_fields(f: Fields<'a>) -> Result<Chat<'a>, Reject> {
+        let (raw, name) = super::model_named(f.model.as_ref().map_or("", Text::as_str))?;
+        let keep_alive = super::keep_alive_value(f.keep_alive.as_ref())?;
+        Ok(Chat {
+            raw,
+            name,
+            keep_alive,
+            stream: f.stream.unwrap_or(true),
+            messages: Messages::Read(
+                f.messages
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| m.0)
+                    .collect(),
+            ),
+            options: f.options,
+            format: f.format,
+            logprobs: f.logprobs,
+            top_logprobs: f.top_logprobs,
+            shift: f.shift.map(Value::Bool),
+            truncate: f.truncate.map(Value::Bool),
+            tools: f.tools,
+            think: f.think,
+            template: f.template,
+        })
+    }
+
+    /// The tree's read, checked in the order the handler has always checked it.
+    fn from_map(mut req: Map<String, Value>) -> Result<Chat<'static>, Reject> {
+        let (raw, name) = super::model_of(&req)?;
+        let keep_alive = super::keep_alive_of(&req)?;
+        let stream = super::bool_of(&req, "stream", true)?;
+        let messages = match req.remove("messages") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(m)) => m,
+            Some(_) => {
+                return Err(Reject(
+                    StatusCode::BAD_REQUEST,
+                    "messages must be a list".into(),
+                ))
+            }
+        };
+        let mut take = |key: &str| req.remove(key).filter(|v| !v.is_null());
+        Ok(Chat {
+            raw,
+            name,
+            keep_alive,
+            stream,
+            messages: Messages::Values(messages),
+            options: take("options"),
+            format: take("format"),
+            logprobs: take("logprobs"),
+            top_logprobs: take("top_logprobs"),
+            shift: take("shift"),
+            truncate: take("truncate"),
+            tools: take("tools"),
+            think: take("think"),
+            template: take("template"),
+        })
+    }
+}
+
+/// The typed read, or `None` for the tree to read: a body that is not an object, one whose
+/// members the typed read refuses, or one with a `\u` escape anywhere (serde checks the
+/// escapes of a member it skips less closely than those of one it reads: a lone surrogate is
+/// refused by the tree's read, wherever it is). UTF-8 is checked once, for the whole body, as
+/// the tree's read checks it (a skipped member's bytes too).
+fn typed(body: &[u8]) -> Option<Fields<'_>> {
+    // a backslash then `u` (or an escaped backslash then `u`: the tree reads that too)
+    if memchr::memchr_iter(b'\\', body).any(|at| body.get(at + 1) == Some(&b'u')) {
+        return None;
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let ObjectOnly(fields) = ObjectOnly::<Fields>::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    fields.model.is_some().then_some(fields)
+}
+
+/// A `T` read from a JSON object only: serde's derive also reads a struct from an array (its
+/// members by position), which the tree's read refuses.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        d.deserialize_map(Only(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a read gives, in a form two reads can be compared by (or its error).
+    fn summary(chat: Result<Chat<'_>, Reject>) -> String {
+        match chat {
+            Err(e) => format!("error {} {}", e.0.as_u16(), e.1),
+            Ok(c) => {
+                let messages: Vec<String> = match c.messages {
+                    Messages::Read(m) => m.iter().map(|m| format!("{m:?}")).collect(),
+                    Messages::Values(m) => m
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| match Message::from_value(i, v) {
+                            Ok(m) => format!("{m:?}"),
+                            Err(e) => format!("invalid {e}"),
+                        })
+                        .collect(),
+                };
+                // Cow's Borrowed and Owned print alike: the texts are compared, not their home
+                format!(
+                    "{} {} {:?} {} {messages:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                    c.raw,
+                    c.name.as_str(),
+                    c.keep_alive,
+                    c.stream,
+                    c.options,
+                    c.format,
+                    c.logprobs,
+                    c.top_logprobs,
+                    c.shift,
+                    c.truncate,
+                    c.tools,
+                    c.think,
+                    c.template
+                )
+            }
+        }
+    }
+
+    fn tree(body: &[u8]) -> String {
+        summary(super::super::object(body).and_then(Chat::from_map))
+    }
+
+    fn both(body: &str) -> (bool, String, String) {
+        let typed = typed(body.as_bytes()).is_some();
+        (
+            typed,
+            summary(Chat::read(body.as_bytes())),
+            tree(body.as_bytes()),
+        )
+    }
+
+    #[test]
+    fn a_plain_chat_is_read_typed_with_its_texts_borrowed() {
+        let body = br#"{"model":"tiny","messages":[{"role":"user","content":"Say hi"}],"stream":false,"options":{"num_predict":1},"extra":{"x":[1,2]}}"#;
+        let chat = Chat::read(body).unwrap();
+        assert_eq!((chat.raw.as_str(), chat.stream), ("tiny", false));
+        let Messages::Read(m) = &chat.messages else {
+            panic!("read as a tree: {chat:?}");
+        };
+        assert!(matches!(m[0].role.0, Cow::Borrowed("user")));
+        assert!(matches!(
+            m[0].content.as_ref().unwrap().0,
+            Cow::Borrowed("Say hi")
+        ));
+        assert_eq!(chat.options, Some(serde_json::json!({"num_predict": 1})));
+    }
+
+    #[test]
+    fn typed_and_tree_reads_agree() {
+        let cases = [
+            r#"{"model":"m","messages":[{"role":"user","content":"a\nb"}]}"#,
+            r#"{"model":" m:latest ","stream":null,"keep_alive":"5m","messages":null}"#,
+            r#"{"model":"m","keep_alive":-1,"think":true,"template":"t","shift":false}"#,
+            r#"{"model":"m","keep_alive":"soon"}"#,
+            r#"{"model":"  "}"#,
+            r#"{"model":"m","name":"n"}"#,
+            r#"{"name":"n","messages":[]}"#,
+            r#"{"model":null,"name":"n"}"#,
+            r#"{"model":3}"#,
+            r#"{"model":"m","model":"n"}"#,
+            r#"{"model":"m","stream":"yes"}"#,
+            r#"{"model":"m","messages":{}}"#,
+            r#"{"model":"m","messages":[["user","hi"]]}"#,
+            r#"{"model":"m","messages":[{"content":"hi"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":7}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","role":"system"}]}"#,
+            r#"{"model":"m","messages":[{"role":"tool","content":null,"tool_name":"f","images":null}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","images":["x"],"tool_calls":[{}]}]}"#,
+            r#"{"model":"m","truncate":1}"#,
+            r#"{"model":"m","options":[],"format":"json","logprobs":true,"top_logprobs":3,"tools":[]}"#,
+            r#"["m"]"#,
+            r#"{"model":"m","other":"\ud800"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9"}]}"#,
+            r#"{"model":"m"} x"#,
+            r#"{"model":"m""#,
+            "  ",
+            "",
+        ];
+        for body in cases {
+            let (_, read, tree) = both(body);
+            assert_eq!(read, tree, "{body}");
+        }
+        // a skipped member's bytes are checked as UTF-8, as the tree checks them
+        let latin1 = b"{\"model\":\"m\",\"other\":\"caf\xe9\"}";
+        assert_eq!(summary(Chat::read(latin1)), tree(latin1));
+        assert!(summary(Chat::read(latin1)).starts_with("error 400"));
+        // the plain shapes are the typed read's (else it saves nothing)
+        assert!(both(cases[0]).0 && both(cases[1]).0 && both(cases[16]).0);
+    }
+
+    #[test]
+    fn generated_bodies_read_alike() {
+        // members the chat reads, values of every JSON type, some members named twice
+        let keys = [
+            "model",
+            "name",
+            "stream",
+            "keep_alive",
+            "messages",
+            "options",
+            "format",
+            "think",
+            "tools",
+            "template",
+            "shift",
+            "truncate",
+            "logprobs",
+            "top_logprobs",
+            "other",
+        ];
+        let values = [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-1",
+            "2.5",
+            "\"\"",
+            "\"m\"",
+            "\"5m\"",
+            "[]",
+            "{}",
+            r#"[{"role":"user","content":"hi"}]"#,
+            r#"[{"role":"user","content":null,"images":[]}]"#,
+            r#"[{"role":1}]"#,
+            r#"{"num_predict":1}"#,
+        ];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut typed_reads = 0;
+        for _ in 0..5_000 {
+            let members: Vec<String> = (0..next(6))
+                .map(|_| {
+                    format!(
+                        "\"{}\":{}",
+                        keys[next(keys.len())],
+                        values[next(values.len())]
+                    )
+                })
+                .collect();
+            let model = if next(4) > 0 { "\"model\":\"m\"," } else { "" };
+            let body = format!("{{{model}{}}}", members.join(","));
+            let (typed, read, tree) = both(&body);
+            typed_reads += usize::from(typed);
+            assert_eq!(read, tree, "{body}");
+        }
+        assert!(typed_reads > 500, "only {typed_reads} of 5 000 read typed");
+    }
+}
