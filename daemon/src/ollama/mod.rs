@@ -23,6 +23,7 @@ use crate::models::{self, ModelName};
 use crate::scheduler::SchedError;
 use crate::state::{rfc3339, Daemon};
 use crate::units::KeepAlive;
+use chunk::Text;
 use generation::{Job, Kind};
 
 /// Answers an Ollama or model-listing route, or `None` when the path is not one.
@@ -157,10 +158,6 @@ fn str_value<'a>(key: &str, value: Option<&'a Value>) -> Result<Option<&'a str>,
 /// `truncate` (default true) and `shift`. vLLM cannot shift the context while it generates:
 /// an answer stops at the context's end (`done_reason: "length"`) whatever `shift` says, so
 /// `shift` is only checked.
-fn truncate_of(req: &Map<String, Value>) -> Result<bool, Reject> {
-    truncate_value(req.get("shift"), req.get("truncate"))
-}
-
 fn truncate_value(shift: Option<&Value>, truncate: Option<&Value>) -> Result<bool, Reject> {
     bool_value("shift", shift, true)?;
     bool_value("truncate", truncate, true)
@@ -262,8 +259,8 @@ fn check(needs: Needs, info: &ModelInfo, raw: &str) -> Result<(), Reject> {
 }
 
 async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response<Body>, Reject> {
-    let req = request::Chat::read(body)?;
-    let (raw, name, keep_alive) = (req.raw, req.name, req.keep_alive);
+    let req = request::Request::read(body, request::Route::Chat)?;
+    let (raw, name, keep_alive) = (req.model, req.name, req.keep_alive);
     let mut oai = Map::new();
     translate::options(req.options.as_ref(), &mut oai).map_err(bad)?;
     translate::format(req.format.as_ref(), &mut oai).map_err(bad)?;
@@ -329,27 +326,24 @@ async fn generate(
     body: &[u8],
     started: Instant,
 ) -> Result<Response<Body>, Reject> {
-    let req = object(body)?;
-    let (raw_name, name) = model_of(&req)?;
-    let keep_alive = keep_alive_of(&req)?;
-    let stream = bool_of(&req, "stream", true)?;
-    let raw = bool_of(&req, "raw", false)?;
-    let prompt = str_of(&req, "prompt")?.unwrap_or("");
-    let system = str_of(&req, "system")?;
-    if str_of(&req, "suffix")?.is_some_and(|s| !s.is_empty()) {
+    let req = request::Request::read(body, request::Route::Generate)?;
+    let (raw_name, name, keep_alive, raw) = (req.model, req.name, req.keep_alive, req.raw);
+    let prompt = req.prompt.as_ref().map_or("", Text::as_str);
+    let system = req.system.as_ref().map(Text::as_str);
+    if req.suffix.as_ref().is_some_and(|s| !s.as_str().is_empty()) {
         return Err(Reject(
             StatusCode::BAD_REQUEST,
             "suffix (fill-in-the-middle) is not supported: vLLM's API has no insertion mode".into(),
         ));
     }
     let mut oai = Map::new();
-    translate::options(req.get("options"), &mut oai).map_err(bad)?;
-    translate::format(req.get("format"), &mut oai).map_err(bad)?;
+    translate::options(req.options.as_ref(), &mut oai).map_err(bad)?;
+    translate::format(req.format.as_ref(), &mut oai).map_err(bad)?;
     let top_logprobs =
-        translate::logprobs(req.get("logprobs"), req.get("top_logprobs")).map_err(bad)?;
+        translate::logprobs(req.logprobs.as_ref(), req.top_logprobs.as_ref()).map_err(bad)?;
     translate::ask_logprobs(top_logprobs, !raw, &mut oai);
-    let truncate = truncate_of(&req)?;
-    let has_images = matches!(req.get("images"), Some(Value::Array(a)) if !a.is_empty());
+    let truncate = truncate_value(req.shift.as_ref(), req.truncate.as_ref())?;
+    let has_images = matches!(&req.images, Some(Value::Array(a)) if !a.is_empty());
     if prompt.is_empty() && !has_images {
         return load_or_unload(
             daemon,
@@ -372,12 +366,14 @@ async fn generate(
         oai.insert("prompt".into(), json!(prompt));
         0
     } else {
-        thinking = translate::Thinking::parse(req.get("think")).map_err(bad)?;
-        if let Some(template) = str_of(&req, "template")?.filter(|t| !t.is_empty()) {
+        thinking = translate::Thinking::parse(req.think.as_ref()).map_err(bad)?;
+        if let Some(template) =
+            str_value("template", req.template.as_ref())?.filter(|t| !t.is_empty())
+        {
             oai.insert("chat_template".into(), json!(template));
         }
         let (msgs, images) =
-            translate::generate_messages(system, prompt, req.get("images")).map_err(bad)?;
+            translate::generate_messages(system, prompt, req.images.as_ref()).map_err(bad)?;
         oai.insert("messages".into(), Value::Array(msgs));
         images
     };
@@ -391,13 +387,13 @@ async fn generate(
     translate::think(thinking, info.profile.think, &mut oai);
     let lease = daemon
         .scheduler
-        .acquire_with_context(&name, keep_alive, num_ctx_of(req.get("options")))
+        .acquire_with_context(&name, keep_alive, num_ctx_of(req.options.as_ref()))
         .await
         .map_err(sched)?;
     let job = Job {
         kind: Kind::Generate { raw },
         model: raw_name,
-        stream,
+        stream: req.stream,
         body: oai,
         want_context: !raw,
         truncate,

@@ -1,13 +1,14 @@
-//! An Ollama chat request as the handler reads it. Most bodies are read in one pass into
-//! typed members: the model's name and the messages' roles and texts borrowed from the body,
-//! no map built for the request or for each message (a `serde_json::Value` tree spent ~5 900
-//! instructions on a one-message chat: a B-tree and a `String` for every key and text).
+//! An Ollama chat or generate request as its handler reads it. Most bodies are read in one
+//! pass into typed members: the model's name, the messages' roles and texts and the prompt
+//! borrowed from the body, no map built for the request or for each message (a
+//! `serde_json::Value` tree spent ~5 900 instructions on a one-message chat: a B-tree and a
+//! `String` for every key and text).
 //!
 //! Whatever the typed read refuses — a member of the wrong type, a member named twice, an
-//! array where an object belongs, no `model`, a `\u` escape, broken JSON — is read again as a JSON tree and
-//! checked member by member, so that the answer, and the error that names the field, are
-//! what the tree alone gives (the test `typed_and_tree_reads_agree` checks it on generated
-//! bodies).
+//! array where an object belongs, no `model`, a `\u` escape, broken JSON — is read again as a
+//! JSON tree and checked member by member, so that the answer, and the error that names the
+//! field, are what the tree alone gives (the tests `typed_and_tree_reads_agree` and
+//! `generated_bodies_read_alike` compare the two reads).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -24,17 +25,32 @@ use crate::models::ModelName;
 use crate::units::KeepAlive;
 use hyper::StatusCode;
 
-/// A chat request's members, checked as far as the chat's first checks go (model,
-/// `keep_alive`, `stream`, `messages` being a list); the rest are checked where they are
-/// translated, in the order the handler has always checked them.
+/// Which route a request came by: the members its handler checks first differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Chat,
+    Generate,
+}
+
+/// A chat or generate request's members, checked as far as its handler's first checks go
+/// (the model, `keep_alive`, `stream`, then a chat's `messages` being a list, a generate's
+/// `raw`, `prompt`, `system` and `suffix`); the rest are checked where they are translated, in
+/// the order the handlers have always checked them.
 #[derive(Debug)]
-pub struct Chat<'a> {
+pub struct Request<'a> {
     /// The name as the client wrote it (trimmed), and as parsed.
-    pub raw: String,
+    pub model: String,
     pub name: ModelName,
     pub keep_alive: Option<KeepAlive>,
     pub stream: bool,
+    /// A chat's.
     pub messages: Messages<'a>,
+    /// A generate's.
+    pub raw: bool,
+    pub prompt: Option<Text<'a>>,
+    pub system: Option<Text<'a>>,
+    pub suffix: Option<Text<'a>>,
+    pub images: Option<Value>,
     pub options: Option<Value>,
     pub format: Option<Value>,
     pub logprobs: Option<Value>,
@@ -116,6 +132,16 @@ struct Fields<'a> {
     #[serde(borrow, default)]
     messages: Option<Vec<ObjectOnly<Message<'a>>>>,
     #[serde(default)]
+    raw: Option<bool>,
+    #[serde(borrow, default)]
+    prompt: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    system: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    suffix: Option<Text<'a>>,
+    #[serde(default)]
+    images: Option<Value>,
+    #[serde(default)]
     options: Option<Value>,
     #[serde(default)]
     format: Option<Value>,
@@ -135,22 +161,22 @@ struct Fields<'a> {
     template: Option<Value>,
 }
 
-impl<'a> Chat<'a> {
-    /// Reads a chat request: typed when the body has the plain shape, else as a JSON tree.
-    pub fn read(body: &'a [u8]) -> Result<Chat<'a>, Reject> {
+impl<'a> Request<'a> {
+    /// Reads a request: typed when the body has the plain shape, else as a JSON tree.
+    pub fn read(body: &'a [u8], route: Route) -> Result<Request<'a>, Reject> {
         match typed(body) {
-            Some(fields) => Chat::from_fields(fields),
-            None => Chat::from_map(super::object(body)?),
+            Some(fields) => Request::from_fields(fields),
+            None => Request::from_map(super::object(body)?, route),
         }
     }
 
-    /// The typed read: `null` members are absent ones, as the handler has always taken
+    /// The typed read: `null` members are absent ones, as the handlers have always taken
     /// them; a request without `model` (one that names it `name`) is the tree's to read.
-    fn from_fields(f: Fields<'a>) -> Result<Chat<'a>, Reject> {
-        let (raw, name) = super::model_named(f.model.as_ref().map_or("", Text::as_str))?;
+    fn from_fields(f: Fields<'a>) -> Result<Request<'a>, Reject> {
+        let (model, name) = super::model_named(f.model.as_ref().map_or("", Text::as_str))?;
         let keep_alive = super::keep_alive_value(f.keep_alive.as_ref())?;
-        Ok(Chat {
-            raw,
+        Ok(Request {
+            model,
             name,
             keep_alive,
             stream: f.stream.unwrap_or(true),
@@ -161,6 +187,11 @@ impl<'a> Chat<'a> {
                     .map(|m| m.0)
                     .collect(),
             ),
+            raw: f.raw.unwrap_or(false),
+            prompt: f.prompt,
+            system: f.system,
+            suffix: f.suffix,
+            images: f.images,
             options: f.options,
             format: f.format,
             logprobs: f.logprobs,
@@ -173,28 +204,46 @@ impl<'a> Chat<'a> {
         })
     }
 
-    /// The tree's read, checked in the order the handler has always checked it.
-    fn from_map(mut req: Map<String, Value>) -> Result<Chat<'static>, Reject> {
-        let (raw, name) = super::model_of(&req)?;
+    /// The tree's read, checked in the order its handler has always checked it.
+    fn from_map(mut req: Map<String, Value>, route: Route) -> Result<Request<'static>, Reject> {
+        let (model, name) = super::model_of(&req)?;
         let keep_alive = super::keep_alive_of(&req)?;
         let stream = super::bool_of(&req, "stream", true)?;
-        let messages = match req.remove("messages") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(m)) => m,
-            Some(_) => {
-                return Err(Reject(
-                    StatusCode::BAD_REQUEST,
-                    "messages must be a list".into(),
-                ))
+        let mut messages = Vec::new();
+        let (mut raw, mut prompt, mut system, mut suffix) = (false, None, None, None);
+        match route {
+            Route::Chat => {
+                messages = match req.remove("messages") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Array(m)) => m,
+                    Some(_) => {
+                        return Err(Reject(
+                            StatusCode::BAD_REQUEST,
+                            "messages must be a list".into(),
+                        ))
+                    }
+                }
             }
-        };
+            Route::Generate => {
+                let text = |key| Ok::<_, Reject>(super::str_of(&req, key)?.map(owned));
+                raw = super::bool_of(&req, "raw", false)?;
+                prompt = text("prompt")?;
+                system = text("system")?;
+                suffix = text("suffix")?;
+            }
+        }
         let mut take = |key: &str| req.remove(key).filter(|v| !v.is_null());
-        Ok(Chat {
-            raw,
+        Ok(Request {
+            model,
             name,
             keep_alive,
             stream,
             messages: Messages::Values(messages),
+            raw,
+            prompt,
+            system,
+            suffix,
+            images: take("images"),
             options: take("options"),
             format: take("format"),
             logprobs: take("logprobs"),
@@ -206,6 +255,10 @@ impl<'a> Chat<'a> {
             template: take("template"),
         })
     }
+}
+
+fn owned(s: &str) -> Text<'static> {
+    Text(Cow::Owned(s.to_string()))
 }
 
 /// The typed read, or `None` for the tree to read: a body that is not an object, one whose
@@ -249,12 +302,16 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
 mod tests {
     use super::*;
 
-    /// What a read gives, in a form two reads can be compared by (or its error).
-    fn summary(chat: Result<Chat<'_>, Reject>) -> String {
-        match chat {
-            Err(e) => format!("error {} {}", e.0.as_u16(), e.1),
-            Ok(c) => {
-                let messages: Vec<String> = match c.messages {
+    /// What a read gives, in a form two reads can be compared by (or its error): the members
+    /// the route's handler reads.
+    fn summary(read: Result<Request<'_>, Reject>, route: Route) -> String {
+        let r = match read {
+            Err(e) => return format!("error {} {}", e.0.as_u16(), e.1),
+            Ok(r) => r,
+        };
+        let own = match route {
+            Route::Chat => {
+                let messages: Vec<String> = match r.messages {
                     Messages::Read(m) => m.iter().map(|m| format!("{m:?}")).collect(),
                     Messages::Values(m) => m
                         .into_iter()
@@ -265,45 +322,58 @@ mod tests {
                         })
                         .collect(),
                 };
-                // Cow's Borrowed and Owned print alike: the texts are compared, not their home
-                format!(
-                    "{} {} {:?} {} {messages:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-                    c.raw,
-                    c.name.as_str(),
-                    c.keep_alive,
-                    c.stream,
-                    c.options,
-                    c.format,
-                    c.logprobs,
-                    c.top_logprobs,
-                    c.shift,
-                    c.truncate,
-                    c.tools,
-                    c.think,
-                    c.template
-                )
+                format!("{messages:?}")
             }
-        }
-    }
-
-    fn tree(body: &[u8]) -> String {
-        summary(super::super::object(body).and_then(Chat::from_map))
-    }
-
-    fn both(body: &str) -> (bool, String, String) {
-        let typed = typed(body.as_bytes()).is_some();
-        (
-            typed,
-            summary(Chat::read(body.as_bytes())),
-            tree(body.as_bytes()),
+            Route::Generate => format!("{} {:?} {:?} {:?}", r.raw, r.prompt, r.system, r.suffix),
+        };
+        // Cow's Borrowed and Owned print alike: the texts are compared, not their home
+        format!(
+            "{} {} {:?} {} {own} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            r.model,
+            r.name.as_str(),
+            r.keep_alive,
+            r.stream,
+            r.images,
+            r.options,
+            r.format,
+            r.logprobs,
+            r.top_logprobs,
+            r.shift,
+            r.truncate,
+            r.tools,
+            r.think,
+            r.template
         )
+    }
+
+    fn tree(body: &[u8], route: Route) -> String {
+        let read = super::super::object(body).and_then(|m| Request::from_map(m, route));
+        summary(read, route)
+    }
+
+    /// Whether the body is read typed, and what each read gives, for each route.
+    fn both(body: &str) -> (bool, [(String, String); 2]) {
+        let typed = typed(body.as_bytes()).is_some();
+        let read = |route| {
+            let read = Request::read(body.as_bytes(), route);
+            (summary(read, route), tree(body.as_bytes(), route))
+        };
+        (typed, [read(Route::Chat), read(Route::Generate)])
+    }
+
+    fn agree(body: &str) -> bool {
+        let (typed, reads) = both(body);
+        for (read, tree) in reads {
+            assert_eq!(read, tree, "{body}");
+        }
+        typed
     }
 
     #[test]
     fn a_plain_chat_is_read_typed_with_its_texts_borrowed() {
         let body = br#"{"model":"tiny","messages":[{"role":"user","content":"Say hi"}],"stream":false,"options":{"num_predict":1},"extra":{"x":[1,2]}}"#;
-        let chat = Chat::read(body).unwrap();
-        assert_eq!((chat.raw.as_str(), chat.stream), ("tiny", false));
+        let chat = Request::read(body, Route::Chat).unwrap();
+        assert_eq!((chat.model.as_str(), chat.stream), ("tiny", false));
         let Messages::Read(m) = &chat.messages else {
             panic!("read as a tree: {chat:?}");
         };
@@ -341,27 +411,38 @@ mod tests {
             r#"["m"]"#,
             r#"{"model":"m","other":"\ud800"}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9"}]}"#,
+            r#"{"model":"m","prompt":"why?","system":"be brief","raw":true,"images":["x"]}"#,
+            r#"{"model":"m","prompt":3}"#,
+            r#"{"model":"m","prompt":null,"suffix":"","raw":null,"system":null}"#,
+            r#"{"model":"m","raw":"yes","suffix":7}"#,
+            r#"{"model":"m","prompt":"a\tb","suffix":"end"}"#,
             r#"{"model":"m"} x"#,
             r#"{"model":"m""#,
             "  ",
             "",
         ];
-        for body in cases {
-            let (_, read, tree) = both(body);
-            assert_eq!(read, tree, "{body}");
-        }
+        let typed: Vec<bool> = cases.iter().map(|body| agree(body)).collect();
         // a skipped member's bytes are checked as UTF-8, as the tree checks them
         let latin1 = b"{\"model\":\"m\",\"other\":\"caf\xe9\"}";
-        assert_eq!(summary(Chat::read(latin1)), tree(latin1));
-        assert!(summary(Chat::read(latin1)).starts_with("error 400"));
+        let read = summary(Request::read(latin1, Route::Chat), Route::Chat);
+        assert_eq!(read, tree(latin1, Route::Chat));
+        assert!(read.starts_with("error 400"), "{read}");
         // the plain shapes are the typed read's (else it saves nothing)
-        assert!(both(cases[0]).0 && both(cases[1]).0 && both(cases[16]).0);
+        for plain in [0, 1, 2, 16, 23, 25, 27] {
+            assert!(typed[plain], "{}", cases[plain]);
+        }
     }
 
     #[test]
     fn generated_bodies_read_alike() {
-        // members the chat reads, values of every JSON type, some members named twice
+        // members the chat and generate read, values of every JSON type, some members named
+        // twice
         let keys = [
+            "raw",
+            "prompt",
+            "system",
+            "suffix",
+            "images",
             "model",
             "name",
             "stream",
@@ -415,9 +496,7 @@ mod tests {
                 .collect();
             let model = if next(4) > 0 { "\"model\":\"m\"," } else { "" };
             let body = format!("{{{model}{}}}", members.join(","));
-            let (typed, read, tree) = both(&body);
-            typed_reads += usize::from(typed);
-            assert_eq!(read, tree, "{body}");
+            typed_reads += usize::from(agree(&body));
         }
         assert!(typed_reads > 500, "only {typed_reads} of 5 000 read typed");
     }

@@ -164,38 +164,21 @@ impl<'a> Reader<'a> {
     /// A string's raw bytes between its quotes, and whether it holds escapes (checked as
     /// serde checks them). A control character is refused, as serde refuses it.
     fn raw_string(&mut self) -> Option<(&'a [u8], Escapes)> {
-        if self.peek() != Some(b'"') {
+        let s = self.s;
+        if s.get(self.at) != Some(&b'"') {
             return None;
         }
         let start = self.at + 1;
-        let mut i = start;
-        let mut escapes = Escapes::None;
-        loop {
-            // the next quote, backslash or control character (refused, as serde refuses it)
-            i += stop(self.s.get(i..)?)?;
-            match self.s.get(i) {
-                Some(b'"') => break,
-                Some(b'\\') => {}
-                _ => return None,
-            }
-            match *self.s.get(i + 1)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
-                    escapes = escapes.max(Escapes::Simple);
-                    i += 2;
-                }
-                b'u' => {
-                    let hex = self.s.get(i + 2..i + 6)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return None;
-                    }
-                    escapes = Escapes::Unicode;
-                    i += 6;
-                }
-                _ => return None,
-            }
-        }
-        self.at = i + 1;
-        Some((self.s.get(start..i)?, escapes))
+        let end = stop(s, start)?;
+        // Most strings end at their first stop; one with escapes goes on (kept out of line,
+        // so that the common path saves no registers for it).
+        let (end, escapes) = match s.get(end) {
+            Some(b'"') => (end, Escapes::None),
+            Some(b'\\') => escaped(s, end)?,
+            _ => return None,
+        };
+        self.at = end + 1;
+        Some((s.get(start..end)?, escapes))
     }
 
     /// A key: plain ASCII (one with escapes or other bytes is left to serde, which would
@@ -408,17 +391,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Where the first byte that ends a string's plain run lies: a quote, a backslash or a
-/// control character. Eight bytes at a time (the word tests of "Bit Twiddling Hacks": a byte
-/// equal to one value, a byte under another; the lowest flagged byte is always a true one,
-/// as a false flag needs a borrow from a true one below it), the last few one by one.
-fn stop(s: &[u8]) -> Option<usize> {
+/// Where the first byte at or after `at` that ends a string's plain run lies: a quote, a
+/// backslash or a control character. Eight bytes at a time (the word tests of "Bit Twiddling
+/// Hacks": a byte equal to one value, a byte under another; the lowest flagged byte is always
+/// a true one, as a false flag needs a borrow from a true one below it), the last few one by
+/// one.
+#[inline(always)]
+fn stop(s: &[u8], mut at: usize) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
-    let mut words = s.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
+    while let Some(word) = s.get(at..at + 8) {
         let w = u64::from_le_bytes(word.try_into().ok()?);
         let stops = below(w ^ (ONES * u64::from(b'"')), 1)
             | below(w ^ (ONES * u64::from(b'\\')), 1)
@@ -428,11 +411,43 @@ fn stop(s: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    let found = words
-        .remainder()
-        .iter()
-        .position(|&b| matches!(b, b'"' | b'\\' | 0..=0x1f))?;
-    Some(at + found)
+    while let Some(&b) = s.get(at) {
+        if matches!(b, b'"' | b'\\' | 0..=0x1f) {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The rest of a string from its first backslash at `at`: where its closing quote lies and
+/// what its escapes need.
+#[cold]
+fn escaped(s: &[u8], mut at: usize) -> Option<(usize, Escapes)> {
+    let mut escapes = Escapes::None;
+    loop {
+        match s.get(at) {
+            Some(b'"') => return Some((at, escapes)),
+            Some(b'\\') => {}
+            _ => return None,
+        }
+        match *s.get(at + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                escapes = escapes.max(Escapes::Simple);
+                at += 2;
+            }
+            b'u' => {
+                let hex = s.get(at + 2..at + 6)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                escapes = Escapes::Unicode;
+                at += 6;
+            }
+            _ => return None,
+        }
+        at = stop(s, at)?;
+    }
 }
 
 /// What a string's escapes need: none, one-character ones, or `\u` (left to serde).
@@ -533,7 +548,17 @@ mod tests {
             (b"no end at all, long enough", None),
             (b"", None),
         ] {
-            assert_eq!(stop(s), want, "{}", String::from_utf8_lossy(s));
+            assert_eq!(stop(s, 0), want, "{}", String::from_utf8_lossy(s));
+            // from any place: the stop of the bytes from there on
+            for from in 0..=s.len() {
+                let rest = stop(&s[from..], 0).map(|w| w + from);
+                assert_eq!(
+                    stop(s, from),
+                    rest,
+                    "{} from {from}",
+                    String::from_utf8_lossy(s)
+                );
+            }
         }
         // every byte, at every place in a word and after it, alone or before another stop
         for b in 0..=255u8 {
@@ -541,11 +566,11 @@ mod tests {
                 let mut s = vec![b'a'; 12];
                 s[at] = b;
                 let plain = !matches!(b, b'"' | b'\\' | 0..=0x1f);
-                assert_eq!(stop(&s), (!plain).then_some(at), "byte {b} at {at}");
+                assert_eq!(stop(&s, 0), (!plain).then_some(at), "byte {b} at {at}");
                 if let Some(next) = s.get_mut(at + 1) {
                     *next = b'\x01';
                     let want = if plain { at + 1 } else { at };
-                    assert_eq!(stop(&s), Some(want), "byte {b} at {at}, then 1");
+                    assert_eq!(stop(&s, 0), Some(want), "byte {b} at {at}, then 1");
                 }
             }
         }
