@@ -296,7 +296,8 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
     if req.messages.is_empty() {
         return load_or_unload(daemon, Kind::Chat, &raw, &name, keep_alive, started).await;
     }
-    // moved into the engine's body, not copied: a chat's history can be most of its bytes
+    // each text copied once from the body (typed read) or moved (tree read): a chat's history
+    // can be most of its bytes
     let (msgs, images) = translate::messages(req.messages).map_err(bad)?;
     oai.insert("messages".into(), Value::Array(msgs));
     needs.images = images;
