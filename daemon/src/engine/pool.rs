@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use super::client::Endpoint;
 use super::unix::UnixStream;
 use super::wire::{self, Decoder, Step, WireError};
+use crate::h1::{ReadSize, KEPT_BUFFER};
 
 /// A connection idle this long is closed rather than used: under uvicorn's keep-alive
 /// timeout (vLLM's `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s), so the engine seldom closes one
@@ -38,12 +39,6 @@ const IDLE_FOR: Duration = Duration::from_secs(4);
 const MAX_IDLE: usize = 256;
 /// How long a body's rest is read after its reader is done with it.
 const DRAIN: Duration = Duration::from_secs(2);
-/// A first read asks for this much; a read that fills what it asked for doubles the next,
-/// up to [`MAX_READ`] (a large answer comes in fewer reads).
-const READ: usize = 8 * 1024;
-const MAX_READ: usize = 256 * 1024;
-/// An idle connection's read buffer larger than this is let go.
-const KEPT_BUFFER: usize = 32 * 1024;
 /// A request body up to this size goes out in one write with its head; a larger one is
 /// written after it, not copied.
 const COPIED_BODY: usize = 64 * 1024;
@@ -79,7 +74,7 @@ struct Conn {
     io: Stream,
     buf: BytesMut,
     /// What the next read asks for.
-    read_size: usize,
+    read_size: ReadSize,
 }
 
 impl Conn {
@@ -87,26 +82,19 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
-            read_size: READ,
+            read_size: ReadSize::default(),
         }
     }
 
     /// Reads what the engine sent into the buffer: how many bytes (0: it closed).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // The room left is used while there is some: the memory before it may still be
-        // shared with a frame on its way to a client.
-        if self.buf.capacity() - self.buf.len() < crate::h1::MIN_ROOM {
-            self.buf.reserve(self.read_size);
-        }
-        let room = self.buf.capacity() - self.buf.len();
+        let room = self.read_size.room(&mut self.buf);
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
             cx,
             &mut self.buf
         ))?;
-        if n == room {
-            self.read_size = (self.read_size * 2).min(MAX_READ);
-        }
+        self.read_size.read(n, room);
         Poll::Ready(Ok(n))
     }
 
@@ -297,7 +285,7 @@ impl EngineBody {
                 if conn.buf.capacity() > KEPT_BUFFER {
                     conn.buf = BytesMut::new();
                 }
-                conn.read_size = READ;
+                conn.read_size = ReadSize::default();
                 self.pool.put(conn);
             }
         }

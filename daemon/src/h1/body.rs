@@ -38,7 +38,8 @@ pub enum Step {
     End,
 }
 
-/// Takes a response body out of the read buffer as its bytes arrive.
+/// Takes a message body (a request's or an answer's) out of the read buffer as its bytes
+/// arrive.
 #[derive(Debug)]
 pub struct Decoder(State);
 

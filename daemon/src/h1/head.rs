@@ -208,15 +208,11 @@ pub(crate) fn write_response(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_fields(
+        out,
+        headers,
+        &[CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION],
+    );
     match sending {
         Sending::Length(n) | Sending::Nothing(Some(n)) => {
             out.extend_from_slice(b"content-length: ");
@@ -234,6 +230,20 @@ pub(crate) fn write_response(
     out.extend_from_slice(b"date: ");
     date(out);
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Writes `headers` as header lines, all but those named in `framing` (the writer sets those
+/// itself).
+pub(crate) fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, framing: &[HeaderName]) {
+    for (name, value) in headers {
+        if framing.contains(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// A head for a request refused before any handler saw it.

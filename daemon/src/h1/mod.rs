@@ -21,4 +21,4 @@ mod socket;
 
 pub use request_body::{RequestBody, RequestBodyError};
 pub use server::{serve, Activity, Options};
-pub(crate) use socket::{send, MIN_ROOM};
+pub(crate) use socket::{send, ReadSize, KEPT_BUFFER};

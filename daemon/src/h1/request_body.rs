@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
 
 use super::body::{Decoder, FramingError, Step};
-use super::socket::Wire;
+use super::socket::{ReadSize, Wire};
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -42,7 +42,7 @@ enum Kind {
 pub(crate) struct Lent {
     socket: Arc<dyn Wire>,
     buf: BytesMut,
-    read_size: usize,
+    read_size: ReadSize,
     decoder: Decoder,
     /// How much of `100 Continue` is still to be written.
     continue_left: usize,
@@ -62,7 +62,7 @@ impl Lent {
     pub(crate) fn new(
         socket: Arc<dyn Wire>,
         buf: BytesMut,
-        read_size: usize,
+        read_size: ReadSize,
         decoder: Decoder,
         expect_continue: bool,
     ) -> Lent {
@@ -83,7 +83,7 @@ impl Lent {
 
     /// The read buffer back, with what of the body it holds skipped; whether the body was
     /// read to its end (else the buffer holds the middle of it).
-    pub(crate) fn give_back(mut self) -> (BytesMut, usize, bool) {
+    pub(crate) fn give_back(mut self) -> (BytesMut, ReadSize, bool) {
         while !self.failed && !self.decoder.is_done() {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Step::Data(_)) => continue,

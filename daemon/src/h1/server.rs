@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::{Decoder, Framing};
 use super::head::{self, RequestHead, Sending};
 use super::request_body::{Lent, RequestBody};
-use super::socket::{Socket, READ};
+use super::socket::{ReadSize, Socket, KEPT_BUFFER};
 
 /// How long a just-accepted connection is given, at shutdown, for its first request to
 /// arrive: a client writes right after connecting, and closed before its request was read,
@@ -32,8 +32,6 @@ use super::socket::{Socket, READ};
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 /// Gathered output is written once it reaches this size.
 const WRITE_AT: usize = 64 * 1024;
-/// Buffers larger than this are let go between requests.
-const KEPT_BUFFER: usize = 32 * 1024;
 /// A body frame this large is written where it lies, not copied into the output.
 const COPY_UNDER: usize = 16 * 1024;
 
@@ -86,7 +84,7 @@ where
     let mut conn = Conn {
         socket,
         buf: BytesMut::new(),
-        read_size: READ,
+        read_size: ReadSize::default(),
         lent: None,
         unfinished_body: false,
         read_closed: false,
@@ -105,7 +103,7 @@ struct Conn<S: AsRawFd> {
     socket: Arc<Socket<S>>,
     /// Read from the client, not yet taken.
     buf: BytesMut,
-    read_size: usize,
+    read_size: ReadSize,
     /// The body that borrowed the read buffer to read from the socket, until it is dropped.
     lent: Option<Arc<Mutex<Lent>>>,
     /// A request body was left unread: the buffer holds none of the next request.
@@ -207,11 +205,16 @@ impl<S: AsRawFd + Send + Sync + 'static> Conn<S> {
                     Poll::Pending => break,
                 }
             }
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if !armed {
-                timer.as_mut().reset(deadline);
-                armed = true;
-            }
+            // One timer a connection, set again for each head awaited.
+            let timer = match timer {
+                Some(timer) if !armed => {
+                    timer.as_mut().reset(deadline);
+                    timer
+                }
+                Some(timer) => timer,
+                None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            armed = true;
             // The registry sheds connections that serve no request: a half-sent head too.
             if shed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(None));
@@ -332,7 +335,7 @@ impl<S: AsRawFd + Send + Sync + 'static> Conn<S> {
         if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER {
             self.buf = BytesMut::new();
         }
-        self.read_size = READ;
+        self.read_size = ReadSize::default();
     }
 
     /// Takes the read buffer back from a request body its handler has dropped; what of the
@@ -482,10 +485,7 @@ fn sending<B: Body>(
     head_only: bool,
     version: Version,
 ) -> Sending {
-    let declared = headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = head::content_length(headers).ok().flatten();
     let length = declared.or_else(|| body.size_hint().exact());
     if head_only
         || status.is_informational()

@@ -14,10 +14,45 @@ use tokio::io::Interest;
 
 /// A first read asks for this much; one that fills what it asked for doubles the next, up
 /// to [`MAX_READ`].
-pub(crate) const READ: usize = 8 * 1024;
+const READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
 /// A read goes into the room the buffer has if it has at least this much.
-pub(crate) const MIN_ROOM: usize = 2 * 1024;
+const MIN_ROOM: usize = 2 * 1024;
+/// An idle connection lets go of a buffer larger than this (one that carried a large body or
+/// answer does not hold that memory while it idles).
+pub(crate) const KEPT_BUFFER: usize = 32 * 1024;
+
+/// How much a connection's next read asks for, the server's and the engine client's alike:
+/// [`READ`] at first and again between messages, doubled after a read that filled all the
+/// room it had, up to [`MAX_READ`] (a large body comes in fewer reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadSize(usize);
+
+impl Default for ReadSize {
+    fn default() -> ReadSize {
+        ReadSize(READ)
+    }
+}
+
+impl ReadSize {
+    /// Makes room in `buf` for the next read and says how much there is. The room left is
+    /// used while there is some: the memory before it may still be shared with bytes on
+    /// their way elsewhere (a request's header values, a frame to a client), and reserving a
+    /// whole read's worth would allocate anew each time.
+    pub(crate) fn room(self, buf: &mut BytesMut) -> usize {
+        if buf.capacity() - buf.len() < MIN_ROOM {
+            buf.reserve(self.0);
+        }
+        buf.capacity() - buf.len()
+    }
+
+    /// After a read of `n` bytes into `room`.
+    pub(crate) fn read(&mut self, n: usize, room: usize) {
+        if n == room {
+            self.0 = (self.0 * 2).min(MAX_READ);
+        }
+    }
+}
 
 /// What a request body reads and writes through (the socket, its type erased).
 pub(crate) trait Wire: Send + Sync {
@@ -25,7 +60,7 @@ pub(crate) trait Wire: Send + Sync {
         &self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
-        size: &mut usize,
+        size: &mut ReadSize,
     ) -> Poll<io::Result<usize>>;
     fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>>;
 }
@@ -52,14 +87,9 @@ impl<S: AsRawFd> Socket<S> {
         &self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
-        size: &mut usize,
+        size: &mut ReadSize,
     ) -> Poll<io::Result<usize>> {
-        // Whatever room is left is used while there is some (the buffer's memory may still
-        // be shared with a request's header values, and reserving a whole read's worth would
-        // allocate anew each time).
-        if buf.capacity() - buf.len() < MIN_ROOM {
-            buf.reserve(*size);
-        }
+        size.room(buf);
         loop {
             let mut ready = ready!(self.fd.poll_read_ready(cx))?;
             let spare = buf.spare_capacity_mut();
@@ -74,9 +104,8 @@ impl<S: AsRawFd> Socket<S> {
                 Ok(Ok(n)) => {
                     // SAFETY: the first `n` bytes of the spare capacity were written by recv.
                     unsafe { buf.set_len(buf.len() + n) };
-                    if n == room {
-                        *size = (*size * 2).min(MAX_READ);
-                    } else if n > 0 {
+                    size.read(n, room);
+                    if n > 0 && n < room {
                         ready.clear_ready();
                     }
                     return Poll::Ready(Ok(n));
@@ -114,7 +143,7 @@ impl<S: AsRawFd + Send + Sync> Wire for Socket<S> {
         &self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
-        size: &mut usize,
+        size: &mut ReadSize,
     ) -> Poll<io::Result<usize>> {
         self.poll_read(cx, buf, size)
     }

@@ -225,11 +225,10 @@ impl<'a> Request<'a> {
                 }
             }
             Route::Generate => {
-                let text = |key| Ok::<_, Reject>(super::str_of(&req, key)?.map(owned));
                 raw = super::bool_of(&req, "raw", false)?;
-                prompt = text("prompt")?;
-                system = text("system")?;
-                suffix = text("suffix")?;
+                prompt = take_text(&mut req, "prompt")?;
+                system = take_text(&mut req, "system")?;
+                suffix = take_text(&mut req, "suffix")?;
             }
         }
         let mut take = |key: &str| req.remove(key).filter(|v| !v.is_null());
@@ -257,8 +256,13 @@ impl<'a> Request<'a> {
     }
 }
 
-fn owned(s: &str) -> Text<'static> {
-    Text(Cow::Owned(s.to_string()))
+/// A string member taken out of the tree (moved, not copied), checked as the handler checks
+/// it.
+fn take_text(req: &mut Map<String, Value>, key: &str) -> Result<Option<Text<'static>>, Reject> {
+    match req.remove(key) {
+        Some(Value::String(s)) => Ok(Some(Text(Cow::Owned(s)))),
+        other => super::str_value(key, other.as_ref()).map(|_| None),
+    }
 }
 
 /// The typed read, or `None` for the tree to read: a body that is not an object, one whose
