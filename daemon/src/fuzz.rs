@@ -248,9 +248,10 @@ fn nothing_that_parses_outside_input_panics() {
                 let _ =
                     translate::messages(crate::ollama::request::Messages::Values(items.clone()));
             }
+            let text = |t: &str| crate::ollama::outbound::Content::Text(t.to_owned().into());
             let _ = translate::generate_messages(
-                v["system"].as_str(),
-                v["prompt"].as_str().unwrap_or(""),
+                v["system"].as_str().map(text),
+                text(v["prompt"].as_str().unwrap_or("")),
                 v.get("images"),
             );
         },

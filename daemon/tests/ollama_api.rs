@@ -77,6 +77,38 @@ fn chat_streams_ndjson_by_default() {
     assert_eq!(o["done"], true);
 }
 
+/// A message's text reaches the engine as the text the client meant, whether vllamad
+/// passes it on as written (escapes and all) or reads it and writes it again (a body with a
+/// `\u` escape): the fake engine counts the prompt's words, which only the unescaped text
+/// has eight of.
+#[test]
+fn escaped_texts_reach_the_engine_as_their_text() {
+    let d = daemon();
+    for text in [
+        r#"one\ntwo\tthree\nfour \"five\" six\r\nseven \/eight"#,
+        r#"one\ntwo\tthree\nfour \"five\" six\r\nseven caf\u00e9"#,
+    ] {
+        for (route, raw) in [
+            ("/api/chat", false),
+            ("/api/generate", false),
+            ("/api/generate", true),
+        ] {
+            let body = match route {
+                "/api/chat" => format!(
+                    r#"{{"model":"tiny","stream":false,"messages":[{{"role":"user","content":"{text}"}}],"options":{{"num_predict":1}}}}"#
+                ),
+                _ => format!(
+                    r#"{{"model":"tiny","stream":false,"raw":{raw},"prompt":"{text}","options":{{"num_predict":1}}}}"#
+                ),
+            };
+            let r = d.request("POST", route, &body);
+            assert_eq!(r.status, 200, "{route} {body}: {}", r.body);
+            // eight words, and one for the message (or for the start of a raw prompt)
+            assert_eq!(r.json()["prompt_eval_count"], 9, "{route} {body}");
+        }
+    }
+}
+
 #[test]
 fn hostile_bodies_get_4xx_never_500() {
     let d = daemon();

@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use tokio_util::task::TaskTracker;
 
 use super::chunk::{self, Chunk, Text};
+use super::outbound::EngineRequest;
 use super::reply::{self, Context, Failure, Line, Message, Now, Stats};
 use crate::http::{self, Body};
 use crate::scheduler::Lease;
@@ -36,8 +37,6 @@ pub struct Job {
     /// The name the client used: responses carry it back.
     pub model: String,
     pub stream: bool,
-    /// The OpenAI body without `model`/`stream`.
-    pub body: Map<String, Value>,
     /// Ask for token ids (generate's `context`).
     pub want_context: bool,
     /// A prompt longer than the context is cut from the front (Ollama's `truncate`, on by
@@ -321,11 +320,10 @@ fn refuse(status: StatusCode, model: &str, message: &str) -> Response<Body> {
 async fn post(
     lease: &Lease,
     path: &'static str,
-    body: &Map<String, Value>,
+    payload: serde_json::Result<Vec<u8>>,
 ) -> Result<Response<crate::engine::EngineBody>, Response<Body>> {
-    let mut payload = Vec::with_capacity(512);
-    serde_json::to_writer(&mut payload, body)
-        .map_err(|e| http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let payload =
+        payload.map_err(|e| http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut req = Request::new(Bytes::from(payload));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = hyper::Uri::from_static(path);
@@ -352,8 +350,8 @@ async fn post(
 /// How many prompt tokens a truncated prompt keeps: the context less room for the answer
 /// (`num_predict`, else a quarter of the context up to 1,024 tokens: vLLM cannot shift the
 /// context while it generates, as llama.cpp does).
-fn kept_tokens(context: u64, body: &Map<String, Value>) -> u64 {
-    let room = body
+fn kept_tokens(context: u64, params: &Map<String, Value>) -> u64 {
+    let room = params
         .get("max_tokens")
         .and_then(Value::as_u64)
         .unwrap_or((context / 4).min(1024));
@@ -362,20 +360,15 @@ fn kept_tokens(context: u64, body: &Map<String, Value>) -> u64 {
 
 /// `truncate: false` and a prompt over the context: a 400 that says by how much (the
 /// engine's tokenizer counts the prompt; vLLM's own message only says "at least").
-async fn over_context(lease: &Lease, job: &Job, context: u64, message: &str) -> Response<Body> {
-    let mut count = Map::new();
-    count.insert("model".into(), json!(lease.served_name()));
-    for key in [
-        "messages",
-        "prompt",
-        "chat_template",
-        "chat_template_kwargs",
-    ] {
-        if let Some(v) = job.body.get(key) {
-            count.insert(key.into(), v.clone());
-        }
-    }
-    let counted = match post(lease, "/tokenize", &count).await {
+async fn over_context(
+    lease: &Lease,
+    job: &Job,
+    request: &EngineRequest<'_>,
+    context: u64,
+    message: &str,
+) -> Response<Body> {
+    let count = request.tokenize_body(lease.served_name());
+    let counted = match post(lease, "/tokenize", count).await {
         Ok(resp) if resp.status().is_success() => resp
             .into_body()
             .collect()
@@ -396,20 +389,19 @@ async fn over_context(lease: &Lease, job: &Job, context: u64, message: &str) -> 
 }
 
 /// Sends the job to the lease's engine and answers in Ollama's shape.
-pub async fn run(mut job: Job, lease: Lease, tasks: &TaskTracker) -> Response<Body> {
+pub async fn run(
+    job: Job,
+    mut request: EngineRequest<'_>,
+    lease: Lease,
+    tasks: &TaskTracker,
+) -> Response<Body> {
     let path = match job.kind {
         Kind::Generate { raw: true } => "/v1/completions",
         _ => "/v1/chat/completions",
     };
-    job.body.insert("model".into(), json!(lease.served_name()));
-    job.body.insert("stream".into(), json!(true));
-    job.body
-        .insert("stream_options".into(), json!({"include_usage": true}));
-    if job.want_context {
-        job.body.insert("return_token_ids".into(), json!(true));
-    }
+    let body = |request: &EngineRequest<'_>| request.body(lease.served_name(), job.want_context);
     let sent = Instant::now();
-    let mut resp = match post(&lease, path, &job.body).await {
+    let mut resp = match post(&lease, path, body(&request)).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -422,13 +414,14 @@ pub async fn run(mut job: Job, lease: Lease, tasks: &TaskTracker) -> Response<Bo
             return refuse(status, &job.model, &message);
         };
         if !job.truncate {
-            return over_context(&lease, &job, context, &message).await;
+            return over_context(&lease, &job, &request, context, &message).await;
         }
-        let keep = kept_tokens(context, &job.body);
+        let keep = kept_tokens(context, &request.params);
         tracing::info!(model = %lease.model(), context, keep, "the prompt is longer than the context: cutting it from the front");
-        job.body
+        request
+            .params
             .insert("truncate_prompt_tokens".into(), json!(keep));
-        resp = match post(&lease, path, &job.body).await {
+        resp = match post(&lease, path, body(&request)).await {
             Ok(r) => r,
             Err(e) => return e,
         };

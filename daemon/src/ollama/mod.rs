@@ -4,11 +4,13 @@
 
 pub(crate) mod chunk;
 pub mod generation;
+pub(crate) mod outbound;
 mod reply;
 pub(crate) mod request;
 mod store;
 pub mod translate;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +25,8 @@ use crate::models::{self, ModelName};
 use crate::scheduler::SchedError;
 use crate::state::{rfc3339, Daemon};
 use crate::units::KeepAlive;
-use chunk::Text;
 use generation::{Job, Kind};
+use outbound::{EngineRequest, Input};
 
 /// Answers an Ollama or model-listing route, or `None` when the path is not one.
 pub async fn route(daemon: &Daemon, parts: &Parts, body: Bytes) -> Option<Response<Body>> {
@@ -296,14 +298,17 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
     if req.messages.is_empty() {
         return load_or_unload(daemon, Kind::Chat, &raw, &name, keep_alive, started).await;
     }
-    // each text copied once from the body (typed read) or moved (tree read): a chat's history
-    // can be most of its bytes
+    // the texts passed on as the client wrote them (typed read) or moved (tree read): a
+    // chat's history can be most of its bytes
     let (msgs, images) = translate::messages(req.messages).map_err(bad)?;
-    oai.insert("messages".into(), Value::Array(msgs));
+    let mut request = EngineRequest {
+        input: Input::Messages(msgs),
+        params: oai,
+    };
     needs.images = images;
     let info = model_info(daemon, &name).await?;
     check(needs, &info, &raw)?;
-    translate::think(thinking, info.profile.think, &mut oai);
+    translate::think(thinking, info.profile.think, &mut request.params);
     let lease = daemon
         .scheduler
         .acquire_with_context(&name, keep_alive, num_ctx_of(req.options.as_ref()))
@@ -313,13 +318,12 @@ async fn chat(daemon: &Daemon, body: &[u8], started: Instant) -> Result<Response
         kind: Kind::Chat,
         model: raw,
         stream: req.stream,
-        body: oai,
         want_context: false,
         truncate,
         stall_timeout: daemon.config().config.engine.stall_timeout.0,
         started,
     };
-    Ok(generation::run(job, lease, &daemon.tasks).await)
+    Ok(generation::run(job, request, lease, &daemon.tasks).await)
 }
 
 async fn generate(
@@ -327,10 +331,13 @@ async fn generate(
     body: &[u8],
     started: Instant,
 ) -> Result<Response<Body>, Reject> {
-    let req = request::Request::read(body, request::Route::Generate)?;
+    let mut req = request::Request::read(body, request::Route::Generate)?;
     let (raw_name, name, keep_alive, raw) = (req.model, req.name, req.keep_alive, req.raw);
-    let prompt = req.prompt.as_ref().map_or("", Text::as_str);
-    let system = req.system.as_ref().map(Text::as_str);
+    let prompt = req
+        .prompt
+        .take()
+        .unwrap_or(outbound::Content::Text(Cow::Borrowed("")));
+    let system = req.system.take();
     if req.suffix.as_ref().is_some_and(|s| !s.as_str().is_empty()) {
         return Err(Reject(
             StatusCode::BAD_REQUEST,
@@ -357,15 +364,14 @@ async fn generate(
         .await;
     }
     let mut thinking = translate::Thinking::Unset;
-    let images = if raw {
+    let (input, images) = if raw {
         if has_images {
             return Err(Reject(
                 StatusCode::BAD_REQUEST,
                 "images cannot be sent with raw: true".into(),
             ));
         }
-        oai.insert("prompt".into(), json!(prompt));
-        0
+        (Input::Prompt(prompt), 0)
     } else {
         thinking = translate::Thinking::parse(req.think.as_ref()).map_err(bad)?;
         if let Some(template) =
@@ -375,9 +381,9 @@ async fn generate(
         }
         let (msgs, images) =
             translate::generate_messages(system, prompt, req.images.as_ref()).map_err(bad)?;
-        oai.insert("messages".into(), Value::Array(msgs));
-        images
+        (Input::Messages(msgs), images)
     };
+    let mut request = EngineRequest { input, params: oai };
     let needs = Needs {
         images,
         thinking: thinking.wanted(),
@@ -385,7 +391,7 @@ async fn generate(
     };
     let info = model_info(daemon, &name).await?;
     check(needs, &info, &raw_name)?;
-    translate::think(thinking, info.profile.think, &mut oai);
+    translate::think(thinking, info.profile.think, &mut request.params);
     let lease = daemon
         .scheduler
         .acquire_with_context(&name, keep_alive, num_ctx_of(req.options.as_ref()))
@@ -395,13 +401,12 @@ async fn generate(
         kind: Kind::Generate { raw },
         model: raw_name,
         stream: req.stream,
-        body: oai,
         want_context: !raw,
         truncate,
         stall_timeout: daemon.config().config.engine.stall_timeout.0,
         started,
     };
-    Ok(generation::run(job, lease, &daemon.tasks).await)
+    Ok(generation::run(job, request, lease, &daemon.tasks).await)
 }
 
 async fn embed(

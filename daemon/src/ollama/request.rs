@@ -1,8 +1,9 @@
 //! An Ollama chat or generate request as its handler reads it. Most bodies are read in one
-//! pass into typed members: the model's name, the messages' roles and texts and the prompt
-//! borrowed from the body, no map built for the request or for each message (a
-//! `serde_json::Value` tree spent ~5 900 instructions on a one-message chat: a B-tree and a
-//! `String` for every key and text).
+//! pass into typed members: the model's name and the messages' roles borrowed from the body,
+//! the messages' contents, the prompt and the system prompt kept as the JSON strings the
+//! client wrote (passed on to the engine as they are: `outbound`), no map built for the
+//! request or for each message (a `serde_json::Value` tree spent ~5 900 instructions on a
+//! one-message chat: a B-tree and a `String` for every key and text).
 //!
 //! Whatever the typed read refuses — a member of the wrong type, a member named twice, an
 //! array where an object belongs, no `model`, a `\u` escape, broken JSON — is read again as a
@@ -13,12 +14,16 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use serde::de::{value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::chunk::Text;
+use super::outbound::Content;
 use super::translate::Invalid;
 use crate::http::Reject;
 use crate::models::ModelName;
@@ -47,8 +52,9 @@ pub struct Request<'a> {
     pub messages: Messages<'a>,
     /// A generate's.
     pub raw: bool,
-    pub prompt: Option<Text<'a>>,
-    pub system: Option<Text<'a>>,
+    /// As the client wrote them (typed read), or their texts (tree read).
+    pub prompt: Option<Content<'a>>,
+    pub system: Option<Content<'a>>,
     pub suffix: Option<Text<'a>>,
     pub images: Option<Value>,
     pub options: Option<Value>,
@@ -84,8 +90,9 @@ impl Messages<'_> {
 pub struct Message<'a> {
     #[serde(borrow)]
     pub role: Text<'a>,
+    /// As the client wrote it (typed read), or its text (tree read).
     #[serde(borrow, default)]
-    pub content: Option<Text<'a>>,
+    pub content: Option<Content<'a>>,
     #[serde(default)]
     pub images: Option<Value>,
     #[serde(default)]
@@ -106,7 +113,7 @@ impl Message<'static> {
         };
         let content = match m.remove("content") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(Text(Cow::Owned(s))),
+            Some(Value::String(s)) => Some(Content::Text(Cow::Owned(s))),
             Some(_) => return Err(Invalid(format!("messages[{i}].content must be a string"))),
         };
         Ok(Message {
@@ -134,9 +141,9 @@ struct Fields<'a> {
     #[serde(default)]
     raw: Option<bool>,
     #[serde(borrow, default)]
-    prompt: Option<Text<'a>>,
+    prompt: Option<Content<'a>>,
     #[serde(borrow, default)]
-    system: Option<Text<'a>>,
+    system: Option<Content<'a>>,
     #[serde(borrow, default)]
     suffix: Option<Text<'a>>,
     #[serde(default)]
@@ -226,8 +233,8 @@ impl<'a> Request<'a> {
             }
             Route::Generate => {
                 raw = super::bool_of(&req, "raw", false)?;
-                prompt = take_text(&mut req, "prompt")?;
-                system = take_text(&mut req, "system")?;
+                prompt = take_text(&mut req, "prompt")?.map(|t| Content::Text(t.0));
+                system = take_text(&mut req, "system")?.map(|t| Content::Text(t.0));
                 suffix = take_text(&mut req, "suffix")?;
             }
         }
@@ -271,8 +278,12 @@ fn take_text(req: &mut Map<String, Value>, key: &str) -> Result<Option<Text<'sta
 /// refused by the tree's read, wherever it is). UTF-8 is checked once, for the whole body, as
 /// the tree's read checks it (a skipped member's bytes too).
 fn typed(body: &[u8]) -> Option<Fields<'_>> {
-    // a backslash then `u` (or an escaped backslash then `u`: the tree reads that too)
-    if memchr::memchr_iter(b'\\', body).any(|at| body.get(at + 1) == Some(&b'u')) {
+    // a backslash then `u` (or an escaped backslash then `u`: the tree reads that too),
+    // looked for as a pair: a history full of escaped quotes and newlines stops a search for
+    // single backslashes at each one
+    static ESCAPE: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\\u"));
+    if ESCAPE.find(body).is_some() {
         return None;
     }
     let text = std::str::from_utf8(body).ok()?;
@@ -316,19 +327,28 @@ mod tests {
         let own = match route {
             Route::Chat => {
                 let messages: Vec<String> = match r.messages {
-                    Messages::Read(m) => m.iter().map(|m| format!("{m:?}")).collect(),
+                    Messages::Read(m) => m.iter().map(message).collect(),
                     Messages::Values(m) => m
                         .into_iter()
                         .enumerate()
                         .map(|(i, v)| match Message::from_value(i, v) {
-                            Ok(m) => format!("{m:?}"),
+                            Ok(m) => message(&m),
                             Err(e) => format!("invalid {e}"),
                         })
                         .collect(),
                 };
                 format!("{messages:?}")
             }
-            Route::Generate => format!("{} {:?} {:?} {:?}", r.raw, r.prompt, r.system, r.suffix),
+            Route::Generate => {
+                let text = |c: &Option<Content<'_>>| c.as_ref().map(|c| c.text().into_owned());
+                format!(
+                    "{} {:?} {:?} {:?}",
+                    r.raw,
+                    text(&r.prompt),
+                    text(&r.system),
+                    r.suffix
+                )
+            }
         };
         // Cow's Borrowed and Owned print alike: the texts are compared, not their home
         format!(
@@ -347,6 +367,19 @@ mod tests {
             r.tools,
             r.think,
             r.template
+        )
+    }
+
+    /// A message's members, its content as the text it holds (the typed read keeps it as
+    /// written, the tree's read unescaped).
+    fn message(m: &Message<'_>) -> String {
+        let content = m.content.as_ref().map(Content::text);
+        format!(
+            "{:?} {content:?} {:?} {:?} {:?}",
+            m.role.as_str(),
+            m.images,
+            m.tool_calls,
+            m.tool_name
         )
     }
 
@@ -382,10 +415,10 @@ mod tests {
             panic!("read as a tree: {chat:?}");
         };
         assert!(matches!(m[0].role.0, Cow::Borrowed("user")));
-        assert!(matches!(
-            m[0].content.as_ref().unwrap().0,
-            Cow::Borrowed("Say hi")
-        ));
+        let Some(Content::Json(content)) = &m[0].content else {
+            panic!("the content not kept as written: {m:?}");
+        };
+        assert_eq!(content.literal(), r#""Say hi""#);
         assert_eq!(chat.options, Some(serde_json::json!({"num_predict": 1})));
     }
 

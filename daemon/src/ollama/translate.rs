@@ -4,6 +4,9 @@
 use crate::engine::profile::Think;
 use serde_json::{json, Map, Value};
 
+use std::borrow::Cow;
+
+use super::outbound::{ChatMessage, Content};
 use super::request::{Message, Messages};
 
 /// A request that cannot be translated: the message for Ollama's `{"error": ...}` (400).
@@ -286,8 +289,9 @@ fn image_mime(b64: &str) -> Result<&'static str, Invalid> {
     Ok(mime)
 }
 
-/// Text plus images as OpenAI content parts (or the plain string, moved, without images).
-fn content(text: String, images: Option<&Value>) -> Result<(Value, usize), Invalid> {
+/// A message's content with its images as OpenAI content parts (the content as it came
+/// when there are none).
+fn content<'a>(text: Content<'a>, images: Option<&Value>) -> Result<(Content<'a>, usize), Invalid> {
     let images: Vec<&str> = match images {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
@@ -300,20 +304,19 @@ fn content(text: String, images: Option<&Value>) -> Result<(Value, usize), Inval
         Some(_) => return Err(invalid("images must be a list of base64 strings")),
     };
     if images.is_empty() {
-        return Ok((Value::String(text), 0));
+        return Ok((text, 0));
     }
-    let mut parts = vec![json!({"type": "text", "text": text})];
+    let mut parts = vec![json!({"type": "text", "text": text.text()})];
     for image in &images {
         let mime = image_mime(image)?;
         parts.push(json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{image}")}}));
     }
-    Ok((Value::Array(parts), images.len()))
+    Ok((Content::Parts(parts), images.len()))
 }
 
 /// Ollama chat messages → OpenAI messages; also returns how many images they carry. The
-/// roles and texts are moved into the new messages when they own their bytes, else copied
-/// once from the request's body.
-pub fn messages(messages: Messages<'_>) -> Result<(Vec<Value>, usize), Invalid> {
+/// texts are passed on as the client wrote them (typed read) or moved (tree read).
+pub fn messages(messages: Messages<'_>) -> Result<(Vec<ChatMessage<'_>>, usize), Invalid> {
     match messages {
         Messages::Read(m) => read_messages(m.into_iter().map(Ok)),
         Messages::Values(m) => read_messages(
@@ -326,20 +329,22 @@ pub fn messages(messages: Messages<'_>) -> Result<(Vec<Value>, usize), Invalid> 
 
 fn read_messages<'a>(
     messages: impl ExactSizeIterator<Item = Result<Message<'a>, Invalid>>,
-) -> Result<(Vec<Value>, usize), Invalid> {
+) -> Result<(Vec<ChatMessage<'a>>, usize), Invalid> {
     let mut out = Vec::with_capacity(messages.len());
     let mut images = 0;
     let mut call_ids: Vec<(String, String)> = Vec::new(); // (function name, call id)
     for m in messages {
         let m = m?;
-        let text = m.content.map(|t| t.0.into_owned()).unwrap_or_default();
+        let text = m.content.unwrap_or(Content::Text(Cow::Borrowed("")));
         let (content, n) = content(text, m.images.as_ref())?;
         images += n;
-        let role = m.role.0.into_owned();
-        let is_tool = role == "tool";
-        let mut msg = Map::new();
-        msg.insert("role".into(), Value::String(role));
-        msg.insert("content".into(), content);
+        let mut msg = ChatMessage {
+            role: m.role.0,
+            content,
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
+        };
         if let Some(Value::Array(calls)) = &m.tool_calls {
             let mut openai_calls = Vec::new();
             for call in calls {
@@ -357,9 +362,9 @@ fn read_messages<'a>(
                 call_ids.push((name.clone(), id.clone()));
                 openai_calls.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}));
             }
-            msg.insert("tool_calls".into(), Value::Array(openai_calls));
+            msg.tool_calls = Some(openai_calls);
         }
-        if is_tool {
+        if msg.role == "tool" {
             let name = m.tool_name.as_ref().and_then(Value::as_str).unwrap_or("");
             let id = call_ids
                 .iter()
@@ -367,28 +372,35 @@ fn read_messages<'a>(
                 .find(|(n, _)| n == name || name.is_empty())
                 .map(|(_, id)| id.clone())
                 .unwrap_or_else(|| "call_0".into());
-            msg.insert("tool_call_id".into(), json!(id));
+            msg.tool_call_id = Some(id);
             if !name.is_empty() {
-                msg.insert("name".into(), json!(name));
+                msg.name = Some(name.to_string());
             }
         }
-        out.push(Value::Object(msg));
+        out.push(msg);
     }
     Ok((out, images))
 }
 
 /// A generate request's prompt as chat messages (system, then the prompt with its images).
-pub fn generate_messages(
-    system: Option<&str>,
-    prompt: &str,
+pub fn generate_messages<'a>(
+    system: Option<Content<'a>>,
+    prompt: Content<'a>,
     images: Option<&Value>,
-) -> Result<(Vec<Value>, usize), Invalid> {
+) -> Result<(Vec<ChatMessage<'a>>, usize), Invalid> {
     let mut out = Vec::new();
+    let message = |role: &'static str, content| ChatMessage {
+        role: Cow::Borrowed(role),
+        content,
+        tool_calls: None,
+        tool_call_id: None,
+        name: None,
+    };
     if let Some(system) = system.filter(|s| !s.is_empty()) {
-        out.push(json!({"role": "system", "content": system}));
+        out.push(message("system", system));
     }
-    let (content, n) = content(prompt.to_owned(), images)?;
-    out.push(json!({"role": "user", "content": content}));
+    let (content, n) = content(prompt, images)?;
+    out.push(message("user", content));
     Ok((out, n))
 }
 
@@ -499,6 +511,7 @@ mod tests {
             json!({"role": "tool", "content": "22C", "tool_name": "get_weather"}),
         ]))
         .unwrap();
+        let msgs = serde_json::to_value(msgs).unwrap();
         assert_eq!(images, 0);
         let call = &msgs[1]["tool_calls"][0];
         assert_eq!(call["function"]["arguments"], "{\"city\":\"Paris\"}");
@@ -513,6 +526,7 @@ mod tests {
             json!({"role": "user", "content": "what is it?", "images": [png]}),
         ]))
         .unwrap();
+        let msgs = serde_json::to_value(msgs).unwrap();
         assert_eq!(n, 1);
         let parts = msgs[0]["content"].as_array().unwrap();
         assert_eq!(parts[0]["text"], "what is it?");

@@ -9,10 +9,20 @@
 //! its quotes cannot occur inside a JSON string (quotes there are escaped), so a match is
 //! always the real field.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde::Deserialize;
 
 const KEY: &[u8] = b"\"usage\":{";
+
+/// The searcher for [`KEY`], built once (`memmem::find` builds one a call: ~500
+/// instructions of set-up for each engine answer).
+fn key_finder() -> &'static memmem::Finder<'static> {
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(KEY));
+    &FINDER
+}
+
 /// A usage object longer than this is not one (it is dropped, not buffered further).
 const MAX_OBJECT: usize = 4096;
 
@@ -76,7 +86,7 @@ impl UsageScan {
             let kept = self.buf.len();
             self.buf
                 .extend_from_slice(&data[..data.len().min(KEY.len() - 1)]);
-            if let Some(at) = memmem::find(&self.buf, KEY) {
+            if let Some(at) = key_finder().find(&self.buf) {
                 return self.open(&data[at + KEY.len() - 1 - kept..]);
             }
             if data.len() < KEY.len() - 1 {
@@ -86,7 +96,7 @@ impl UsageScan {
             }
             self.buf.clear();
         }
-        if let Some(at) = memmem::find(data, KEY) {
+        if let Some(at) = key_finder().find(data) {
             return self.open(&data[at + KEY.len() - 1..]);
         }
         self.buf
