@@ -65,7 +65,7 @@ impl Serialize for JsonStr<'_> {
 pub enum Content<'a> {
     /// As the client wrote it (the typed read of its body).
     Json(JsonStr<'a>),
-    /// A text to be written as JSON (the tree's read, a generate's prompt).
+    /// A text to be written as JSON (what the tree's read holds; a missing text's `""`).
     Text(Cow<'a, str>),
     /// Text and images as OpenAI content parts.
     Parts(Vec<Value>),
@@ -141,14 +141,7 @@ pub struct EngineRequest<'a> {
 /// The members of a `/tokenize` request besides the model and the input.
 const TOKENIZE: [&str; 2] = ["chat_template", "chat_template_kwargs"];
 
-impl<'a> EngineRequest<'a> {
-    pub fn new(input: Input<'a>) -> EngineRequest<'a> {
-        EngineRequest {
-            input,
-            params: Map::new(),
-        }
-    }
-
+impl EngineRequest<'_> {
     /// The completion request's body: streamed, with usage, for `model` (the engine's
     /// served name); `token_ids` asks for the prompt's and the answer's token ids.
     pub fn body(&self, model: &str, token_ids: bool) -> serde_json::Result<Vec<u8>> {
@@ -253,7 +246,7 @@ mod tests {
             content: Content<'a>,
         }
         let m: M = serde_json::from_slice(body).unwrap();
-        let mut request = EngineRequest::new(Input::Messages(vec![
+        let messages = Input::Messages(vec![
             ChatMessage {
                 role: "system".into(),
                 content: Content::Text("be brief".into()),
@@ -275,7 +268,11 @@ mod tests {
                 tool_call_id: Some("call_0".into()),
                 name: Some("f".into()),
             },
-        ]));
+        ]);
+        let mut request = EngineRequest {
+            input: messages,
+            params: Map::new(),
+        };
         request.params.insert("max_tokens".into(), json!(5));
         request.params.insert("chat_template".into(), json!("t"));
         let messages = json!([
@@ -296,7 +293,10 @@ mod tests {
             counted,
             json!({"model": "served", "messages": messages, "chat_template": "t"})
         );
-        let raw = EngineRequest::new(Input::Prompt(Content::Text("say \"hi\"".into())));
+        let raw = EngineRequest {
+            input: Input::Prompt(Content::Text("say \"hi\"".into())),
+            params: Map::new(),
+        };
         let sent: Value = serde_json::from_slice(&raw.body("m", false).unwrap()).unwrap();
         assert_eq!(
             sent,
