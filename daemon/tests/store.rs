@@ -569,7 +569,14 @@ fn ctrl_c_detaches_vllamactl_pull_and_the_daemon_goes_on() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // The pull has begun once the hub serves its first file: by then vllamactl has sent the
+    // request, and so has its Ctrl-C handler in place (a fixed sleep lost that race on a busy
+    // machine: the default action killed it). The weights take a second at the hub's rate.
+    assert!(
+        vllama_testkit::wait_until(Duration::from_secs(15), || !hub.served().is_empty()),
+        "the pull did not begin:\n{}",
+        d.log()
+    );
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
