@@ -2,10 +2,10 @@
 //! body: typed messages, whose texts read from the client's body are passed on as the client
 //! wrote them (a JSON string literal, escapes and all, is JSON as it stands: no unescaping
 //! on the way in, no escaping on the way out), and the sampling parameters as a map. A
-//! `serde_json::Map` per message and for the body, built, written and dropped, cost ~6 000
-//! instructions a one-message chat (~1 200 now), and each text was unescaped and escaped
-//! again: a 16 KB prompt cost the Ollama path 2.5× the pass-through's instructions, 1.14×
-//! now (docs/PERFORMANCE.md).
+//! `serde_json::Map` per message and for the body, built, written and dropped, and each text
+//! unescaped and escaped again: a one-message chat cost ~4 000 instructions more than it does
+//! now (the body is ~1 200 to write), a 16 KB prompt 2.5× the pass-through's instructions
+//! (1.14× now; docs/PERFORMANCE.md).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -82,7 +82,7 @@ impl<'a> Content<'a> {
     }
 
     /// About how many bytes it takes in JSON.
-    fn len(&self) -> usize {
+    fn size_hint(&self) -> usize {
         match self {
             Content::Json(j) => j.literal().len(),
             Content::Text(t) => t.len() + 2,
@@ -184,8 +184,8 @@ impl EngineRequest<'_> {
     /// About how many bytes the input's texts take.
     fn input_len(&self) -> usize {
         match &self.input {
-            Input::Messages(m) => m.iter().map(|m| m.content.len() + 32).sum(),
-            Input::Prompt(p) => p.len(),
+            Input::Messages(m) => m.iter().map(|m| m.content.size_hint() + 32).sum(),
+            Input::Prompt(p) => p.size_hint(),
         }
     }
 }

@@ -2,8 +2,11 @@
 //! Responses, tokenize) and Anthropic's (Messages). They differ in the shape of an error,
 //! in how an event stream ends, and in the event that reports a stream broken off.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
+use memchr::memmem;
 use serde_json::{json, Value};
 
 use crate::http::{self, Body};
@@ -14,23 +17,54 @@ pub enum Dialect {
     Anthropic,
 }
 
+/// Byte strings searched for in every frame of a stream, with their searchers built once,
+/// at the first search (`memmem::find` builds one a call: its set-up ran for every frame of
+/// every streamed answer).
+#[derive(Debug)]
+pub struct Needles {
+    list: &'static [&'static [u8]],
+    finders: OnceLock<Vec<memmem::Finder<'static>>>,
+}
+
+impl Needles {
+    pub const fn new(list: &'static [&'static [u8]]) -> Needles {
+        Needles {
+            list,
+            finders: OnceLock::new(),
+        }
+    }
+
+    pub fn list(&self) -> &'static [&'static [u8]] {
+        self.list
+    }
+
+    /// Whether any of them is in `hay`.
+    pub fn any_in(&self, hay: &[u8]) -> bool {
+        self.finders
+            .get_or_init(|| self.list.iter().copied().map(memmem::Finder::new).collect())
+            .iter()
+            .any(|f| f.find(hay).is_some())
+    }
+}
+
+static MESSAGES_END: Needles = Needles::new(&[b"\"type\":\"message_stop\""]);
+static RESPONSES_END: Needles = Needles::new(&[
+    b"\"type\":\"response.completed\"",
+    b"\"type\":\"response.incomplete\"",
+    b"\"type\":\"response.failed\"",
+    b"\"type\":\"response.cancelled\"",
+]);
+static OPENAI_END: Needles = Needles::new(&[b"data: [DONE]"]);
+
 /// How a whole stream ends, per route: the events that end it (anything else at the end of
 /// the body means the engine stopped in the middle) and the name to report them by.
-pub fn stream_end(path: &str) -> (&'static [&'static [u8]], &'static str) {
+pub fn stream_end(path: &str) -> (&'static Needles, &'static str) {
     if path.starts_with("/v1/messages") {
-        (&[b"\"type\":\"message_stop\""], "message_stop")
+        (&MESSAGES_END, "message_stop")
     } else if path.starts_with("/v1/responses") {
-        (
-            &[
-                b"\"type\":\"response.completed\"",
-                b"\"type\":\"response.incomplete\"",
-                b"\"type\":\"response.failed\"",
-                b"\"type\":\"response.cancelled\"",
-            ],
-            "response.completed",
-        )
+        (&RESPONSES_END, "response.completed")
     } else {
-        (&[b"data: [DONE]"], "[DONE]")
+        (&OPENAI_END, "[DONE]")
     }
 }
 

@@ -13,7 +13,7 @@ use hyper::body::Frame;
 use hyper::header::CONTENT_TYPE;
 use hyper::Response;
 
-use super::dialect::Dialect;
+use super::dialect::{Dialect, Needles};
 use super::responses::{IdScan, ResponseIds};
 use super::usage::UsageScan;
 use crate::engine::EngineBody;
@@ -26,7 +26,7 @@ use std::future::Future;
 pub struct Watch {
     pub dialect: Dialect,
     /// The events that end a whole stream, and their name.
-    pub ends: (&'static [&'static [u8]], &'static str),
+    pub ends: (&'static Needles, &'static str),
     /// Where Responses ids are noted (when the engines keep responses).
     pub ids: Option<Arc<ResponseIds>>,
     /// An event stream that goes quiet this long fails (`engine.stall_timeout`).
@@ -78,7 +78,7 @@ const MAX_NEEDLE: usize = 48;
 /// allocating: the end of the previous frame is kept in a fixed buffer.
 #[derive(Debug)]
 pub(crate) struct Marker {
-    needles: &'static [&'static [u8]],
+    needles: &'static Needles,
     /// The last `keep` bytes seen (fewer at the start).
     tail: [u8; MAX_NEEDLE],
     tail_len: usize,
@@ -87,8 +87,8 @@ pub(crate) struct Marker {
 }
 
 impl Marker {
-    pub(crate) fn new(needles: &'static [&'static [u8]]) -> Marker {
-        let longest = needles.iter().map(|n| n.len()).max().unwrap_or(1);
+    pub(crate) fn new(needles: &'static Needles) -> Marker {
+        let longest = needles.list().iter().map(|n| n.len()).max().unwrap_or(1);
         Marker {
             needles,
             tail: [0; MAX_NEEDLE],
@@ -103,9 +103,7 @@ impl Marker {
     }
 
     fn found(&self, hay: &[u8]) -> bool {
-        self.needles
-            .iter()
-            .any(|n| memchr::memmem::find(hay, n).is_some())
+        self.needles.any_in(hay)
     }
 
     // Fixed-size copies on the per-frame path, in bounds by construction (`tail_len <= keep
@@ -290,10 +288,10 @@ mod tests {
 
     #[test]
     fn markers_are_found_across_frames() {
-        const ENDS: &[&[u8]] = &[b"\"type\":\"message_stop\"", b"data: [DONE]"];
+        static ENDS: Needles = Needles::new(&[b"\"type\":\"message_stop\"", b"data: [DONE]"]);
         let stream = b"event: message_delta\ndata: {}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         for size in 1..stream.len() {
-            let mut m = Marker::new(ENDS);
+            let mut m = Marker::new(&ENDS);
             for chunk in stream.chunks(size) {
                 m.feed(chunk);
             }
@@ -313,7 +311,7 @@ mod tests {
                 assert_eq!(m.seen, want, "frames of {size}");
             }
         }
-        let mut m = Marker::new(ENDS);
+        let mut m = Marker::new(&ENDS);
         m.feed(b"data: {\"type\":\"message_delta\"}\n\n");
         m.feed(b"data: {\"text\":\"message_stop\"}");
         assert!(!m.seen, "the word alone is no end");
