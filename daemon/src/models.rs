@@ -456,6 +456,17 @@ mod tests {
             ModelName::parse("org/m").unwrap().as_repo(),
             Some(("org/m", "main"))
         );
+        // The longest names, lowered with and without the default tag.
+        let long = "A".repeat(200);
+        assert_eq!(
+            ModelName::parse(&long).unwrap().as_str(),
+            "a".repeat(200) + ":latest"
+        );
+        let tagged = "B".repeat(196) + ":T1";
+        assert_eq!(
+            ModelName::parse(&tagged).unwrap().as_str(),
+            "b".repeat(196) + ":t1"
+        );
     }
 
     #[test]

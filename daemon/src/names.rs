@@ -2,6 +2,11 @@
 //! `org/name[@revision]`, validated once into [`ModelName`]. The lowest layer: the
 //! configuration, the store, keys and the scheduler all name models with it.
 
+use std::sync::Arc;
+
+/// The longest model name, in bytes.
+const MAX_NAME: usize = 200;
+
 /// A name that is not a model name, and why.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("invalid model name `{name}`: {why}")]
@@ -11,9 +16,10 @@ pub struct InvalidName {
 }
 
 /// A validated model name: `name:tag` (tag defaulting to `latest`) or a repository
-/// `org/name[@revision]`.
+/// `org/name[@revision]`. Shared, not copied, when cloned: a request's name goes to the
+/// scheduler's lease, the access line and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModelName(String);
+pub struct ModelName(Arc<str>);
 
 impl ModelName {
     pub fn parse(raw: &str) -> Result<ModelName, InvalidName> {
@@ -25,7 +31,7 @@ impl ModelName {
         if name.is_empty() {
             return Err(bad("empty"));
         }
-        if name.len() > 200 {
+        if name.len() > MAX_NAME {
             return Err(bad("longer than 200 characters"));
         }
         if !name
@@ -47,7 +53,7 @@ impl ModelName {
             if name.contains(':') {
                 return Err(bad("a repository name takes `@revision`, not `:tag`"));
             }
-            return Ok(ModelName(name.to_string()));
+            return Ok(ModelName(Arc::from(name)));
         }
         if name.contains('@') {
             return Err(bad(
@@ -56,14 +62,8 @@ impl ModelName {
         }
         match name.split_once(':') {
             Some((_, tag)) if tag.contains(':') => Err(bad("more than one `:`")),
-            Some(_) => Ok(ModelName(name.to_ascii_lowercase())),
-            None => {
-                let mut full = String::with_capacity(name.len() + ":latest".len());
-                full.push_str(name);
-                full.make_ascii_lowercase();
-                full.push_str(":latest");
-                Ok(ModelName(full))
-            }
+            Some(_) => Ok(ModelName(lowered(name, ""))),
+            None => Ok(ModelName(lowered(name, ":latest"))),
         }
     }
 
@@ -78,7 +78,7 @@ impl ModelName {
         }
         Some(match self.0.split_once('@') {
             Some((repo, rev)) => (repo, rev),
-            None => (self.0.as_str(), "main"),
+            None => (&*self.0, "main"),
         })
     }
 
@@ -98,6 +98,23 @@ impl ModelName {
         s.truncate(40);
         s
     }
+}
+
+/// `name` in lower case followed by `suffix`, made on the stack and shared in one allocation
+/// (a name is at most [`MAX_NAME`] bytes; a longer one takes the heap on its way).
+fn lowered(name: &str, suffix: &str) -> Arc<str> {
+    let mut buf = [0u8; MAX_NAME + ":latest".len()];
+    let len = name.len() + suffix.len();
+    if let Some(out) = buf.get_mut(..len) {
+        let (head, tail) = out.split_at_mut(name.len());
+        head.copy_from_slice(name.as_bytes());
+        head.make_ascii_lowercase();
+        tail.copy_from_slice(suffix.as_bytes());
+        if let Ok(text) = std::str::from_utf8(out) {
+            return Arc::from(text);
+        }
+    }
+    Arc::from(name.to_ascii_lowercase() + suffix)
 }
 
 impl std::fmt::Display for ModelName {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::access_line::Access;
 use crate::metrics::Metrics;
+use crate::names::ModelName;
 
 tokio::task_local! {
     static CURRENT: Arc<Request>;
@@ -41,9 +42,9 @@ pub struct Request {
     status: AtomicU16,
     /// The canonical name of the model that served it (set once a model is leased, so the
     /// label's values are bounded by the models configured or stored).
-    model: OnceLock<String>,
+    model: OnceLock<ModelName>,
     /// The model name the client asked for, once it parsed.
-    requested: OnceLock<String>,
+    requested: OnceLock<ModelName>,
     /// The API key it presented.
     key: OnceLock<Arc<crate::keys::Key>>,
     first_token: OnceLock<Duration>,
@@ -103,7 +104,7 @@ impl Drop for Request {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         let status = self.status.load(Ordering::Relaxed);
-        let model = self.model.get().map_or("", String::as_str);
+        let model = self.model.get().map_or("", ModelName::as_str);
         let tokens = *self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let admitted = self
             .admitted
@@ -133,8 +134,8 @@ impl Drop for Request {
                     .key
                     .get()
                     .map(|k| (k.record.id.as_str(), k.record.name.as_str())),
-                requested: self.requested.get().map(String::as_str),
-                model: self.model.get().map(String::as_str),
+                requested: self.requested.get().map(ModelName::as_str),
+                model: self.model.get().map(ModelName::as_str),
                 status,
                 head_us: self.head.load(Ordering::Relaxed),
                 duration_us: micros(elapsed),
@@ -158,16 +159,16 @@ pub fn request_id() -> Option<String> {
 
 impl Request {
     /// The model the client asked for (a valid name): the span's `model` from here on.
-    pub fn requested(&self, name: &str) {
-        let _ = self.requested.set(name.to_string());
+    pub fn requested(&self, name: &ModelName) {
+        let _ = self.requested.set(name.clone());
         self.span.record("model", tracing::field::display(name));
     }
 
     /// The model that serves this request (its canonical name). The span gets it too when it
     /// differs from the name asked for (an alias); a field recorded twice is written twice.
-    pub fn model(&self, name: &str) {
-        let _ = self.model.set(name.to_string());
-        if self.requested.get().map(String::as_str) != Some(name) {
+    pub fn model(&self, name: &ModelName) {
+        let _ = self.model.set(name.clone());
+        if self.requested.get() != Some(name) {
             self.span.record("model", tracing::field::display(name));
         }
     }
@@ -214,7 +215,7 @@ impl Request {
 }
 
 /// [`Request::model`] on the current request.
-pub fn model(name: &str) {
+pub fn model(name: &ModelName) {
     if let Some(r) = current() {
         r.model(name);
     }
@@ -227,7 +228,7 @@ pub fn tenant() -> Option<crate::fair::Tenant> {
 }
 
 /// [`Request::requested`] on the current request.
-pub fn requested(name: &str) {
+pub fn requested(name: &ModelName) {
     if let Some(r) = current() {
         r.requested(name);
     }

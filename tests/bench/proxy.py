@@ -3,6 +3,8 @@
 (`vllamactl bench`) (a) straight to the engine, (b) through vllamad's OpenAI pass-through,
 (c) through vllamad's Ollama NDJSON translation, (d) through nginx proxying to the engine,
 at c = 1, 64, 256; ratios against (a) and (d); vllamad's RSS and CPU time per request.
+CPU time is read from the scheduler's nanosecond counters of each process's threads
+(clock ticks, 10 ms, were 2-5 % of a round's CPU and moved the ratios by that much).
 
 (e) LiteLLM's proxy (`litellm[proxy]`, one worker) in front of the same engine, when it is
 installed: `VLLAMA_LITELLM` names its `litellm` program (default
@@ -35,7 +37,7 @@ target = os.path.abspath(os.environ.get("TARGET", "target/release"))
 ctl = os.path.join(target, "vllamactl")
 fake = os.path.join(target, "fake-vllm")
 LITELLM = os.environ.get("VLLAMA_LITELLM", "/var/cache/vllama/litellm-venv/bin/litellm")
-from procs import cpu_seconds as cpu, free_port as port, rss_mib, stop_all, wait_port
+from procs import cpu_ns_seconds as cpu, free_port as port, rss_mib, stop_all, wait_port
 
 
 def tree_cpu(pid):

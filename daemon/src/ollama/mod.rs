@@ -105,7 +105,7 @@ fn model_named(raw: &str) -> Result<(String, ModelName), Reject> {
         return Err(Reject(StatusCode::BAD_REQUEST, "model is required".into()));
     }
     let name = ModelName::parse(raw).map_err(|e| Reject(StatusCode::BAD_REQUEST, e.to_string()))?;
-    crate::observe::requested(name.as_str());
+    crate::observe::requested(&name);
     Ok((raw.to_string(), name))
 }
 

@@ -48,7 +48,7 @@ pub async fn forward(
     };
     let name = match ModelName::parse(request.model()) {
         Ok(n) => {
-            crate::observe::requested(n.as_str());
+            crate::observe::requested(&n);
             n
         }
         Err(e) => {

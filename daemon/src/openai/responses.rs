@@ -70,7 +70,7 @@ pub async fn stored(daemon: &Daemon, parts: http::Parts, id: &str) -> Response<B
             "invalid_request_error",
         );
     };
-    crate::observe::requested(model.as_str());
+    crate::observe::requested(&model);
     let Some(lease) = daemon.scheduler.lease_running(&model) else {
         return oai.error(
             StatusCode::NOT_FOUND,

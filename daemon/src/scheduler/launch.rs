@@ -163,10 +163,10 @@ impl Scheduler {
         } else {
             self.local_engine(config, name, model, id, found).await?
         };
-        let served_name = model
+        let served_name: Arc<str> = model
             .served_name
-            .clone()
-            .unwrap_or_else(|| name.to_string());
+            .as_deref()
+            .map_or_else(|| Arc::from(name.as_str()), Arc::from);
         let (metrics, on_change) = (self.inner.metrics.clone(), self.inner.on_change.clone());
         let observer: crate::engine::EngineObserver = Arc::new(move |model, event, status| {
             metrics.engine_event(model, event, status);

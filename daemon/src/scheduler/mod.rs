@@ -114,7 +114,8 @@ pub enum Unload {
 #[derive(Debug)]
 struct Slot {
     engine: Arc<Engine>,
-    served_name: String,
+    /// The name the engine serves the model under (shared with every lease).
+    served_name: Arc<str>,
     /// Requests holding a lease: waiting for the engine or running on it.
     pending: u32,
     keep_alive: KeepAlive,
@@ -209,7 +210,7 @@ pub struct Lease {
     scheduler: Weak<Inner>,
     model: ModelName,
     engine: Arc<Engine>,
-    served_name: String,
+    served_name: Arc<str>,
     info: Arc<ModelInfo>,
     gate: Arc<crate::fair::Gate>,
     /// The request's turn at the engine, once it came (dropped with the lease).
@@ -395,10 +396,10 @@ impl Scheduler {
         }
         let mut lease = match self.lease_existing(&canonical, keep_alive)? {
             Some(lease) => lease,
-            None => {
-                self.start(&canonical, model.into_owned(), keep_alive)
-                    .await?
-            }
+            // Boxed: starting an engine is the rare, cold path and its future is kilobytes
+            // (~4 700 bytes); inline, it made every request's future that large, and each
+            // request's future is moved whole into its box (`api::handle`).
+            None => Box::pin(self.start(&canonical, model.into_owned(), keep_alive)).await?,
         };
         let engine = lease.engine.clone();
         let timeout = self.config().config.engine.load_timeout.0;
@@ -433,10 +434,10 @@ impl Scheduler {
             Err(e) => return Err(e.into()),
         }
         if let Some(served) = engine.spec.kind.served_name() {
-            lease.served_name = served;
+            lease.served_name = Arc::from(served);
         }
         lease.load_duration = started.elapsed();
-        crate::observe::model(canonical.as_str());
+        crate::observe::model(&canonical);
         Ok(lease)
     }
 
@@ -705,7 +706,7 @@ impl Scheduler {
                         .spec
                         .kind
                         .served_name()
-                        .unwrap_or_else(|| s.served_name.clone()),
+                        .unwrap_or_else(|| s.served_name.to_string()),
                     id: s.engine.spec.id.clone(),
                     phase: status.phase,
                     pid: status.pid,
