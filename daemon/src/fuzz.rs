@@ -320,9 +320,8 @@ fn nothing_that_parses_outside_input_panics() {
             }
             // The end marker is found across any frame cuts exactly when the stream holds it.
             let whole = ends
-                .list()
                 .iter()
-                .any(|n| memchr::memmem::find(data, n).is_some());
+                .any(|n| memchr::memmem::find(data, n.bytes()).is_some());
             assert_eq!(marker.seen(), whole, "{cuts:?}");
             let _ = crate::engine::limits::context_overflow(&String::from_utf8_lossy(data));
             let _ = crate::engine::vllm::level_of(&String::from_utf8_lossy(data));

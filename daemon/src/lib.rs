@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod model_info;
 pub mod models;
 pub mod names;
+pub mod needle;
 pub mod notify;
 pub mod observe;
 pub mod ollama;

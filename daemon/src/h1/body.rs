@@ -198,15 +198,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
         Some(_) => return Err(FramingError::Chunk("bad chunk size")),
     }
     // At most 15 hex digits: 60 bits, no overflow.
-    Ok(line.iter().take(digits).fold(0, |size, &b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => 0, // not reached: the digits were counted as hex
-        };
-        size << 4 | u64::from(digit)
-    }))
+    Ok(line
+        .iter()
+        .take(digits)
+        .filter_map(|&b| char::from(b).to_digit(16))
+        .fold(0, |size, digit| size << 4 | u64::from(digit)))
 }
 
 #[cfg(test)]

@@ -11,22 +11,19 @@
 //! field, are what the tree alone gives (the tests `typed_and_tree_reads_agree` and
 //! `generated_bodies_read_alike` compare the two reads).
 
-use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
-use std::sync::LazyLock;
-
-use memchr::memmem;
-
 use serde::de::{value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 use super::chunk::Text;
 use super::outbound::Content;
 use super::translate::Invalid;
 use crate::http::Reject;
 use crate::models::ModelName;
+use crate::needle::Needle;
 use crate::units::KeepAlive;
 use hyper::StatusCode;
 
@@ -281,8 +278,7 @@ fn typed(body: &[u8]) -> Option<Fields<'_>> {
     // a backslash then `u` (or an escaped backslash then `u`: the tree reads that too),
     // looked for as a pair: a history full of escaped quotes and newlines stops a search for
     // single backslashes at each one
-    static ESCAPE: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\\u"));
+    static ESCAPE: Needle = Needle::new(b"\\u");
     if ESCAPE.find(body).is_some() {
         return None;
     }

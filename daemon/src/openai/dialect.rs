@@ -2,14 +2,12 @@
 //! Responses, tokenize) and Anthropic's (Messages). They differ in the shape of an error,
 //! in how an event stream ends, and in the event that reports a stream broken off.
 
-use std::sync::OnceLock;
-
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use memchr::memmem;
 use serde_json::{json, Value};
 
 use crate::http::{self, Body};
+use crate::needle::Needle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -17,48 +15,18 @@ pub enum Dialect {
     Anthropic,
 }
 
-/// Byte strings searched for in every frame of a stream, with their searchers built once,
-/// at the first search (`memmem::find` builds one a call: its set-up ran for every frame of
-/// every streamed answer).
-#[derive(Debug)]
-pub struct Needles {
-    list: &'static [&'static [u8]],
-    finders: OnceLock<Vec<memmem::Finder<'static>>>,
-}
-
-impl Needles {
-    pub const fn new(list: &'static [&'static [u8]]) -> Needles {
-        Needles {
-            list,
-            finders: OnceLock::new(),
-        }
-    }
-
-    pub fn list(&self) -> &'static [&'static [u8]] {
-        self.list
-    }
-
-    /// Whether any of them is in `hay`.
-    pub fn any_in(&self, hay: &[u8]) -> bool {
-        self.finders
-            .get_or_init(|| self.list.iter().copied().map(memmem::Finder::new).collect())
-            .iter()
-            .any(|f| f.find(hay).is_some())
-    }
-}
-
-static MESSAGES_END: Needles = Needles::new(&[b"\"type\":\"message_stop\""]);
-static RESPONSES_END: Needles = Needles::new(&[
-    b"\"type\":\"response.completed\"",
-    b"\"type\":\"response.incomplete\"",
-    b"\"type\":\"response.failed\"",
-    b"\"type\":\"response.cancelled\"",
-]);
-static OPENAI_END: Needles = Needles::new(&[b"data: [DONE]"]);
+static MESSAGES_END: [Needle; 1] = [Needle::new(b"\"type\":\"message_stop\"")];
+static RESPONSES_END: [Needle; 4] = [
+    Needle::new(b"\"type\":\"response.completed\""),
+    Needle::new(b"\"type\":\"response.incomplete\""),
+    Needle::new(b"\"type\":\"response.failed\""),
+    Needle::new(b"\"type\":\"response.cancelled\""),
+];
+static OPENAI_END: [Needle; 1] = [Needle::new(b"data: [DONE]")];
 
 /// How a whole stream ends, per route: the events that end it (anything else at the end of
 /// the body means the engine stopped in the middle) and the name to report them by.
-pub fn stream_end(path: &str) -> (&'static Needles, &'static str) {
+pub fn stream_end(path: &str) -> (&'static [Needle], &'static str) {
     if path.starts_with("/v1/messages") {
         (&MESSAGES_END, "message_stop")
     } else if path.starts_with("/v1/responses") {

@@ -13,11 +13,12 @@ use hyper::body::Frame;
 use hyper::header::CONTENT_TYPE;
 use hyper::Response;
 
-use super::dialect::{Dialect, Needles};
+use super::dialect::Dialect;
 use super::responses::{IdScan, ResponseIds};
 use super::usage::UsageScan;
 use crate::engine::EngineBody;
 use crate::http::{self, Body};
+use crate::needle::Needle;
 use crate::scheduler::Lease;
 use crate::stall::Stall;
 use std::future::Future;
@@ -26,7 +27,7 @@ use std::future::Future;
 pub struct Watch {
     pub dialect: Dialect,
     /// The events that end a whole stream, and their name.
-    pub ends: (&'static Needles, &'static str),
+    pub ends: (&'static [Needle], &'static str),
     /// Where Responses ids are noted (when the engines keep responses).
     pub ids: Option<Arc<ResponseIds>>,
     /// An event stream that goes quiet this long fails (`engine.stall_timeout`).
@@ -78,7 +79,7 @@ const MAX_NEEDLE: usize = 48;
 /// allocating: the end of the previous frame is kept in a fixed buffer.
 #[derive(Debug)]
 pub(crate) struct Marker {
-    needles: &'static Needles,
+    needles: &'static [Needle],
     /// The last `keep` bytes seen (fewer at the start).
     tail: [u8; MAX_NEEDLE],
     tail_len: usize,
@@ -87,8 +88,8 @@ pub(crate) struct Marker {
 }
 
 impl Marker {
-    pub(crate) fn new(needles: &'static Needles) -> Marker {
-        let longest = needles.list().iter().map(|n| n.len()).max().unwrap_or(1);
+    pub(crate) fn new(needles: &'static [Needle]) -> Marker {
+        let longest = needles.iter().map(Needle::len).max().unwrap_or(1);
         Marker {
             needles,
             tail: [0; MAX_NEEDLE],
@@ -103,7 +104,7 @@ impl Marker {
     }
 
     fn found(&self, hay: &[u8]) -> bool {
-        self.needles.any_in(hay)
+        self.needles.iter().any(|n| n.find(hay).is_some())
     }
 
     // Fixed-size copies on the per-frame path, in bounds by construction (`tail_len <= keep
@@ -288,7 +289,10 @@ mod tests {
 
     #[test]
     fn markers_are_found_across_frames() {
-        static ENDS: Needles = Needles::new(&[b"\"type\":\"message_stop\"", b"data: [DONE]"]);
+        static ENDS: [Needle; 2] = [
+            Needle::new(b"\"type\":\"message_stop\""),
+            Needle::new(b"data: [DONE]"),
+        ];
         let stream = b"event: message_delta\ndata: {}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         for size in 1..stream.len() {
             let mut m = Marker::new(&ENDS);

@@ -9,19 +9,13 @@
 //! its quotes cannot occur inside a JSON string (quotes there are escaped), so a match is
 //! always the real field.
 
-use std::sync::LazyLock;
-
-use memchr::memmem;
 use serde::Deserialize;
 
-const KEY: &[u8] = b"\"usage\":{";
+use crate::needle::Needle;
 
-/// The searcher for [`KEY`], built once (`memmem::find` builds one a call: the
-/// pass-through's non-streamed answer cost ~650 instructions more with it).
-fn key_finder() -> &'static memmem::Finder<'static> {
-    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(KEY));
-    &FINDER
-}
+/// Searched for in every answer (a searcher built per call cost the pass-through's
+/// non-streamed answer ~650 instructions).
+static KEY: Needle = Needle::new(b"\"usage\":{");
 
 /// A usage object longer than this is not one (it is dropped, not buffered further).
 const MAX_OBJECT: usize = 4096;
@@ -86,7 +80,7 @@ impl UsageScan {
             let kept = self.buf.len();
             self.buf
                 .extend_from_slice(&data[..data.len().min(KEY.len() - 1)]);
-            if let Some(at) = key_finder().find(&self.buf) {
+            if let Some(at) = KEY.find(&self.buf) {
                 return self.open(&data[at + KEY.len() - 1 - kept..]);
             }
             if data.len() < KEY.len() - 1 {
@@ -96,7 +90,7 @@ impl UsageScan {
             }
             self.buf.clear();
         }
-        if let Some(at) = key_finder().find(data) {
+        if let Some(at) = KEY.find(data) {
             return self.open(&data[at + KEY.len() - 1..]);
         }
         self.buf
