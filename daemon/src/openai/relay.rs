@@ -262,6 +262,17 @@ impl hyper::body::Body for LeasedBody {
             }
         }
     }
+
+    /// The engine's length, when it gave one: the client gets it as `Content-Length`, as
+    /// from the engine itself, rather than the chunked encoding (whose end a client learns
+    /// only from the last chunk, and which cost `vllamactl bench`'s hyper client a cross-thread
+    /// wake-up a request). An event stream has none: a broken one gets an error event added.
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.inner {
+            Some(inner) if !self.sse && !self.finished => inner.size_hint(),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
 }
 
 impl Drop for LeasedBody {
