@@ -17,7 +17,8 @@ an engine that does not wait (c = 1 and 64), so the latencies are the proxies' a
 client's, and (b) − (a) and (d) − (a) are the added time.
 
 Each level runs ROUNDS times (3), the paths alternating within a round; the tables give the
-median of the rounds and their spread (min–max).
+median of the rounds and their spread (min–max), and the ratios to nginx are given twice:
+of the medians, and round by round (each round's ratio, then their median and spread).
 
 usage: cargo build --release --workspace && sudo tests/bench/proxy.py [TOKENS] [TOKEN_MS]
        sudo tests/bench/proxy.py latency
@@ -197,6 +198,16 @@ litellm_settings:
             line += f"; req/s b/e {med[(b, 'rps')] / med[(e, 'rps')]:.2f}, CPU/req e/b {med[(e, 'cpu')] / med[(b, 'cpu')]:.1f}"
         print(line)
         print(f"  p99 b − d {(med[(b, 'p99')] - med[(d, 'p99')]) * 1000:+.0f} µs; vllamad RSS after {rss_mib(vd.pid):.1f} MiB")
+        # The same ratios taken round by round (the paths of a round ran within seconds of
+        # each other), so that a host that speeds up or slows down between rounds moves
+        # both sides of each ratio together.
+        pair = lambda f: median_spread([f(x, y) for x, y in zip(runs[b], runs[d])])
+        by_round = [("req/s b/d", pair(lambda x, y: x["requests_per_second"] / y["requests_per_second"]), "{:.3f}"),
+                    ("p99 b − d µs", pair(lambda x, y: (x["latency_ms"]["p99"] - y["latency_ms"]["p99"]) * 1000), "{:+.0f}"),
+                    ("CPU/req b/d", pair(lambda x, y: x["cpu_us"] / y["cpu_us"]), "{:.2f}"),
+                    ("CPU/req c/b", median_spread([x["cpu_us"] / y["cpu_us"] for x, y in zip(runs[o], runs[b])]), "{:.2f}")]
+        print("  round by round (median [min–max]): " + "; ".join(
+            f"{name} {fmt.format(m)} [{fmt.format(lo)}–{fmt.format(hi)}]" for name, (m, lo, hi), fmt in by_round))
 finally:
     stop_all(procs)
     shutil.rmtree(work, ignore_errors=True)
