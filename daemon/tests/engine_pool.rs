@@ -12,6 +12,16 @@ use vllama_testkit::{workspace_bin, Daemon, DaemonOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vllamad");
 
+/// A daemon serving the fake engine as model `m`, with the engine's `env` (a TOML table's
+/// inside).
+fn daemon(env: &str) -> Daemon {
+    let fake = workspace_bin(BIN, "fake-vllm");
+    Daemon::start(
+        BIN,
+        DaemonOptions::default().fake_model(&fake, "m", &[&format!("env = {{ {env} }}")]),
+    )
+}
+
 /// A streamed chat whose client closes the socket the moment `data: [DONE]` has come.
 fn stream_until_done(d: &Daemon) {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}}).to_string();
@@ -81,14 +91,8 @@ fn engine_connections_opened(d: &Daemon, client: impl Fn(usize) + Sync) -> usize
 
 #[test]
 fn clients_leaving_at_done_do_not_cost_engine_connections() {
-    let fake = workspace_bin(BIN, "fake-vllm");
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake,
-            "m",
-            &["env = { FAKE_VLLM_STARTUP_MS = \"50\", FAKE_VLLM_TOKEN_MS = \"1\", FAKE_VLLM_TAIL_MS = \"30\" }"],
-        ),
+    let d = daemon(
+        r#"FAKE_VLLM_STARTUP_MS = "50", FAKE_VLLM_TOKEN_MS = "1", FAKE_VLLM_TAIL_MS = "30""#,
     );
     stream_until_done(&d); // the engine starts
     let opened = engine_connections_opened(&d, |_| stream_until_done(&d));
@@ -113,15 +117,10 @@ fn clients_leaving_at_done_do_not_cost_engine_connections() {
 /// moment after it, for whole answers and for streamed ones.
 #[test]
 fn ollama_chats_keep_their_engine_connections() {
-    let fake = workspace_bin(BIN, "fake-vllm");
     for tail in ["0", "30"] {
-        let env = format!(
-            "env = {{ FAKE_VLLM_STARTUP_MS = \"50\", FAKE_VLLM_TOKEN_MS = \"1\", FAKE_VLLM_TAIL_MS = \"{tail}\" }}"
-        );
-        let d = Daemon::start(
-            BIN,
-            DaemonOptions::default().fake_model(&fake, "m", &[&env]),
-        );
+        let d = daemon(&format!(
+            r#"FAKE_VLLM_STARTUP_MS = "50", FAKE_VLLM_TOKEN_MS = "1", FAKE_VLLM_TAIL_MS = "{tail}""#
+        ));
         let chat = |stream: bool| {
             let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream, "options": {"num_predict": 3}});
             let resp = d.request("POST", "/api/chat", &body.to_string());
@@ -144,15 +143,7 @@ fn ollama_chats_keep_their_engine_connections() {
 /// give, and stays chunked.
 #[test]
 fn whole_answers_keep_the_engines_length_and_streams_stay_chunked() {
-    let fake = workspace_bin(BIN, "fake-vllm");
-    let d = Daemon::start(
-        BIN,
-        DaemonOptions::default().fake_model(
-            &fake,
-            "m",
-            &["env = { FAKE_VLLM_STARTUP_MS = \"50\", FAKE_VLLM_TOKEN_MS = \"0\" }"],
-        ),
-    );
+    let d = daemon(r#"FAKE_VLLM_STARTUP_MS = "50", FAKE_VLLM_TOKEN_MS = "0""#);
     let header = |r: &vllama_testkit::Response, name: &str| r.header(name).map(str::to_string);
     for (path, body) in [
         (
