@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::client::EngineClient;
@@ -56,8 +57,8 @@ pub trait EngineKind: Send + Sync + std::fmt::Debug {
     }
 
     /// The model name the engine answers to, when it said so itself (a remote's only model);
-    /// `None`: the name it was configured with.
-    fn served_name(&self) -> Option<String> {
+    /// `None`: the name it was configured with. Shared: every request to a remote asks it.
+    fn served_name(&self) -> Option<Arc<str>> {
         None
     }
 }

@@ -126,16 +126,16 @@ fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Remot
 pub struct Remote {
     url: String,
     /// The model name to ask it for, when configured (`served_name`).
-    configured: Option<String>,
+    configured: Option<Arc<str>>,
     /// The one model it serves, when none was configured: learnt from `/v1/models`.
-    learnt: Mutex<Option<String>>,
+    learnt: Mutex<Option<Arc<str>>>,
 }
 
 impl Remote {
     pub fn new(url: &str, served_name: Option<String>) -> Remote {
         Remote {
             url: url.trim_end_matches('/').to_string(),
-            configured: served_name,
+            configured: served_name.map(Arc::from),
             learnt: Mutex::new(None),
         }
     }
@@ -169,14 +169,15 @@ impl Remote {
             }
         };
         match &self.configured {
-            Some(name) if ids.contains(name) => Probe::Ready,
+            Some(name) if ids.iter().any(|id| **id == **name) => Probe::Ready,
             Some(name) => Probe::Refused(format!(
                 "the remote engine at {url} does not serve \"{name}\" (served_name); it serves: {}",
                 ids.join(", ")
             )),
             None => match ids.as_slice() {
                 [only] => {
-                    *self.learnt.lock().unwrap_or_else(|p| p.into_inner()) = Some(only.clone());
+                    *self.learnt.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Arc::from(only.as_str()));
                     Probe::Ready
                 }
                 [] => Probe::NotYet(format!("the remote engine at {url} serves no model yet")),
@@ -220,7 +221,7 @@ impl EngineKind for Remote {
         false
     }
 
-    fn served_name(&self) -> Option<String> {
+    fn served_name(&self) -> Option<Arc<str>> {
         self.configured.clone().or_else(|| {
             self.learnt
                 .lock()

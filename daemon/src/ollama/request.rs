@@ -11,12 +11,13 @@
 //! field, are what the tree alone gives (the tests `typed_and_tree_reads_agree` and
 //! `generated_bodies_read_alike` compare the two reads).
 
-use serde::de::{value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+
+use serde::de::{value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use super::chunk::Text;
 use super::outbound::Content;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Frame;
+use hyper::body::{Frame, SizeHint};
 use hyper::header::CONTENT_TYPE;
 use hyper::Response;
 
@@ -264,13 +264,13 @@ impl hyper::body::Body for LeasedBody {
     }
 
     /// The engine's length, when it gave one: the client gets it as `Content-Length`, as
-    /// from the engine itself, rather than the chunked encoding (whose end a client learns
-    /// only from the last chunk, and which cost `vllamactl bench`'s hyper client a cross-thread
-    /// wake-up a request). An event stream has none: a broken one gets an error event added.
-    fn size_hint(&self) -> hyper::body::SizeHint {
+    /// from the engine itself, not the chunked encoding (whose end a client learns only
+    /// from the last chunk: `vllamactl bench`'s hyper client woke a second thread for it).
+    /// An event stream has none: a broken one gets an error event added.
+    fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Some(inner) if !self.sse && !self.finished => inner.size_hint(),
-            _ => hyper::body::SizeHint::default(),
+            _ => SizeHint::default(),
         }
     }
 }

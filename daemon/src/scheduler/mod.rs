@@ -434,7 +434,7 @@ impl Scheduler {
             Err(e) => return Err(e.into()),
         }
         if let Some(served) = engine.spec.kind.served_name() {
-            lease.served_name = Arc::from(served);
+            lease.served_name = served;
         }
         lease.load_duration = started.elapsed();
         crate::observe::model(&canonical);
@@ -706,7 +706,8 @@ impl Scheduler {
                         .spec
                         .kind
                         .served_name()
-                        .unwrap_or_else(|| s.served_name.to_string()),
+                        .unwrap_or_else(|| s.served_name.clone())
+                        .to_string(),
                     id: s.engine.spec.id.clone(),
                     phase: status.phase,
                     pid: status.pid,
