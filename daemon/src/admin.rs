@@ -72,7 +72,15 @@ pub fn spawn(
                 let peer = peer.clone();
                 async move { handle(req, &daemon, &peer).await }
             };
-            http::spawn_connection(&conns, shutdown.clone(), stream, timeout, None, handler);
+            http::spawn_connection(
+                &conns,
+                None,
+                shutdown.clone(),
+                stream,
+                timeout,
+                None,
+                handler,
+            );
         }
         tracing::debug!("admin listener closed");
     });

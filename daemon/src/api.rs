@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use tracing::Instrument;
 
+use crate::conn_threads::ConnThreads;
 use crate::cors;
 use crate::h1::RequestBody;
 use crate::http::{self, Body, BodyError};
@@ -27,17 +28,20 @@ use crate::request_id;
 use crate::state::Daemon;
 
 /// Accepts connections until `shutdown`, then drops the listener (new connections are
-/// refused, or queued by systemd's socket for the next start).
+/// refused, or queued by systemd's socket for the next start). Each connection is served on
+/// the next of `threads`.
 pub fn spawn(
     listener: TcpListener,
     daemon: Arc<Daemon>,
     tracker: &TaskTracker,
+    threads: Arc<ConnThreads>,
     shutdown: CancellationToken,
 ) {
     serve(
         listener,
         daemon,
         tracker,
+        Some(threads),
         shutdown,
         "api",
         |req, daemon, peer| async move { handle(req, &daemon, peer).await },
@@ -55,6 +59,7 @@ pub fn spawn_metrics(
         listener,
         daemon,
         tracker,
+        None,
         shutdown,
         "metrics",
         |req, daemon, _peer| async move {
@@ -73,6 +78,7 @@ fn serve<H, F>(
     listener: TcpListener,
     daemon: Arc<Daemon>,
     tracker: &TaskTracker,
+    threads: Option<Arc<ConnThreads>>,
     shutdown: CancellationToken,
     name: &'static str,
     handler: H,
@@ -124,6 +130,7 @@ fn serve<H, F>(
             };
             http::spawn_connection(
                 &conns,
+                threads.as_deref(),
                 shutdown.clone(),
                 stream,
                 timeout,

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn_threads::ConnThreads;
 use crate::connections::Registration;
 use crate::h1::{self, RequestBody};
 
@@ -24,9 +25,11 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// client leaves or `shutdown` fires; then the request in flight finishes and the connection
 /// closes. A registered connection also closes at once when the registry sheds it (it
 /// serves no request then), and tells the registry when it is busy. `stream` is a
-/// non-blocking std TCP or Unix stream.
+/// non-blocking std TCP or Unix stream; it is served on the next of `threads`, or on the
+/// current runtime.
 pub fn spawn_connection<S, H, F>(
     tracker: &TaskTracker,
+    threads: Option<&ConnThreads>,
     shutdown: CancellationToken,
     stream: S,
     header_read_timeout: Duration,
@@ -37,7 +40,7 @@ pub fn spawn_connection<S, H, F>(
     H: FnMut(Request<RequestBody>) -> F + Send + 'static,
     F: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    tracker.spawn(async move {
+    let serve = async move {
         let options = h1::Options {
             header_read_timeout,
             shutdown,
@@ -50,7 +53,13 @@ pub fn spawn_connection<S, H, F>(
         // registry the descriptor is free.
         h1::serve(stream, options, handler).await;
         drop(registration);
-    });
+    };
+    match threads {
+        Some(threads) => threads.spawn(tracker, serve),
+        None => {
+            tracker.spawn(serve);
+        }
+    }
 }
 
 /// Why a request body could not be read.

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod conn_threads;
 pub mod connections;
 pub mod cors;
 pub mod doctor;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ConfigSource, LogFormat};
+use crate::conn_threads::ConnThreads;
 use crate::listeners::{self, ActivatedFds, ListenerError};
 use crate::logging::{self, LogError};
 use crate::notify::Notifier;
@@ -31,6 +32,8 @@ pub enum ServerError {
     Keys(#[from] crate::keys::KeyError),
     #[error("the API listens on {0}, which other machines can reach, and no API key is configured: add one (vllamactl key add NAME; the daemon must run for that, so first listen on 127.0.0.1), or set api.allow_unauthenticated = true to serve anyone on purpose")]
     Exposed(String),
+    #[error("cannot start the connection threads: {0}")]
+    Threads(#[source] std::io::Error),
     #[error("the key loader stopped unexpectedly: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -59,8 +62,9 @@ fn raise_fd_limit() {
     }
 }
 
-/// The async workers vllamad runs on a machine with `cores` CPUs: a quarter of them, at
-/// least one. vllamad shares the machine with its engines (each vLLM's API server,
+/// The main runtime's async workers on a machine with `cores` CPUs — engine supervision,
+/// the admin API, downloads; the public API's connections have threads of their own
+/// ([`crate::conn_threads`]): a quarter of them, at least one. vllamad shares the machine with its engines (each vLLM's API server,
 /// tokenizer and EngineCore want cores of their own), and one worker carries much of it
 /// alone: measured on 2 cores (docs/PERFORMANCE.md), one worker instead of two cost 20–30%
 /// less CPU per request and served 23% more requests/s at c = 64, and about 38 000
@@ -200,6 +204,21 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
         return Err(e);
     }
 
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let conn_threads = Arc::new(
+        ConnThreads::start(crate::conn_threads::count(
+            daemon.config().config.api.threads,
+            cores,
+        ))
+        .map_err(ServerError::Threads)?,
+    );
+    daemon.metrics.count_tasks_of(
+        std::iter::once(tokio::runtime::Handle::current())
+            .chain(conn_threads.runtimes().iter().cloned())
+            .collect(),
+    );
+    tracing::debug!(threads = conn_threads.len(), "connection threads started");
+
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
@@ -207,7 +226,13 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     // Before the first request is read: a request for a model whose engine was left running
     // finds it taken up, never starts another.
     daemon.scheduler.adopt_survivors().await;
-    crate::api::spawn(bound.api, daemon.clone(), &http_tasks, shutdown.clone());
+    crate::api::spawn(
+        bound.api,
+        daemon.clone(),
+        &http_tasks,
+        conn_threads.clone(),
+        shutdown.clone(),
+    );
     crate::admin::spawn(bound.admin, daemon.clone(), &http_tasks, shutdown.clone());
     if let Some(listener) = bound.metrics {
         crate::api::spawn_metrics(listener, daemon.clone(), &http_tasks, shutdown.clone());
@@ -255,6 +280,8 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
     {
         tracing::warn!("engine supervisors did not finish in time");
     }
+    let threads = conn_threads.clone();
+    let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
     if let Some(path) = admin_bound_path {
         listeners::remove_bound_socket(&path);
     }

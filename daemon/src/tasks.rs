@@ -1,11 +1,51 @@
 //! Background tasks started by requests (response streams, progress streams): each on a
 //! `TaskTracker`, so shutdown waits for it, and watched, so a panic in one is logged with
-//! what it was doing and for which request instead of vanishing with the task.
+//! what it was doing and for which request instead of vanishing with the task. And
+//! [`Background`]: where the daemon's own tasks run.
 
 use std::future::Future;
 
+use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+/// A tracker whose tasks run on the runtime that made it, whichever thread spawns them: an
+/// engine started by a request on a connection thread ([`crate::conn_threads`]) is
+/// supervised on the daemon's main runtime, not tied to that thread's. Made outside a
+/// runtime, it spawns on the spawner's.
+#[derive(Debug, Clone)]
+pub struct Background {
+    tracker: TaskTracker,
+    runtime: Option<Handle>,
+}
+
+impl Background {
+    /// `tracker`'s tasks, on the current runtime.
+    pub fn here(tracker: TaskTracker) -> Background {
+        Background {
+            tracker,
+            runtime: Handle::try_current().ok(),
+        }
+    }
+
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.runtime {
+            Some(runtime) => {
+                self.tracker.spawn_on(fut, runtime);
+            }
+            None => {
+                self.tracker.spawn(fut);
+            }
+        }
+    }
+
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+}
 
 /// Spawns `fut` on `tracker` in the current span; if it panics, an error naming `what` is
 /// logged in that span (with the request id, when a request started it).
@@ -37,6 +77,32 @@ pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task spawned from a connection thread runs on the runtime that made the
+    /// `Background`, not on that thread's.
+    #[test]
+    fn background_tasks_run_on_the_runtime_that_made_them() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("the-main-runtime")
+            .enable_all()
+            .build()
+            .unwrap();
+        let tracker = TaskTracker::new();
+        let background = main.block_on(async { Background::here(tracker.clone()) });
+        let threads = crate::conn_threads::ConnThreads::start(1).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        threads.spawn(&TaskTracker::new(), async move {
+            background.spawn(async move {
+                let _ = tx.send(std::thread::current().name().map(str::to_owned));
+            });
+        });
+        let ran_on = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(ran_on.as_deref(), Some("the-main-runtime"));
+        tracker.close();
+        main.block_on(tracker.wait());
+        threads.stop();
+    }
 
     #[tokio::test]
     async fn a_panic_is_caught_and_the_tracker_still_closes() {

@@ -169,6 +169,56 @@ fn sigterm_drains_the_request_in_flight_then_exits_0() {
     assert!(status.success(), "{status:?}");
 }
 
+/// `api.threads` connection threads serve the public API, each connection on one of them;
+/// the runtime's task gauge counts the tasks of all of them; SIGTERM stops them and exits.
+#[test]
+fn connections_are_served_on_threads_of_their_own() {
+    let mut d = Daemon::start(BIN, DaemonOptions::default().set("api", "threads = 3"));
+    let threads = || {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| name.starts_with("vllamad-conn"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        threads(),
+        ["vllamad-conn-0", "vllamad-conn-1", "vllamad-conn-2"]
+    );
+    // Thirty clients, each asking twice on its kept-alive connection.
+    let mut clients: Vec<TcpStream> = (0..30)
+        .map(|_| TcpStream::connect(d.api).unwrap())
+        .collect();
+    for round in 0..2 {
+        for s in &mut clients {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
+        }
+    }
+    // The thirty connections are tasks of the connection threads' runtimes.
+    let metrics = d.get("/metrics").body;
+    let tasks: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vllama_runtime_tasks "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no vllama_runtime_tasks: {metrics}"));
+    assert!(tasks >= 30.0, "{tasks} tasks with 30 connections open");
+    drop(clients);
+    d.signal(SIGTERM);
+    let status = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("did not exit with connection threads");
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn shutdown_grace_bounds_the_drain() {
     let mut d = Daemon::start(

@@ -53,6 +53,9 @@ pub struct ApiConfig {
     /// Connections one client address may hold open without having sent a request; more
     /// are closed as they arrive (0: no bound).
     pub max_headerless_per_client: u32,
+    /// Threads that serve the connections, each with its own event loop (0: one per core).
+    /// Read at start.
+    pub threads: u32,
     /// Browser origins allowed besides Ollama's defaults (localhost, 127.0.0.1, 0.0.0.0 on
     /// any port, app://, file://, tauri://, vscode-webview://); `*` wildcards.
     pub origins: Vec<String>,
@@ -104,6 +107,7 @@ impl Default for ApiConfig {
             max_request_body: ByteSize(32 * ByteSize::MIB),
             header_read_timeout: HumanDuration::from_secs(30),
             max_headerless_per_client: 256,
+            threads: 0,
             origins: Vec::new(),
             allow_pull: true,
             allow_delete: false,
@@ -730,6 +734,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.api.listen != new.api.listen {
         keys.push("api.listen".to_string());
     }
+    if old.api.threads != new.api.threads {
+        keys.push("api.threads".to_string());
+    }
     if old.admin.socket != new.admin.socket {
         keys.push("admin.socket".to_string());
     }
@@ -769,6 +776,19 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(p("").unwrap(), Config::default());
+    }
+
+    /// Keys read only at start are named after a reload that changed them; the rest apply.
+    #[test]
+    fn keys_read_at_start_are_named_when_a_reload_changes_them() {
+        let old = Config::default();
+        let new = p("[api]\nthreads = 4\nlisten = \"127.0.0.1:9\"\nheader_read_timeout = \"5s\"\n")
+            .unwrap();
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            ["api.listen", "api.threads"]
+        );
+        assert!(restart_only_changes(&old, &old.clone()).is_empty());
     }
 
     /// The packaged file shows every key, commented out, at its default value.

@@ -35,7 +35,7 @@ use crate::h1::{ReadSize, KEPT_BUFFER};
 /// timeout (vLLM's `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s), so the engine seldom closes one
 /// just as a request goes out on it.
 const IDLE_FOR: Duration = Duration::from_secs(4);
-/// Idle connections kept at most, per engine.
+/// Idle connections kept at most, per engine and connection thread.
 const MAX_IDLE: usize = 256;
 /// How long a body's rest is read after its reader is done with it.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -55,11 +55,14 @@ pub enum PoolError {
     Closed,
 }
 
-/// An engine's idle connections, the most recently used last.
+/// An engine's idle connections, the most recently used last: a queue per connection thread
+/// ([`crate::conn_threads::current`]), so that a connection is reused by the thread whose
+/// I/O driver watches its socket — taken up by another, each of its readiness events would
+/// cross threads.
 #[derive(Debug)]
 pub struct Pool {
     endpoint: Endpoint,
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<Vec<VecDeque<Idle>>>,
 }
 
 #[derive(Debug)]
@@ -115,7 +118,7 @@ impl Pool {
     pub fn new(endpoint: Endpoint) -> Self {
         Pool {
             endpoint,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Vec::new()),
         }
     }
 
@@ -165,20 +168,29 @@ impl Pool {
         Ok(Response::from_parts(parts, body))
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        // A panic while the lock was held left nothing half-done: a queue of connections.
+    fn lock(&self) -> MutexGuard<'_, Vec<VecDeque<Idle>>> {
+        // A panic while the lock was held left nothing half-done: queues of connections.
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The calling thread's queue in `queues`; made when `make`, else none until it has been.
+    fn queue(queues: &mut Vec<VecDeque<Idle>>, make: bool) -> Option<&mut VecDeque<Idle>> {
+        let i = crate::conn_threads::current();
+        if make && queues.len() <= i {
+            queues.resize_with(i + 1, VecDeque::new);
+        }
+        queues.get_mut(i)
+    }
+
     /// The most recently used idle connection that is still open and quiet.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
         loop {
-            let idle = self.lock().pop_back()?;
+            let idle = Pool::queue(&mut self.lock(), false)?.pop_back()?;
             if idle.since.elapsed() >= IDLE_FOR {
                 // The rest are older still.
-                let stale = std::mem::take(&mut *self.lock());
+                let stale = Pool::queue(&mut self.lock(), false).map(std::mem::take);
                 drop((idle, stale));
                 return None;
             }
@@ -193,7 +205,10 @@ impl Pool {
         let now = Instant::now();
         let mut stale = Vec::new();
         {
-            let mut idle = self.lock();
+            let mut queues = self.lock();
+            let Some(idle) = Pool::queue(&mut queues, true) else {
+                return;
+            };
             while idle
                 .front()
                 .is_some_and(|i| idle.len() >= MAX_IDLE || now - i.since >= IDLE_FOR)
@@ -529,6 +544,39 @@ mod tests {
         Ok(body.to_bytes())
     }
 
+    /// The idle connections of every thread.
+    fn idle(pool: &Pool) -> usize {
+        pool.lock().iter().map(VecDeque::len).sum()
+    }
+
+    /// Each connection thread reuses the connections it made, whose sockets its own I/O
+    /// driver watches; another thread opens its own.
+    #[test]
+    fn each_connection_thread_keeps_its_own_connections() {
+        let threads = crate::conn_threads::ConnThreads::start(2).unwrap();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let main = tokio::runtime::Runtime::new().unwrap();
+        let (_dir, endpoint, accepted) = main.block_on(async { engine(usize::MAX) });
+        let pool = Arc::new(Pool::new(endpoint));
+        // In turn: thread 0, 1, 0, 1…, one request at a time.
+        for i in 0..6 {
+            let (pool, (tx, rx)) = (pool.clone(), std::sync::mpsc::channel());
+            threads.spawn(&tracker, async move {
+                let _ = tx.send((crate::conn_threads::current(), get(&pool).await.ok()));
+            });
+            let (thread, answer) = rx.recv().unwrap();
+            assert_eq!((thread, answer.as_deref()), (i % 2 + 1, Some(&b"ok"[..])));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "one connection a thread"
+        );
+        let queues: Vec<usize> = pool.lock().iter().map(VecDeque::len).collect();
+        assert_eq!(queues, [0, 1, 1]);
+        threads.stop();
+    }
+
     #[tokio::test]
     async fn a_connection_serves_request_after_request() {
         let (_dir, endpoint, accepted) = engine(usize::MAX);
@@ -537,7 +585,7 @@ mod tests {
             assert_eq!(get(&pool).await.unwrap(), "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.lock().len(), 1);
+        assert_eq!(idle(&pool), 1);
     }
 
     #[tokio::test]
@@ -563,7 +611,7 @@ mod tests {
         );
         let resp = pool.send(req).await.unwrap();
         drop(resp);
-        assert_eq!(pool.lock().len(), 0);
+        assert_eq!(idle(&pool), 0);
         assert_eq!(get(&pool).await.unwrap(), "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -595,12 +643,12 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(get(&pool).await.unwrap(), "ok");
         }
-        assert_eq!((accepted.load(Ordering::SeqCst), pool.lock().len()), (2, 0));
+        assert_eq!((accepted.load(Ordering::SeqCst), idle(&pool)), (2, 0));
         // No length: the body runs until the engine closes.
         const UNTIL_CLOSE: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the close"];
         let (_dir, endpoint, _) = engine_answering(1, UNTIL_CLOSE);
         let pool = Arc::new(Pool::new(endpoint));
         assert_eq!(get(&pool).await.unwrap(), "until the close");
-        assert_eq!(pool.lock().len(), 0);
+        assert_eq!(idle(&pool), 0);
     }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::task::TaskTracker;
 
 use super::client::{ClientError, Endpoint, EngineClient};
 use super::kind::{Ended, EngineKind, Probe, Run};
@@ -147,7 +146,7 @@ impl Engine {
     /// every state change (the daemon refreshes systemd's STATUS= with it).
     pub fn start(
         spec: EngineSpec,
-        tracker: &TaskTracker,
+        tasks: &crate::tasks::Background,
         on_change: EngineObserver,
     ) -> Arc<Engine> {
         let (commands, rx) = mpsc::channel(16);
@@ -167,7 +166,7 @@ impl Engine {
             output: Output::default(),
         });
         let supervised = engine.clone();
-        tracker.spawn(async move { supervise(supervised, rx, on_change).await });
+        tasks.spawn(async move { supervise(supervised, rx, on_change).await });
         engine
     }
 

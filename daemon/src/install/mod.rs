@@ -277,7 +277,7 @@ pub struct Installer {
     /// Held from the check for a running install until the new one is registered: the
     /// layout is inspected in between (awaits), and two requests must not both start.
     starting: Arc<tokio::sync::Mutex<()>>,
-    tracker: TaskTracker,
+    tasks: crate::tasks::Background,
     cancel: CancellationToken,
 }
 
@@ -286,7 +286,7 @@ impl Installer {
         Installer {
             current: Arc::default(),
             starting: Arc::default(),
-            tracker,
+            tasks: crate::tasks::Background::here(tracker),
             cancel,
         }
     }
@@ -395,7 +395,7 @@ impl Installer {
         let (tx, rx) = watch::channel(progress);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx.clone());
         let cancel = self.cancel.clone();
-        self.tracker.spawn(async move {
+        self.tasks.spawn(async move {
             let started = Instant::now();
             tracing::info!(build = %plan.build, version = plan.version, target = %plan.target.display(), "engine install started");
             let result = tokio::select! {

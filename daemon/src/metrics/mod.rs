@@ -70,6 +70,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     auth_failures: IntCounterVec,
     samples: Mutex<sampler::Samples>,
+    /// The runtimes whose tasks `vllama_runtime_tasks` counts.
+    runtimes: Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 fn counter(
@@ -118,7 +120,13 @@ impl Metrics {
             auth_failures: counter(&r, "vllama_auth_failures_total", "Public API requests refused for their API key, by reason (missing, invalid, model: not allowed for the key).", &["reason"])?,
             registry: r,
             samples: Mutex::new(sampler::Samples::default()),
+            runtimes: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The runtimes whose alive tasks `vllama_runtime_tasks` adds up.
+    pub fn count_tasks_of(&self, runtimes: Vec<tokio::runtime::Handle>) {
+        *self.runtimes.lock().unwrap_or_else(|p| p.into_inner()) = runtimes;
     }
 
     /// One public API request ended.
@@ -285,11 +293,16 @@ impl Metrics {
         )?;
         gauge(
             "vllama_runtime_tasks",
-            "Tasks alive in vllamad's async runtime (connections, streams, timers, engine supervisors).",
+            "Tasks alive in vllamad's async runtimes (connections, streams, timers, engine supervisors).",
             &[],
             &mut |g| {
-                let n = tokio::runtime::Handle::try_current()
-                    .map_or(0, |h| h.metrics().num_alive_tasks());
+                let n: usize = self
+                    .runtimes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|h| h.metrics().num_alive_tasks())
+                    .sum();
                 g.with_label_values(&[] as &[&str]).set(n as f64);
             },
         )?;

@@ -69,7 +69,7 @@ impl Scheduler {
                 if slot.pending == 0 {
                     slot.expires_at = Some((Instant::now() + left, SystemTime::now() + left));
                     slot.expiry
-                        .send_replace(Some((tokio::time::Instant::now() + left, slot.epoch)));
+                        .arm(tokio::time::Instant::now() + left, slot.epoch);
                 }
             }
         }

@@ -21,7 +21,7 @@ impl Scheduler {
         changed.sort();
         for name in &changed {
             let (me, name) = (self.clone(), name.clone());
-            self.inner.tracker.spawn(async move {
+            self.inner.background.spawn(async move {
                 tracing::info!(model = %name, "its engine's configuration changed: restarting it");
                 match me.unload(&name, Unload::Drain).await {
                     Ok(()) | Err(SchedError::NotLoaded(_)) => {}

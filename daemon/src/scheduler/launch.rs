@@ -172,7 +172,7 @@ impl Scheduler {
             metrics.engine_event(model, event, status);
             on_change();
         });
-        let engine = Engine::start(spec, &self.inner.tracker, observer);
+        let engine = Engine::start(spec, &self.inner.background, observer);
         let keep_alive = keep_alive
             .or(model.keep_alive)
             .unwrap_or(config.engine.keep_alive);

@@ -124,9 +124,8 @@ struct Slot {
     last_used: Instant,
     /// Changes on every acquire and release, so stale keep_alive timers do nothing.
     epoch: u64,
-    /// The slot's one keep_alive timer: the deadline and the epoch it was set at. Dropped
-    /// with the slot, which ends the timer's task.
-    expiry: watch::Sender<Option<(tokio::time::Instant, u64)>>,
+    /// The slot's one keep_alive timer.
+    expiry: keep_alive::Expiry,
     pinned: bool,
     sleep: bool,
     /// An unload waits for the requests in flight; new ones are refused meanwhile.
@@ -170,7 +169,9 @@ impl Slot {
 struct Inner {
     config: watch::Receiver<Arc<ActiveConfig>>,
     probe: Arc<dyn GpuProbe>,
-    tracker: TaskTracker,
+    /// Engine supervisors, keep-alive timers, preloads and restarts: on the runtime that
+    /// made the scheduler, whichever thread's request starts them.
+    background: crate::tasks::Background,
     /// Ends keep_alive timers and preloads at shutdown.
     cancel: CancellationToken,
     on_change: Arc<dyn Fn() + Send + Sync>,
@@ -274,7 +275,7 @@ impl Scheduler {
             inner: Arc::new(Inner {
                 config,
                 probe,
-                tracker,
+                background: crate::tasks::Background::here(tracker),
                 cancel: CancellationToken::new(),
                 on_change,
                 metrics,
@@ -504,8 +505,7 @@ impl Scheduler {
             KeepAlive::For(after) => {
                 slot.expires_at = Some((Instant::now() + after, SystemTime::now() + after));
                 // Re-arms the slot's timer: no task per request.
-                slot.expiry
-                    .send_replace(Some((tokio::time::Instant::now() + after, epoch)));
+                slot.expiry.arm(tokio::time::Instant::now() + after, epoch);
             }
         }
     }
@@ -681,7 +681,7 @@ impl Scheduler {
             };
             let me = self.clone();
             let cancel = self.inner.cancel.clone();
-            self.inner.tracker.spawn(async move {
+            self.inner.background.spawn(async move {
                 tokio::select! {
                     result = me.preload(&name, None) => match result {
                         Ok(_) => tracing::info!(model = %name, "preloaded"),

@@ -385,6 +385,38 @@ async fn one_timer_per_model_unloads_it_when_keep_alive_passes_unused() {
 }
 
 #[tokio::test]
+async fn a_sooner_deadline_wakes_the_timer_and_a_later_one_does_not() {
+    let expiry = super::keep_alive::Expiry::default();
+    let woken = |e: &super::keep_alive::Expiry| {
+        // A wake-up leaves a permit: a new waiter completes at once.
+        let notified = e.wake_for_test().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable()
+    };
+    let now = tokio::time::Instant::now();
+    expiry.arm(now + Duration::from_secs(10), 1);
+    assert!(woken(&expiry), "a timer asleep to no deadline is woken");
+    expiry.set_sleeping_to_for_test(now + Duration::from_secs(10));
+    expiry.arm(now + Duration::from_secs(20), 2);
+    assert!(!woken(&expiry), "a later deadline woke the timer");
+    expiry.arm(now + Duration::from_secs(5), 3);
+    assert!(woken(&expiry), "a sooner deadline did not wake the timer");
+}
+
+#[tokio::test]
+async fn a_shorter_keep_alive_on_a_later_request_unloads_sooner() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = scheduler(dir.path(), "", &[("a", "keep_alive = \"1h\"")]);
+    drop(m.s.acquire(&name("a"), None).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let short = Some(KeepAlive::For(Duration::from_millis(200)));
+    drop(m.s.acquire(&name("a"), short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(m.s.engines().is_empty(), "the timer slept on to the hour");
+    m.s.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_stale_deadline_does_nothing_to_a_model_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let m = scheduler(dir.path(), "", &[("a", "keep_alive = \"100ms\"")]);

@@ -85,7 +85,7 @@ struct Wanted {
 #[derive(Debug, Clone)]
 pub struct Pulls {
     running: Arc<Mutex<HashMap<String, watch::Receiver<PullProgress>>>>,
-    tracker: TaskTracker,
+    tasks: crate::tasks::Background,
     cancel: CancellationToken,
 }
 
@@ -93,7 +93,7 @@ impl Pulls {
     pub fn new(tracker: TaskTracker, cancel: CancellationToken) -> Pulls {
         Pulls {
             running: Arc::default(),
-            tracker,
+            tasks: crate::tasks::Background::here(tracker),
             cancel,
         }
     }
@@ -120,7 +120,7 @@ impl Pulls {
         drop(running);
         let (repo, revision) = (repo.to_string(), revision.to_string());
         let me = self.clone();
-        self.tracker.spawn(async move {
+        self.tasks.spawn(async move {
             let started = Instant::now();
             tracing::info!(repo, revision, endpoint = hub.endpoint(), "pull started");
             let result = tokio::select! {
