@@ -62,13 +62,11 @@ fn raise_fd_limit() {
     }
 }
 
-/// The main runtime's async workers on a machine with `cores` CPUs — engine supervision,
-/// the admin API, downloads; the public API's connections have threads of their own
-/// ([`crate::conn_threads`]): a quarter of them, at least one. vllamad shares the machine with its engines (each vLLM's API server,
-/// tokenizer and EngineCore want cores of their own), and one worker carries much of it
-/// alone: measured on 2 cores (docs/PERFORMANCE.md), one worker instead of two cost 20–30%
-/// less CPU per request and served 23% more requests/s at c = 64, and about 38 000
-/// streamed tokens/s at 86% of that core. Four workers on 16 cores, sixteen on 64.
+/// The main runtime's async workers on a machine with `cores` CPUs: a quarter of them, at
+/// least one (four on 16 cores, sixteen on 64). They run engine supervision, the admin API
+/// and downloads; the public API's connections have threads of their own
+/// ([`crate::conn_threads`]). vllamad shares the machine with its engines (each vLLM's API
+/// server, tokenizer and EngineCore want cores of their own).
 pub fn worker_threads(cores: usize) -> usize {
     cores.div_ceil(4).max(1)
 }
