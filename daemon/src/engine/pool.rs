@@ -206,13 +206,17 @@ impl Pool {
         let mut stale = Vec::new();
         {
             let mut queues = self.lock();
+            // Other threads' stale connections too: a thread that no longer serves this
+            // engine would keep its own (closed by the engine by now) until the engine stops.
+            for queue in queues.iter_mut() {
+                while queue.front().is_some_and(|i| now - i.since >= IDLE_FOR) {
+                    stale.extend(queue.pop_front());
+                }
+            }
             let Some(idle) = Pool::queue(&mut queues, true) else {
                 return;
             };
-            while idle
-                .front()
-                .is_some_and(|i| idle.len() >= MAX_IDLE || now - i.since >= IDLE_FOR)
-            {
+            while idle.len() >= MAX_IDLE {
                 stale.extend(idle.pop_front());
             }
             idle.push_back(Idle { conn, since: now });
@@ -574,6 +578,18 @@ mod tests {
         );
         let queues: Vec<usize> = pool.lock().iter().map(VecDeque::len).collect();
         assert_eq!(queues, [0, 1, 1]);
+        // The second thread serves no more. Past the idle time, the first thread's next
+        // request finds its own connection stale (a new one carries it), and its put closes
+        // the second thread's stale one too.
+        std::thread::sleep(IDLE_FOR + Duration::from_millis(100));
+        let (pool2, (tx, rx)) = (pool.clone(), std::sync::mpsc::channel());
+        threads.spawn(&tracker, async move {
+            let _ = tx.send((crate::conn_threads::current(), get(&pool2).await.ok()));
+        });
+        let (thread, answer) = rx.recv().unwrap();
+        assert_eq!((thread, answer.as_deref()), (1, Some(&b"ok"[..])));
+        let queues: Vec<usize> = pool.lock().iter().map(VecDeque::len).collect();
+        assert_eq!(queues, [0, 1, 0], "thread 0's stale connection kept");
         threads.stop();
     }
 
