@@ -92,14 +92,6 @@ impl ConnThreads {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.runtimes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.runtimes.is_empty()
-    }
-
     /// The runtimes, for their metrics.
     pub fn runtimes(&self) -> &[Handle] {
         &self.runtimes

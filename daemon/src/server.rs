@@ -215,7 +215,10 @@ pub async fn run(options: Options) -> Result<(), ServerError> {
             .chain(conn_threads.runtimes().iter().cloned())
             .collect(),
     );
-    tracing::debug!(threads = conn_threads.len(), "connection threads started");
+    tracing::debug!(
+        threads = conn_threads.runtimes().len(),
+        "connection threads started"
+    );
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;

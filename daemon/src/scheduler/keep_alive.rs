@@ -24,7 +24,7 @@ struct ExpiryState {
     wake: Notify,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Times {
     /// The deadline and the epoch it was set at.
     deadline: Option<(tokio::time::Instant, u64)>,
